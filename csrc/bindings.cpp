@@ -1,0 +1,229 @@
+/// bindings.cpp — the only file that includes Python: pybind11 module `pystream._core`.
+///
+/// Inputs arrive as C-contiguous NumPy arrays (no copy when the Python layer already made
+/// them int64/float64). The GIL is released around each batch kernel and only there. Outputs
+/// are C++ vectors moved into NumPy arrays (a capsule owns the buffer), so nothing is copied
+/// and no view into engine state ever escapes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "tuple_interner.h"
+#include "window_engine.h"
+
+namespace py = pybind11;
+using namespace pystream;
+
+namespace {
+
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
+}
+
+py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
+  py::dict d;
+  d["key"] = keyed ? py::object(to_numpy(std::move(b.key))) : py::object(py::none());
+  d["start"] = to_numpy(std::move(b.start));
+  d["end"] = to_numpy(std::move(b.end));
+  d["update"] = to_numpy(std::move(b.update)).attr("view")("bool");
+  py::list cols;
+  for (OutColumn& c : b.cols) {
+    if (c.is_int) {
+      cols.append(to_numpy(std::move(c.i)));
+    } else {
+      cols.append(to_numpy(std::move(c.f)));
+    }
+  }
+  d["cols"] = cols;
+  d["late"] = to_numpy(std::move(b.late_rows));
+  d["invalid"] = to_numpy(std::move(b.invalid_rows));
+  return d;
+}
+
+template <class T>
+std::vector<T> from_numpy(const py::array_t<T, py::array::c_style | py::array::forcecast>& a) {
+  return std::vector<T>(a.data(), a.data() + a.size());
+}
+
+class PyEngine {
+ public:
+  PyEngine(int64_t size, int64_t slide, int64_t offset, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
+           const std::vector<std::pair<int, int>>& aggs, int64_t out_div) {
+    WindowSpec spec;
+    spec.size = size;
+    spec.slide = slide;
+    spec.offset = offset;
+    spec.ooo = ooo;
+    spec.lateness = lateness;
+    spec.max_future = max_future;
+    spec.keyed = keyed;
+    spec.out_div = out_div;
+    std::vector<AggSpec> specs;
+    for (const auto& [kind, ddof] : aggs) {
+      if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
+      specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
+    }
+    engine_ = std::make_unique<WindowEngine>(spec, specs);
+    naggs_ = specs.size();
+  }
+
+  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values) {
+    const bool keyed = engine_->spec().keyed;
+    const int64_t n = ts.size();
+    if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
+    if (keyed && !keys) fail("a keyed window operator needs a key column");
+    if (keyed && keys->size() != n) {
+      fail("key and timestamp columns differ in length: " + std::to_string(keys->size()) + " != " + std::to_string(n));
+    }
+    if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns, got " + std::to_string(values.size()));
+    std::vector<const double*> vptr;
+    for (const auto& v : values) {
+      if (v && v->size() != n) {
+        fail("value and timestamp columns differ in length: " + std::to_string(v->size()) + " != " + std::to_string(n));
+      }
+      vptr.push_back(v ? v->data() : nullptr);
+    }
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->process(keyed ? keys->data() : nullptr, ts.data(), vptr, n, out);
+    }
+    return emit_to_dict(std::move(out), keyed);
+  }
+
+  py::dict flush() {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->flush(out);
+    }
+    return emit_to_dict(std::move(out), engine_->spec().keyed);
+  }
+
+  py::dict snapshot() const {
+    EngineState s = engine_->snapshot();
+    py::dict d;
+    d["keys"] = to_numpy(std::move(s.keys));
+    d["has_wm"] = s.has_wm;
+    d["flushed"] = s.flushed;
+    d["wm"] = s.wm;
+    d["next_fire"] = s.next_fire;
+    d["next_boundary"] = s.next_boundary;
+    d["base"] = s.base;
+    d["top"] = s.top;
+    d["slice_counts"] = to_numpy(std::move(s.slice_counts));
+    py::list cols;
+    for (auto& c : s.cols) cols.append(py::bytes(reinterpret_cast<const char*>(c.data()), c.size()));
+    d["cols"] = cols;
+    return d;
+  }
+
+  void restore(const py::dict& d) {
+    EngineState s;
+    s.keys = from_numpy(d["keys"].cast<I64Array>());
+    s.has_wm = d["has_wm"].cast<bool>();
+    s.flushed = d["flushed"].cast<bool>();
+    s.wm = d["wm"].cast<int64_t>();
+    s.next_fire = d["next_fire"].cast<int64_t>();
+    s.next_boundary = d["next_boundary"].cast<int64_t>();
+    s.base = d["base"].cast<int64_t>();
+    s.top = d["top"].cast<int64_t>();
+    s.slice_counts = from_numpy(d["slice_counts"].cast<I64Array>());
+    for (auto item : d["cols"].cast<py::list>()) {
+      std::string b = item.cast<std::string>();
+      s.cols.emplace_back(b.begin(), b.end());
+    }
+    engine_->restore(s);
+  }
+
+  std::optional<int64_t> watermark() const {
+    if (!engine_->has_watermark()) return std::nullopt;
+    return engine_->watermark();
+  }
+  const WindowEngine& engine() const { return *engine_; }
+
+ private:
+  std::unique_ptr<WindowEngine> engine_;
+  size_t naggs_ = 0;
+};
+
+class PyTupleInterner {
+ public:
+  explicit PyTupleInterner(int width) : t_(width) {}
+  I64Array intern(const std::vector<I64Array>& cols) {
+    if (static_cast<int>(cols.size()) != t_.width()) fail("composite key: expected " + std::to_string(t_.width()) + " columns");
+    const int64_t n = cols.empty() ? 0 : cols[0].size();
+    std::vector<const int64_t*> ptr;
+    for (const auto& c : cols) {
+      if (c.size() != n) fail("composite key columns differ in length");
+      ptr.push_back(c.data());
+    }
+    std::vector<int64_t> out(static_cast<size_t>(n));
+    {
+      py::gil_scoped_release release;
+      t_.intern(ptr, n, out.data());
+    }
+    return to_numpy(std::move(out));
+  }
+  /// Column c of the given ids' rows.
+  I64Array column(const I64Array& ids, int c) const {
+    if (c < 0 || c >= t_.width()) throw std::out_of_range("composite key column index out of range");
+    const auto& rows = t_.rows();
+    const int64_t size = t_.size();
+    std::vector<int64_t> out(static_cast<size_t>(ids.size()));
+    const int64_t* id = ids.data();
+    for (int64_t i = 0; i < ids.size(); ++i) {
+      if (id[i] < 0 || id[i] >= size) throw std::out_of_range("unknown composite key id " + std::to_string(id[i]));
+      out[i] = rows[id[i] * t_.width() + c];
+    }
+    return to_numpy(std::move(out));
+  }
+  I64Array rows() const { return to_numpy(std::vector<int64_t>(t_.rows())); }
+  void assign(const I64Array& rows) { t_.assign(from_numpy(rows)); }
+  int64_t size() const { return t_.size(); }
+
+ private:
+  TupleInterner t_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pystream native core: slice-based keyed event-time windows";
+  m.attr("MAX_ABS_TIME") = kMaxAbsTime;
+  m.attr("MAX_DURATION") = kMaxDuration;
+
+  py::class_<PyEngine>(m, "WindowEngine")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
+           py::arg("size"), py::arg("slide"), py::arg("offset"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"),
+           py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1)
+      .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"))
+      .def("flush", &PyEngine::flush)
+      .def("snapshot", &PyEngine::snapshot)
+      .def("restore", &PyEngine::restore, py::arg("state"))
+      .def_property_readonly("watermark", &PyEngine::watermark)
+      .def_property_readonly("num_keys", [](const PyEngine& e) { return e.engine().num_keys(); })
+      .def_property_readonly("state_bytes", [](const PyEngine& e) { return e.engine().state_bytes(); })
+      .def_property_readonly("ring_capacity", [](const PyEngine& e) { return e.engine().ring_capacity(); })
+      .def_property_readonly("live_slices", [](const PyEngine& e) { return e.engine().live_slices(); })
+      .def_property_readonly("slice_width", [](const PyEngine& e) { return e.engine().slice_width(); })
+      .def_property_readonly("flushed", [](const PyEngine& e) { return e.engine().flushed(); });
+
+  py::class_<PyTupleInterner>(m, "TupleInterner")
+      .def(py::init<int>(), py::arg("width"))
+      .def("intern", &PyTupleInterner::intern, py::arg("cols"))
+      .def("column", &PyTupleInterner::column, py::arg("ids"), py::arg("c"))
+      .def("rows", &PyTupleInterner::rows)
+      .def("assign", &PyTupleInterner::assign, py::arg("rows"))
+      .def("__len__", &PyTupleInterner::size);
+}

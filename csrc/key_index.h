@@ -1,0 +1,161 @@
+/// key_index.h — incremental interner: int64 key -> dense slot (int32), first-seen order.
+///
+/// Layout: an open-addressing table with linear probing (keys_[], slots_[], power-of-two
+/// capacity, load <= 1/2, empty bucket = slot -1) holds every key. Slots are handed out in
+/// order of first appearance and never change, so window state can be struct-of-arrays
+/// indexed by slot and a checkpoint stores the key list once (`keys()` is slot -> key).
+///
+/// Fast path: meter ids are usually small dense integers. A direct table `direct_[k]` caches
+/// the slot of every key 0 <= k < direct_.size(); a miss falls back to the hash table and then
+/// fills the cache. The cache grows while keys stay below kDirectLimit and within a small
+/// multiple of the number of keys, so memory stays proportional to the keys seen.
+///
+/// Batch lookup hashes each key once and prefetches the bucket a few rows ahead; random
+/// access to the table, not hashing, is what costs (see DESIGN.md, "where the time goes").
+/// Complexity: O(1) expected per key; growth rehashes in O(keys).
+#pragma once
+
+#include <cstdint>
+#include <unordered_set>
+#include <vector>
+
+#include "common.h"
+
+namespace pystream {
+
+class KeyIndex {
+ public:
+  static constexpr int64_t kDirectLimit = int64_t{1} << 26;
+  static constexpr int64_t kMaxKeys = (int64_t{1} << 31) - 1;
+
+  KeyIndex() { rehash(1024); }
+
+  int64_t size() const { return static_cast<int64_t>(key_of_slot_.size()); }
+  const std::vector<int64_t>& keys() const { return key_of_slot_; }
+
+  /// Slot of every key in `keys[0..n)`, inserting unseen keys. Throws before inserting anything
+  /// if the batch could push the table past kMaxKeys.
+  void intern(const int64_t* keys, int64_t n, int32_t* out) {
+    if (size() + n > kMaxKeys && size() + count_new(keys, n) > kMaxKeys) {
+      fail("key overflow: a keyed operator holds at most 2147483647 distinct keys; this batch would exceed it");
+    }
+    maybe_grow_direct(keys, n);
+    const int64_t dsize = static_cast<int64_t>(direct_.size());
+    int32_t* direct = direct_.data();
+    constexpr int64_t kAhead = 8;
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) {
+        int64_t ka = keys[i + kAhead];
+        if (static_cast<uint64_t>(ka) < static_cast<uint64_t>(dsize)) {
+          __builtin_prefetch(direct + ka);
+        } else {
+          __builtin_prefetch(slots_.data() + (hash(ka) & mask_));
+        }
+      }
+      int64_t k = keys[i];
+      if (static_cast<uint64_t>(k) < static_cast<uint64_t>(dsize)) {
+        int32_t s = direct[k];
+        if (s < 0) {
+          s = find_or_insert(k);
+          direct[k] = s;
+        }
+        out[i] = s;
+      } else {
+        out[i] = find_or_insert(k);
+      }
+    }
+  }
+
+  /// Rebuilds the index from a slot -> key list (restore). Keys must be distinct.
+  void assign(const std::vector<int64_t>& keys) {
+    key_of_slot_.clear();
+    direct_.clear();
+    int64_t cap = 1024;
+    while (cap < 2 * static_cast<int64_t>(keys.size()) + 2) cap <<= 1;
+    rehash(cap);
+    for (int64_t k : keys) {
+      int64_t before = size();
+      find_or_insert(k);
+      if (size() == before) fail("corrupt snapshot: duplicate key in key index");
+    }
+  }
+
+ private:
+  static uint64_t hash(int64_t k) {
+    // splitmix64 finalizer: full avalanche, so sequential ids spread over the table.
+    uint64_t x = static_cast<uint64_t>(k);
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+  }
+
+  /// Distinct keys of the batch not yet in the table (only asked near kMaxKeys).
+  int64_t count_new(const int64_t* keys, int64_t n) const {
+    std::unordered_set<int64_t> fresh;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!contains(keys[i])) fresh.insert(keys[i]);
+    }
+    return static_cast<int64_t>(fresh.size());
+  }
+
+  bool contains(int64_t k) const {
+    for (uint64_t b = hash(k) & mask_; slots_[b] >= 0; b = (b + 1) & mask_) {
+      if (table_keys_[b] == k) return true;
+    }
+    return false;
+  }
+
+  int32_t find_or_insert(int64_t k) {
+    uint64_t b = hash(k) & mask_;
+    while (true) {
+      int32_t s = slots_[b];
+      if (s < 0) break;
+      if (table_keys_[b] == k) return s;
+      b = (b + 1) & mask_;
+    }
+    int32_t s = static_cast<int32_t>(key_of_slot_.size());
+    key_of_slot_.push_back(k);
+    table_keys_[b] = k;
+    slots_[b] = s;
+    if (2 * static_cast<uint64_t>(key_of_slot_.size()) > mask_ + 1) rehash(2 * (mask_ + 1));
+    return s;
+  }
+
+  void rehash(uint64_t cap) {
+    table_keys_.assign(cap, 0);
+    slots_.assign(cap, -1);
+    mask_ = cap - 1;
+    for (size_t s = 0; s < key_of_slot_.size(); ++s) {
+      uint64_t b = hash(key_of_slot_[s]) & mask_;
+      while (slots_[b] >= 0) b = (b + 1) & mask_;
+      table_keys_[b] = key_of_slot_[s];
+      slots_[b] = static_cast<int32_t>(s);
+    }
+  }
+
+  /// Grows the direct cache to cover this batch's largest key when that key is small
+  /// relative to the number of keys (dense ids); sparse or huge ids stay in the hash table.
+  void maybe_grow_direct(const int64_t* keys, int64_t n) {
+    int64_t hi = -1;
+    for (int64_t i = 0; i < n; ++i) hi = keys[i] > hi ? keys[i] : hi;
+    const int64_t have = static_cast<int64_t>(direct_.size());
+    if (hi < have) return;
+    const int64_t budget = 4 * (size() + n) + 4096;
+    if (hi >= kDirectLimit || hi >= budget) return;
+    int64_t cap = have > 0 ? have : 4096;
+    while (cap <= hi) cap <<= 1;
+    direct_.resize(static_cast<size_t>(cap), -1);
+    // Keys already in the hash table that the cache now covers are filled lazily on first hit.
+  }
+
+  std::vector<int64_t> key_of_slot_;
+  std::vector<int64_t> table_keys_;
+  std::vector<int32_t> slots_;
+  uint64_t mask_ = 0;
+  std::vector<int32_t> direct_;
+};
+
+}  // namespace pystream

@@ -1,0 +1,450 @@
+/// window_engine.h — keyed event-time window operator over slices (tumbling and sliding).
+///
+/// Semantics (DESIGN.md, Flink's): windows [s, e) aligned to `offset`, size `size`, every
+/// `slide`; watermark W = max_ts - ooo - 1, never regressing; window fires when W >= e - 1;
+/// an event is late for a window when e - 1 + lateness <= W, judged against the watermark
+/// *before* that event; late-for-all-windows events go to the late output; a window's
+/// state is purged once W >= e - 1 + lateness. Events more than `max_future` ahead of the
+/// watermark go to the invalid output and do not move it.
+///
+/// Slicing (Li et al. 2005 "No pane, no gain"; Flink's SliceAssigners): time is cut into
+/// slices of g = gcd(size, slide); window j covers slices [j*r, j*r + m) with r = slide/g,
+/// m = size/g. Each event updates exactly one slice accumulator of its key; a window
+/// combines its m slices when it fires, so overlap costs nothing per event.
+///
+/// Batch processing is a sequence of segments. A classification pass walks events in arrival
+/// order, maintaining W per event, and stops where the watermark crosses the next boundary
+/// (the next window end - 1, or the next slice cleanup time). The segment before it is then
+/// aggregated (one kernel pass per aggregation) and `step` fires and purges exactly as a
+/// per-event engine would at that point. The event that crossed the boundary is never late
+/// and never in a window that fires at that point (its windows end after it), so firing
+/// before inserting it is exact. Hence on-time firings do not depend on batch size at all;
+/// late updates within one batch coalesce into one emission per (key, window).
+///
+/// Ring span: live slices run from the oldest not-yet-purged (cleanup > W) to the newest
+/// accepted event (<= W + ooo + 1), so the ring holds at most (ooo + lateness + size)/g + 2
+/// slices, whatever the disorder; it grows by doubling when that span grows.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agg_column.h"
+#include "common.h"
+#include "key_index.h"
+#include "watermark.h"
+
+namespace pystream {
+
+struct WindowSpec {
+  int64_t size = 0, slide = 0, offset = 0;
+  int64_t ooo = 0;          // bounded out-of-orderness
+  int64_t lateness = 0;     // allowed lateness
+  int64_t max_future = -1;  // < 0: no guard
+  bool keyed = true;
+  int64_t out_div = 1;  // window bounds are output as ns / out_div (the input's time unit)
+};
+
+struct AggSpec {
+  AggKind kind;
+  AggParams params;
+};
+
+/// What one call produced: fired rows (columnar) and the batch rows that went to side outputs.
+struct EmitBuffer {
+  std::vector<int64_t> key, start, end;
+  std::vector<uint8_t> update;
+  std::vector<OutColumn> cols;  // one per aggregation spec, in spec order
+  std::vector<int64_t> late_rows, invalid_rows;
+};
+
+struct EngineState {
+  std::vector<int64_t> keys;
+  bool has_wm = false, flushed = false;
+  int64_t wm = 0, next_fire = 0, next_boundary = 0, base = 0, top = 0;
+  std::vector<int64_t> slice_counts;
+  std::vector<std::vector<uint8_t>> cols;  // count first, then one per non-count aggregation
+};
+
+enum : uint8_t { kAccepted = 0, kLate = 1, kInvalid = 2 };
+
+class WindowEngine {
+ public:
+  WindowEngine(const WindowSpec& spec, const std::vector<AggSpec>& aggs) : spec_(spec), wm_(spec.ooo) {
+    if (spec.size <= 0 || spec.size > kMaxDuration) fail("window size must be > 0 and <= 2^60 ns, got " + std::to_string(spec.size));
+    if (spec.slide <= 0 || spec.slide > spec.size) {
+      fail("slide must be > 0 and <= size, got slide=" + std::to_string(spec.slide) + " size=" + std::to_string(spec.size));
+    }
+    if (spec.ooo < 0 || spec.ooo > kMaxDuration) fail("max_out_of_orderness must be >= 0 and <= 2^60 ns, got " + std::to_string(spec.ooo));
+    if (spec.lateness < 0 || spec.lateness > kMaxDuration) fail("allowed_lateness must be >= 0 and <= 2^60 ns, got " + std::to_string(spec.lateness));
+    if (spec.out_div < 1) fail("out_div must be >= 1");
+    if (spec.max_future > kMaxDuration) fail("max_future must be <= 2^60 ns, got " + std::to_string(spec.max_future));
+    spec_.offset = floor_mod(spec.offset, spec.slide);
+    g_ = gcd64(spec.size, spec.slide);
+    r_ = spec.slide / g_;
+    m_ = spec.size / g_;
+    slicer_ = SliceIndexer(g_, spec_.offset);
+    windower_ = SliceIndexer(spec.slide, spec_.offset);
+    for (const AggSpec& a : aggs) {
+      if (a.kind == AggKind::kCount) {
+        col_of_spec_.push_back(-1);
+      } else {
+        col_of_spec_.push_back(static_cast<int>(cols_.size()));
+        cols_.push_back(make_column(a.kind, a.params));
+      }
+    }
+    nslots_ = spec.keyed ? 0 : 1;
+    reshape(kInitialRing, spec.keyed ? 0 : 1);
+  }
+
+  const WindowSpec& spec() const { return spec_; }
+  int64_t slice_width() const { return g_; }
+  bool has_watermark() const { return wm_.has(); }
+  int64_t watermark() const { return wm_.value(); }
+  int64_t num_keys() const { return spec_.keyed ? keys_.size() : 0; }
+  int64_t ring_capacity() const { return ring_cap_; }
+  int64_t live_slices() const { return top_ - base_; }
+  bool flushed() const { return flushed_; }
+  /// Bytes of window state currently allocated (all aggregations, including the count).
+  int64_t state_bytes() const {
+    size_t per = count_.state_bytes();
+    for (const auto& c : cols_) per += c->state_bytes();
+    return static_cast<int64_t>(per) * ring_cap_ * slot_cap_;
+  }
+
+  /// Processes one batch in arrival order. `keys` is ignored when not keyed. values[i] is the
+  /// value column of aggregation spec i (may be null for count). Validates the whole batch
+  /// before changing any state, so a rejected batch leaves the engine as it was.
+  void process(const int64_t* keys, const int64_t* ts, const std::vector<const double*>& values, int64_t n, EmitBuffer& out) {
+    if (flushed_) fail("this window operator has been flushed at end of input and accepts no more events");
+    if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+      if (col_of_spec_[s] >= 0 && values[s] == nullptr && n > 0) fail("missing value column for an aggregation");
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      if (ts[i] < -kMaxAbsTime || ts[i] > kMaxAbsTime) {
+        fail("timestamp " + std::to_string(ts[i]) + " ns at row " + std::to_string(i) +
+             " is outside the supported range [-2^62, 2^62] ns (1823-11-12 .. 2116-02-20); is the time unit right?");
+      }
+    }
+    prepare_out(out);
+    slots_.resize(static_cast<size_t>(n));
+    slices_.resize(static_cast<size_t>(n));
+    status_.resize(static_cast<size_t>(n));
+    if (spec_.keyed) {
+      keys_.intern(keys, n, slots_.data());
+      nslots_ = keys_.size();
+      if (nslots_ > slot_cap_) reshape(ring_cap_, std::max<int64_t>({nslots_, slot_cap_ + slot_cap_ / 2, 1024}));
+    } else {
+      std::fill(slots_.begin(), slots_.end(), 0);
+    }
+    values_ = &values;
+    ts_ = ts;
+
+    int64_t a = 0;  // start of the current segment
+    int64_t rejected = 0;
+    int64_t i = 0;
+    while (i < n) {
+      const int64_t t = ts[i];
+      if (!wm_.has()) {
+        start_watermark(wm_.candidate(t));
+      } else {
+        // Poison guard, judged against the watermark before this event.
+        if (spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
+          status_[i] = kInvalid;
+          out.invalid_rows.push_back(i);
+          ++rejected;
+          ++i;
+          continue;
+        }
+        const int64_t cand = wm_.candidate(t);
+        if (cand >= next_boundary_ && cand > wm_.value()) {
+          // Windows fire (and slices purge) here: finish the events before this one first.
+          // Event i is on time for all its windows, which all end after cand + 1.
+          aggregate(a, i, rejected == 0);
+          step(cand, out);
+          a = i;
+          rejected = 0;
+        } else {
+          wm_.set(cand);
+        }
+      }
+      const int64_t W = wm_.value();
+      const int64_t k = slicer_.slice_of(t);
+      const int64_t jhi = r_ == 1 ? k : windower_.slice_of(t);
+      if (window_end(jhi) - 1 + spec_.lateness <= W) {
+        status_[i] = kLate;
+        out.late_rows.push_back(i);
+        ++rejected;
+        ++i;
+        continue;
+      }
+      if (t <= W) mark_dirty(t, jhi, slots_[i]);
+      insert_slice(k);
+      slices_[i] = k;
+      status_[i] = kAccepted;
+      ++i;
+    }
+    aggregate(a, n, rejected == 0);
+    emit_dirty(out);
+    values_ = nullptr;
+    ts_ = nullptr;
+  }
+
+  /// End of input: the watermark jumps to the end of time, firing every window and purging
+  /// all state. Further events are refused.
+  void flush(EmitBuffer& out) {
+    prepare_out(out);
+    if (!flushed_) {
+      if (!wm_.has()) start_watermark(kEndWatermark);
+      step(kEndWatermark, out);
+      flushed_ = true;
+    }
+  }
+
+  EngineState snapshot() const {
+    EngineState s;
+    s.keys = keys_.keys();
+    s.has_wm = wm_.has();
+    s.flushed = flushed_;
+    s.wm = wm_.value();
+    s.next_fire = next_fire_;
+    s.next_boundary = next_boundary_;
+    s.base = base_;
+    s.top = top_;
+    for (int64_t k = base_; k < top_; ++k) s.slice_counts.push_back(slice_n_[k & (ring_cap_ - 1)]);
+    s.cols.resize(cols_.size() + 1);
+    count_.save(base_, top_, nslots_, s.cols[0]);
+    for (size_t c = 0; c < cols_.size(); ++c) cols_[c]->save(base_, top_, nslots_, s.cols[c + 1]);
+    return s;
+  }
+
+  /// Restores a snapshot taken from an engine with the same spec. Restore and first start
+  /// share the same engine; a restored engine's further output equals the original's.
+  void restore(const EngineState& s) {
+    if (s.cols.size() != cols_.size() + 1) fail("snapshot does not match this operator: different number of aggregations");
+    if (s.top < s.base || static_cast<int64_t>(s.slice_counts.size()) != s.top - s.base) fail("corrupt snapshot: slice range");
+    if (spec_.keyed) {
+      keys_.assign(s.keys);
+      nslots_ = keys_.size();
+    } else if (!s.keys.empty()) {
+      fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
+    }
+    int64_t cap = kInitialRing;
+    while (cap < s.top - s.base) cap <<= 1;
+    base_ = top_ = 0;
+    reshape(cap, std::max<int64_t>(nslots_, spec_.keyed ? 1024 : 1));
+    base_ = s.base;
+    top_ = s.top;
+    wm_ = Watermark(spec_.ooo);
+    if (s.has_wm) wm_.set(s.wm);
+    flushed_ = s.flushed;
+    next_fire_ = s.next_fire;
+    next_boundary_ = s.next_boundary;
+    for (int64_t k = base_; k < top_; ++k) slice_n_[k & (ring_cap_ - 1)] = s.slice_counts[k - base_];
+    count_.load(base_, top_, nslots_, s.cols[0].data(), s.cols[0].size());
+    for (size_t c = 0; c < cols_.size(); ++c) cols_[c]->load(base_, top_, nslots_, s.cols[c + 1].data(), s.cols[c + 1].size());
+  }
+
+ private:
+  static constexpr int64_t kInitialRing = 4;
+  static constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+
+  int64_t window_start(int64_t j) const { return j * spec_.slide + spec_.offset; }
+  int64_t window_end(int64_t j) const { return window_start(j) + spec_.size; }
+  /// The last window containing slice k decides when the slice can be dropped.
+  int64_t slice_cleanup(int64_t k) const { return window_end(floor_div(k, r_)) - 1 + spec_.lateness; }
+  /// First window whose end - 1 is above w.
+  int64_t first_window_after(int64_t w) const { return floor_div(w + 1 - spec_.offset - spec_.size, spec_.slide) + 1; }
+
+  void prepare_out(EmitBuffer& out) const {
+    if (out.cols.size() != col_of_spec_.size()) out.cols.resize(col_of_spec_.size());
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+      out.cols[s].is_int = col_of_spec_[s] < 0 ? true : cols_[col_of_spec_[s]]->is_int();
+    }
+  }
+
+  void start_watermark(int64_t w) {
+    wm_.set(w);
+    next_fire_ = first_window_after(w);
+    next_boundary_ = window_end(next_fire_) - 1;
+  }
+
+  /// Records (window, slot) updates for windows of t that already fired but are not purged.
+  void mark_dirty(int64_t t, int64_t jhi, int32_t slot) {
+    const int64_t W = wm_.value();
+    for (int64_t j = jhi; window_end(j) > t && window_start(j) <= t; --j) {
+      const int64_t fire = window_end(j) - 1;
+      if (fire > W) continue;
+      if (fire + spec_.lateness <= W) break;
+      dirty_.emplace_back(j, slot);
+    }
+  }
+
+  void insert_slice(int64_t k) {
+    if (base_ == top_) {
+      base_ = k;
+      top_ = k + 1;
+      next_boundary_ = std::min(next_boundary_, slice_cleanup(base_));
+    } else if (k < base_ || k >= top_) {
+      const int64_t nb = std::min(base_, k), nt = std::max(top_, k + 1);
+      if (nt - nb > ring_cap_) {
+        int64_t cap = ring_cap_;
+        while (cap < nt - nb) cap <<= 1;
+        reshape(cap, slot_cap_);
+      }
+      base_ = nb;
+      top_ = nt;
+      next_boundary_ = std::min(next_boundary_, slice_cleanup(base_));
+    }
+    ++slice_n_[k & (ring_cap_ - 1)];
+  }
+
+  void reshape(int64_t ring_cap, int64_t slot_cap) {
+    count_.reshape(ring_cap, slot_cap, base_, top_);
+    for (auto& c : cols_) c->reshape(ring_cap, slot_cap, base_, top_);
+    std::vector<int64_t> counts(static_cast<size_t>(ring_cap), 0);
+    for (int64_t k = base_; k < top_; ++k) counts[k & (ring_cap - 1)] = slice_n_[k & (ring_cap_ - 1)];
+    slice_n_.swap(counts);
+    ring_cap_ = ring_cap;
+    slot_cap_ = slot_cap;
+  }
+
+  void aggregate(int64_t begin, int64_t end, bool all_accepted) {
+    if (end <= begin) return;
+    Segment seg{ts_, slots_.data(), slices_.data(), status_.data(), begin, end, all_accepted};
+    const int64_t mask = ring_cap_ - 1;
+    count_.update(seg, nullptr, mask);
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+      if (col_of_spec_[s] >= 0) cols_[col_of_spec_[s]]->update(seg, (*values_)[s], mask);
+    }
+  }
+
+  /// The watermark advances to w: emit pending updates, fire every window with end - 1 <= w
+  /// in order of window end, purge slices whose last window's cleanup time has passed.
+  void step(int64_t w, EmitBuffer& out) {
+    wm_.set(w);
+    emit_dirty(out);
+    while (window_end(next_fire_) - 1 <= w) {
+      const int64_t first = next_fire_ * r_, last = first + m_ - 1;
+      if (base_ == top_ || first >= top_) {
+        next_fire_ = std::max(next_fire_, first_window_after(w));
+        break;
+      }
+      if (last < base_) {
+        next_fire_ = std::max(next_fire_ + 1, floor_div(base_ - m_, r_) + 1);
+        continue;
+      }
+      fire_window(next_fire_, rows_, false, out);
+      ++next_fire_;
+    }
+    while (base_ < top_ && slice_cleanup(base_) <= w) {
+      const int64_t pos = base_ & (ring_cap_ - 1);
+      if (slice_n_[pos] != 0) {
+        count_.reset(pos);
+        for (auto& c : cols_) c->reset(pos);
+        slice_n_[pos] = 0;
+      }
+      ++base_;
+    }
+    next_boundary_ = window_end(next_fire_) - 1;
+    if (base_ < top_) next_boundary_ = std::min(next_boundary_, slice_cleanup(base_));
+  }
+
+  /// Ring positions of window j's non-empty live slices.
+  void window_positions(int64_t j) {
+    pos_.clear();
+    const int64_t lo = std::max(j * r_, base_), hi = std::min(j * r_ + m_, top_);
+    for (int64_t k = lo; k < hi; ++k) {
+      const int64_t p = k & (ring_cap_ - 1);
+      if (slice_n_[p] > 0) pos_.push_back(p);
+    }
+  }
+
+  /// On-time firing of window j: every slot with at least one event in it, in slot order.
+  void fire_window(int64_t j, std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
+    window_positions(j);
+    if (pos_.empty()) return;
+    rows.clear();
+    if (pos_.size() == 1) {
+      const int64_t* c = count_.row(pos_[0]);
+      for (int64_t s = 0; s < nslots_; ++s) {
+        if (c[s] > 0) rows.push_back(static_cast<int32_t>(s));
+      }
+    } else {
+      for (int64_t s = 0; s < nslots_; ++s) {
+        int64_t c = 0;
+        for (int64_t p : pos_) c += count_.row(p)[s];
+        if (c > 0) rows.push_back(static_cast<int32_t>(s));
+      }
+    }
+    emit_rows(j, rows, update, out);
+  }
+
+  void emit_rows(int64_t j, const std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
+    const int64_t nr = static_cast<int64_t>(rows.size());
+    if (nr == 0) return;
+    if (spec_.keyed) {
+      const std::vector<int64_t>& keys = keys_.keys();
+      for (int32_t s : rows) out.key.push_back(keys[s]);
+    }
+    out.start.insert(out.start.end(), static_cast<size_t>(nr), window_start(j) / spec_.out_div);
+    out.end.insert(out.end.end(), static_cast<size_t>(nr), window_end(j) / spec_.out_div);
+    out.update.insert(out.update.end(), static_cast<size_t>(nr), update ? 1 : 0);
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+      const AggColumn& col = col_of_spec_[s] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[s]];
+      col.emit(pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
+    }
+  }
+
+  /// Late updates of already-fired windows: one row per (window, key), windows in order.
+  void emit_dirty(EmitBuffer& out) {
+    if (dirty_.empty()) return;
+    std::sort(dirty_.begin(), dirty_.end());
+    dirty_.erase(std::unique(dirty_.begin(), dirty_.end()), dirty_.end());
+    size_t a = 0;
+    while (a < dirty_.size()) {
+      size_t b = a;
+      rows_.clear();
+      while (b < dirty_.size() && dirty_[b].first == dirty_[a].first) rows_.push_back(dirty_[b++].second);
+      window_positions(dirty_[a].first);
+      emit_rows(dirty_[a].first, rows_, true, out);
+      a = b;
+    }
+    dirty_.clear();
+  }
+
+  WindowSpec spec_;
+  int64_t g_ = 1, r_ = 1, m_ = 1;
+  SliceIndexer slicer_, windower_;
+  Watermark wm_;
+  KeyIndex keys_;
+  int64_t nslots_ = 0;
+
+  AggColumnImpl<CountAgg> count_{AggParams{}};
+  std::vector<std::unique_ptr<AggColumn>> cols_;
+  std::vector<int> col_of_spec_;  // aggregation spec -> column (-1: the count column)
+
+  int64_t ring_cap_ = 0, slot_cap_ = 0;
+  int64_t base_ = 0, top_ = 0;  // live slices [base_, top_)
+  std::vector<int64_t> slice_n_;
+  int64_t next_fire_ = 0;
+  int64_t next_boundary_ = kNever;
+  bool flushed_ = false;
+  std::vector<std::pair<int64_t, int32_t>> dirty_;
+
+  // Per-batch scratch, reused across calls.
+  std::vector<int32_t> slots_;
+  std::vector<int64_t> slices_;
+  std::vector<uint8_t> status_;
+  std::vector<int32_t> rows_;
+  std::vector<int64_t> pos_;
+  const std::vector<const double*>* values_ = nullptr;
+  const int64_t* ts_ = nullptr;
+};
+
+}  // namespace pystream

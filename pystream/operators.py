@@ -1,0 +1,169 @@
+"""Runtime operators: the Python side of each graph node. Per batch, never per event."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._keys import KeyEncoder
+from .agg import Agg
+from .batch import Batch
+from .timing import EventTime, TimeRepr
+from .windows import Window
+
+#: Output columns every window result has besides the keys and the aggregates.
+WINDOW_COLUMNS = ("window_start", "window_end")
+UPDATE_COLUMN = "update"
+REASON_FUTURE = "timestamp more than max_future ahead of the watermark"
+
+
+class WindowAggregateOperator:
+    """Keyed (or not) event-time window aggregation over the native engine.
+
+    `process(batch)` returns (results, late, invalid) batches:
+      results: key columns, window_start, window_end, one column per aggregate, update;
+      late:    the input rows that were late for all their windows;
+      invalid: the input rows refused by the max_future guard, with a `reason` column.
+    Rows of one firing come in the order in which their keys first appeared in the stream;
+    firings come in order of window end (late updates of older windows first).
+    """
+
+    def __init__(self, window: Window, aggs: dict[str, Agg], time: EventTime, keys: tuple[str, ...] = (),
+                 allowed_lateness: int = 0):
+        if not aggs:
+            raise ValueError("aggregate() needs at least one aggregation, e.g. aggregate(n=ps.agg.count())")
+        reserved = set(keys) | set(WINDOW_COLUMNS) | {UPDATE_COLUMN}
+        for name, a in aggs.items():
+            if not isinstance(a, Agg):
+                raise TypeError(f"aggregate({name}=...) expects a ps.agg aggregation such as ps.agg.sum('kwh'), got {a!r}")
+            if name in reserved:
+                raise ValueError(f"aggregate output name {name!r} collides with a key or window column; choose another name")
+        self.window = window
+        self.aggs = dict(aggs)
+        self.time = time
+        self.keys = tuple(keys)
+        self.allowed_lateness = allowed_lateness
+        self._encoder = KeyEncoder(self.keys) if self.keys else None
+        self._engine = None
+        self._repr: TimeRepr | None = None
+        self._value_dtypes: dict[str, np.dtype] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _build(self, rep: TimeRepr):
+        w = self.window
+        div = rep.output_divisor(w.size, w.slide, w.offset % w.slide)
+        mf = -1 if self.time.max_future is None else self.time.max_future
+        self._engine = _core.WindowEngine(
+            w.size, w.slide, w.offset, self.time.max_out_of_orderness, self.allowed_lateness, mf,
+            bool(self.keys), [(a.code, a.ddof) for a in self.aggs.values()], div)
+        self._repr = rep
+        self._div = div
+
+    @property
+    def engine(self):
+        return self._engine
+
+    @property
+    def watermark(self):
+        """Current watermark in int64 ns (None before the first event)."""
+        return None if self._engine is None else self._engine.watermark
+
+    # -- per batch ----------------------------------------------------------------------------
+    def _values(self, batch: Batch):
+        cols = []
+        for name, a in self.aggs.items():
+            if a.column is None:
+                cols.append(None)
+                continue
+            if a.column not in batch:
+                raise KeyError(f"aggregate {name}={a.kind}({a.column!r}): unknown column {a.column!r}; "
+                               f"the batch has {batch.columns}")
+            arr = batch[a.column]
+            if arr.dtype.kind not in "iufb":
+                raise TypeError(f"aggregate {name}={a.kind}({a.column!r}) needs a numeric column, got dtype {arr.dtype}")
+            self._value_dtypes.setdefault(name, arr.dtype)
+            cols.append(np.ascontiguousarray(arr, dtype=np.float64))
+        return cols
+
+    def process(self, batch: Batch):
+        ts, rep = self.time.extract(batch)
+        values = self._values(batch)
+        keys = self._encoder.encode(batch) if self._encoder is not None else None
+        if self._engine is None:
+            self._build(rep)
+        elif rep != self._repr:
+            raise TypeError(f"time column {self.time.column!r} changed representation from {self._repr} to {rep}")
+        out = self._engine.process(keys, ts, values)
+        return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
+
+    def finish(self):
+        """End of bounded input: fire every window."""
+        if self._engine is None:
+            return self.empty_result()
+        return self._results(self._engine.flush())
+
+    # -- output ---------------------------------------------------------------------------------
+    def _results(self, out) -> Batch:
+        cols: dict[str, np.ndarray] = {}
+        if self._encoder is not None:
+            cols.update(self._encoder.decode(out["key"]))
+        cols["window_start"] = self._repr.to_output(out["start"], self._div)
+        cols["window_end"] = self._repr.to_output(out["end"], self._div)
+        for (name, a), values in zip(self.aggs.items(), out["cols"]):
+            dt = self._value_dtypes.get(name)
+            if a.keeps_input_dtype and dt is not None and dt.kind in "iub":
+                values = values.astype(dt)
+            cols[name] = values
+        cols[UPDATE_COLUMN] = out["update"]
+        return Batch(cols)
+
+    def empty_result(self) -> Batch:
+        cols = {k: np.empty(0, dtype=np.int64) for k in self.keys}
+        if self._encoder is not None and self._engine is not None:
+            cols = self._encoder.decode(np.empty(0, dtype=np.int64))
+        t = np.empty(0, dtype=np.int64)
+        rep = self._repr
+        cols["window_start"] = t if rep is None else rep.to_output(t, self._div)
+        cols["window_end"] = t if rep is None else rep.to_output(t, self._div)
+        for name, a in self.aggs.items():
+            cols[name] = np.empty(0, dtype=np.int64 if a.kind == "count" else np.float64)
+        cols[UPDATE_COLUMN] = np.empty(0, dtype=bool)
+        return Batch(cols)
+
+    @staticmethod
+    def _late(batch, ts, rows):
+        return batch.take(rows) if len(rows) else None
+
+    @staticmethod
+    def _invalid(batch, ts, rows):
+        if not len(rows):
+            return None
+        bad = batch.take(rows)
+        return bad.with_columns(reason=np.full(len(rows), REASON_FUTURE, dtype=object))
+
+    # -- state ----------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Immutable, picklable state; `restore` on a fresh operator continues identically."""
+        return {
+            "config": self.fingerprint(),
+            "engine": None if self._engine is None else self._engine.snapshot(),
+            "repr": None if self._repr is None else (self._repr.kind, self._repr.unit),
+            "keys": None if self._encoder is None else self._encoder.snapshot(),
+            "value_dtypes": {k: v.str for k, v in self._value_dtypes.items()},
+        }
+
+    def restore(self, state: dict) -> None:
+        if state["config"] != self.fingerprint():
+            raise ValueError(f"snapshot is from a different window operator: {state['config']} != {self.fingerprint()}")
+        if state["repr"] is not None:
+            self._build(TimeRepr(*state["repr"]))
+            self._engine.restore(state["engine"])
+        if self._encoder is not None and state["keys"] is not None:
+            self._encoder.restore(state["keys"])
+        self._value_dtypes = {k: np.dtype(v) for k, v in state["value_dtypes"].items()}
+
+    def fingerprint(self) -> tuple:
+        return (
+            repr(self.window), self.keys, tuple((n, a.kind, a.column, a.ddof) for n, a in self.aggs.items()),
+            self.allowed_lateness, repr(self.time),
+        )

@@ -1,0 +1,125 @@
+"""Time notions. Inside the engine time is int64 nanoseconds since the Unix epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from ._duration import NS_PER, format_duration, parse_duration
+
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+
+
+@dataclass(frozen=True)
+class TimeRepr:
+    """How the input time column was represented, so window bounds go back out the same way."""
+
+    kind: str  # "int" or "datetime"
+    unit: str  # ns, us, ms, s (datetime64 may also be m, h, D...)
+
+    @property
+    def factor(self) -> int:
+        return _DT_FACTORS[self.unit]
+
+    def output_divisor(self, *durations_ns: int) -> int:
+        """Divisor from ns to this representation's unit when every duration is a multiple of
+        it; otherwise 1 (datetime64 output then falls back to ns)."""
+        f = self.factor
+        if all(d % f == 0 for d in durations_ns):
+            return f
+        if self.kind == "int":
+            bad = next(d for d in durations_ns if d % f)
+            raise ValueError(
+                f"window parameter {format_duration(bad)} is not a whole number of {self.unit}, the unit of the "
+                f"int64 time column; window bounds could not be given in that unit")
+        return 1
+
+    def to_output(self, ns_values: np.ndarray, divisor: int) -> np.ndarray:
+        """Engine output already divided by `divisor` -> the input representation."""
+        if self.kind == "int":
+            return ns_values
+        unit = self.unit if divisor == self.factor else "ns"
+        return ns_values.view(f"datetime64[{unit}]")
+
+
+_DT_FACTORS = {
+    "ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+    "m": NS_PER["m"], "h": NS_PER["h"], "D": NS_PER["d"], "W": NS_PER["w"],
+}
+
+
+class EventTime:
+    """Event time taken from a column of the records.
+
+    Args:
+        column: name of the time column: datetime64 (any unit) or an integer column with `unit`.
+        unit: unit of an integer time column: "ns", "us", "ms" or "s".
+        max_out_of_orderness: bounded disorder d; the watermark is max_ts - d - 1 (Flink's rule).
+        max_future: if set, an event more than this ahead of the current watermark (a meter
+            whose clock says 2099) is sent to the `invalid` side output with a reason instead of
+            dragging the watermark forward. The first event of a stream has no watermark to be
+            judged against and is always accepted.
+    """
+
+    def __init__(self, column: str, unit: str | None = None, max_out_of_orderness="0s", max_future=None):
+        if not isinstance(column, str):
+            raise TypeError(f"EventTime column must be a column name (str), got {type(column).__name__}")
+        if unit is not None and unit not in _UNITS:
+            raise ValueError(f"EventTime unit must be one of {sorted(_UNITS)}, got {unit!r}")
+        self.column = column
+        self.unit = unit
+        self.max_out_of_orderness = parse_duration(max_out_of_orderness, "max_out_of_orderness")
+        self.max_future = None if max_future is None else parse_duration(max_future, "max_future")
+
+    def __repr__(self):
+        mf = "" if self.max_future is None else f", max_future={format_duration(self.max_future)!r}"
+        return (f"EventTime({self.column!r}, unit={self.unit!r}, "
+                f"max_out_of_orderness={format_duration(self.max_out_of_orderness)!r}{mf})")
+
+    def repr_for(self, arr: np.ndarray) -> TimeRepr:
+        kind = arr.dtype.kind
+        if kind == "M":
+            unit = np.datetime_data(arr.dtype)[0]
+            if unit not in _DT_FACTORS:
+                raise ValueError(f"time column {self.column!r} has unsupported datetime64 unit {unit!r}")
+            return TimeRepr("datetime", unit)
+        if kind in "iu":
+            if self.unit is None:
+                raise ValueError(
+                    f"time column {self.column!r} is {arr.dtype}; declare its unit, e.g. EventTime({self.column!r}, unit='ms')")
+            return TimeRepr("int", self.unit)
+        raise TypeError(
+            f"time column {self.column!r} must be datetime64 or integer with a declared unit, got dtype {arr.dtype}")
+
+    def extract(self, batch) -> tuple[np.ndarray, TimeRepr]:
+        """int64 ns timestamps of a batch. Raises (naming the rule and the values) on a missing
+        column, a wrong dtype, NaT, or values outside the supported range."""
+        if self.column not in batch:
+            raise KeyError(f"unknown time column {self.column!r}; the batch has {batch.columns}")
+        arr = batch[self.column]
+        rep = self.repr_for(arr)
+        if len(arr) == 0:
+            return np.empty(0, dtype=np.int64), rep
+        if rep.kind == "datetime":
+            raw = arr.view(np.int64)
+            nat = np.isnat(arr)
+            if nat.any():
+                row = int(np.flatnonzero(nat)[0])
+                raise ValueError(f"time column {self.column!r} has a missing timestamp (NaT) at row {row}; "
+                                 f"every event needs an event time")
+        else:
+            raw = arr
+        factor = rep.factor
+        lo, hi = int(raw.min()), int(raw.max())
+        limit = _core.MAX_ABS_TIME // factor
+        if lo < -limit or hi > limit:
+            bad = lo if lo < -limit else hi
+            row = int(np.flatnonzero(raw == bad)[0])
+            raise ValueError(
+                f"timestamp {bad} ({rep.unit}) at row {row} of column {self.column!r} is outside the supported range "
+                f"1823-11-12 .. 2116-02-20; is the unit right?")
+        if factor == 1:
+            return np.ascontiguousarray(raw, dtype=np.int64), rep
+        return raw.astype(np.int64) * np.int64(factor), rep

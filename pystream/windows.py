@@ -1,0 +1,80 @@
+"""Window assigners: immutable, validated configuration objects.
+
+Windows are half-open [start, end) and aligned to the epoch plus `offset`. A window is
+identified by an integer (its index from the aligned origin), never by an object; the
+native core does the arithmetic (slices of gcd(size, slide)).
+"""
+
+from __future__ import annotations
+
+from ._duration import format_duration, parse_duration
+
+
+class Window:
+    """Base class of window assigners."""
+
+    size: int
+    slide: int
+    offset: int
+
+    def _params(self):
+        return (type(self).__name__, self.size, self.slide, self.offset)
+
+    def __eq__(self, other):
+        return isinstance(other, Window) and self._params() == other._params()
+
+    def __hash__(self):
+        return hash(self._params())
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"{type(self).__name__} is immutable")
+        object.__setattr__(self, name, value)
+
+
+class Tumbling(Window):
+    """Fixed-size, non-overlapping windows: [k*size + offset, (k+1)*size + offset).
+
+    >>> Tumbling("15m")
+    Tumbling('15m')
+    """
+
+    def __init__(self, size, offset="0s"):
+        self.size = parse_duration(size, "window size")
+        if self.size <= 0:
+            raise ValueError(f"window size must be > 0, got {size!r}")
+        self.slide = self.size
+        self.offset = parse_duration(offset, "window offset", allow_negative=True)
+        self._frozen = True
+
+    def __repr__(self):
+        off = f", offset={format_duration(self.offset)!r}" if self.offset else ""
+        return f"Tumbling({format_duration(self.size)!r}{off})"
+
+
+class Sliding(Window):
+    """Windows of `size` starting every `slide` (hopping windows); each instant belongs to
+    about size/slide windows, including windows that begin before the first event.
+
+    >>> Sliding("1h", "15m")
+    Sliding('1h', '15m')
+    """
+
+    def __init__(self, size, slide, offset="0s"):
+        self.size = parse_duration(size, "window size")
+        self.slide = parse_duration(slide, "window slide")
+        if self.size <= 0:
+            raise ValueError(f"window size must be > 0, got {size!r}")
+        if self.slide <= 0 or self.slide > self.size:
+            raise ValueError(
+                f"slide must be > 0 and <= size, got slide={format_duration(self.slide)} size={format_duration(self.size)}"
+                + ("; a slide larger than the size would leave gaps between windows" if self.slide > self.size else ""))
+        self.offset = parse_duration(offset, "window offset", allow_negative=True)
+        self._frozen = True
+
+    def __repr__(self):
+        off = f", offset={format_duration(self.offset)!r}" if self.offset else ""
+        return f"Sliding({format_duration(self.size)!r}, {format_duration(self.slide)!r}{off})"
+
+
+__all__ = ["Window", "Tumbling", "Sliding"]
