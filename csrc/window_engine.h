@@ -282,6 +282,9 @@ class WindowEngine {
       if (fire > W) continue;
       if (fire + spec_.lateness <= W) break;
       dirty_.emplace_back(j, slot);
+      // The update must be emitted before this window's cleanup time passes: after that, a
+      // slice it shares with a later window may take events that are late for it.
+      next_boundary_ = std::min(next_boundary_, fire + spec_.lateness);
     }
   }
 
@@ -336,7 +339,9 @@ class WindowEngine {
         break;
       }
       if (last < base_) {
-        next_fire_ = std::max(next_fire_ + 1, floor_div(base_ - m_, r_) + 1);
+        // Due windows wholly below the live range are empty: skip to the first one that
+        // reaches base_, but never past the first window that is not due yet.
+        next_fire_ = std::max(next_fire_ + 1, std::min(floor_div(base_ - m_, r_) + 1, first_window_after(w)));
         continue;
       }
       fire_window(next_fire_, rows_, false, out);

@@ -1,0 +1,131 @@
+"""A plain-Python, one-event-at-a-time model of DESIGN.md's window semantics.
+
+Deliberately naive: every window is a list of the events in it, every event is judged on its
+own, every aggregate is recomputed from the list. No slices, no rings, no batching. The
+native engine must agree with it (tests/test_engine_model.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+NAN = float("nan")
+
+
+def windows_of(t, size, slide, offset):
+    """Every window index j with start_j <= t < start_j + size, start_j = j*slide + offset."""
+    j = (t - offset) // slide  # Python's // floors, as the definition wants
+    out = []
+    while j * slide + offset + size > t:
+        out.append(j)
+        j -= 1
+    return sorted(out)
+
+
+def aggregate(kind, events, ddof=1):
+    """events: list of (t, arrival, value)."""
+    vals = [v for _, _, v in events]
+    if kind == "count":
+        return len(events)
+    if kind == "sum":
+        return NAN if any(math.isnan(v) for v in vals) else math.fsum(vals)
+    if kind == "min":
+        return NAN if any(math.isnan(v) for v in vals) else min(vals)
+    if kind == "max":
+        return NAN if any(math.isnan(v) for v in vals) else max(vals)
+    if kind == "mean":
+        return aggregate("sum", events) / len(vals)
+    if kind == "first":
+        return min(events, key=lambda e: (e[0], e[1]))[2]
+    if kind == "last":
+        return max(events, key=lambda e: (e[0], e[1]))[2]
+    if kind in ("var", "std"):
+        n = len(vals)
+        if n <= ddof or any(math.isnan(v) for v in vals):
+            return NAN
+        mu = math.fsum(vals) / n
+        var = math.fsum((v - mu) ** 2 for v in vals) / (n - ddof)
+        return var if kind == "var" else math.sqrt(var)
+    raise ValueError(kind)
+
+
+@dataclass
+class Row:
+    key: object
+    j: int
+    start: int
+    end: int
+    values: tuple
+    update: bool
+
+
+@dataclass
+class RefWindows:
+    size: int
+    slide: int
+    offset: int
+    ooo: int
+    lateness: int
+    max_future: int | None
+    aggs: list  # [(kind, ddof)]
+    keyed: bool = True
+
+    wm: int | None = None
+    arrival: int = 0
+    key_order: dict = field(default_factory=dict)
+    contents: dict = field(default_factory=dict)  # (key, j) -> [(t, arrival, value_tuple)]
+    rows: list = field(default_factory=list)
+    late: list = field(default_factory=list)
+    invalid: list = field(default_factory=list)
+
+    def _row(self, key, j, update):
+        evs = self.contents[(key, j)]
+        vals = tuple(aggregate(kind, [(t, a, v[i]) for t, a, v in evs], ddof) for i, (kind, ddof) in enumerate(self.aggs))
+        start = j * self.slide + self.offset
+        return Row(key, j, start, start + self.size, vals, update)
+
+    def event(self, index, key, t, values):
+        """One event. `values` holds one value per aggregation (ignored for count)."""
+        key = key if self.keyed else None
+        self.key_order.setdefault(key, len(self.key_order))
+        arrival = self.arrival
+        self.arrival += 1
+        W = self.wm
+        if W is not None and self.max_future is not None and t > W + self.max_future:
+            self.invalid.append(index)
+            return
+        wins = windows_of(t, self.size, self.slide, self.offset)
+        accepted = [j for j in wins if W is None or j * self.slide + self.offset + self.size - 1 + self.lateness > W]
+        if not accepted:
+            self.late.append(index)
+        for j in accepted:
+            self.contents.setdefault((key, j), []).append((t, arrival, tuple(values)))
+            end = j * self.slide + self.offset + self.size
+            if W is not None and end - 1 <= W:
+                # Late but within allowed lateness: the window fires again at once.
+                self.rows.append(self._row(key, j, True))
+        cand = t - self.ooo - 1
+        if W is None or cand > W:
+            self.advance(cand)
+
+    def advance(self, w):
+        """The watermark moves to w: windows whose end - 1 it passes fire now (on time), in
+        order of window end, keys in order of first appearance; expired windows are dropped.
+        A window that passes with no data never fires on time; data that reaches it later
+        (within allowed lateness) produces update rows only."""
+        prev = self.wm
+        self.wm = w
+        due = sorted({j for (_, j) in self.contents
+                      if (prev is None or j * self.slide + self.offset + self.size - 1 > prev)
+                      and j * self.slide + self.offset + self.size - 1 <= w})
+        for j in due:
+            keys = sorted((k for (k, jj) in self.contents if jj == j), key=self.key_order.__getitem__)
+            for k in keys:
+                self.rows.append(self._row(k, j, False))
+        for (k, j) in list(self.contents):
+            if j * self.slide + self.offset + self.size - 1 + self.lateness <= w:
+                del self.contents[(k, j)]
+
+    def flush(self):
+        self.advance(2**70)
