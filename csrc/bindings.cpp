@@ -30,6 +30,25 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
   return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
 }
 
+/// Output columns: NumPy takes the pooled buffer; the capsule gives it back to the pool.
+template <class T>
+py::array_t<T> to_numpy(OutBuf<T>&& v) {
+  const py::ssize_t n = static_cast<py::ssize_t>(v.size());
+  if (n == 0) return py::array_t<T>(0);
+  struct Owned {
+    T* ptr;
+    size_t bytes;
+  };
+  auto* owned = new Owned{nullptr, 0};
+  owned->ptr = v.release(owned->bytes);
+  py::capsule owner(owned, [](void* p) {
+    auto* o = static_cast<Owned*>(p);
+    BufferPool::instance().release(o->ptr, o->bytes);
+    delete o;
+  });
+  return py::array_t<T>({n}, {sizeof(T)}, owned->ptr, owner);
+}
+
 py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
   py::dict d;
   d["key"] = keyed ? py::object(to_numpy(std::move(b.key))) : py::object(py::none());
@@ -77,7 +96,8 @@ class PyEngine {
     naggs_ = specs.size();
   }
 
-  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values) {
+  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
+                   int64_t unit_ns) {
     const bool keyed = engine_->spec().keyed;
     const int64_t n = ts.size();
     if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
@@ -96,7 +116,7 @@ class PyEngine {
     EmitBuffer out;
     {
       py::gil_scoped_release release;
-      engine_->process(keyed ? keys->data() : nullptr, ts.data(), vptr, n, out);
+      engine_->process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out);
     }
     return emit_to_dict(std::move(out), keyed);
   }
@@ -121,10 +141,9 @@ class PyEngine {
     d["next_boundary"] = s.next_boundary;
     d["base"] = s.base;
     d["top"] = s.top;
-    d["slice_counts"] = to_numpy(std::move(s.slice_counts));
-    py::list cols;
-    for (auto& c : s.cols) cols.append(py::bytes(reinterpret_cast<const char*>(c.data()), c.size()));
-    d["cols"] = cols;
+    d["slice_used"] = to_numpy(std::move(s.slice_used));
+    d["row_bytes"] = s.row_bytes;
+    d["rows"] = py::bytes(reinterpret_cast<const char*>(s.rows.data()), s.rows.size());
     return d;
   }
 
@@ -138,11 +157,10 @@ class PyEngine {
     s.next_boundary = d["next_boundary"].cast<int64_t>();
     s.base = d["base"].cast<int64_t>();
     s.top = d["top"].cast<int64_t>();
-    s.slice_counts = from_numpy(d["slice_counts"].cast<I64Array>());
-    for (auto item : d["cols"].cast<py::list>()) {
-      std::string b = item.cast<std::string>();
-      s.cols.emplace_back(b.begin(), b.end());
-    }
+    s.slice_used = from_numpy(d["slice_used"].cast<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>>());
+    s.row_bytes = d["row_bytes"].cast<int64_t>();
+    std::string_view rows = d["rows"].cast<std::string_view>();
+    s.rows.assign(rows.begin(), rows.end());
     engine_->restore(s);
   }
 
@@ -207,13 +225,14 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
            py::arg("size"), py::arg("slide"), py::arg("offset"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"),
            py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1)
-      .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"))
+      .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1)
       .def("flush", &PyEngine::flush)
       .def("snapshot", &PyEngine::snapshot)
       .def("restore", &PyEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyEngine::watermark)
       .def_property_readonly("num_keys", [](const PyEngine& e) { return e.engine().num_keys(); })
       .def_property_readonly("state_bytes", [](const PyEngine& e) { return e.engine().state_bytes(); })
+      .def_property_readonly("row_bytes", [](const PyEngine& e) { return e.engine().row_bytes(); })
       .def_property_readonly("ring_capacity", [](const PyEngine& e) { return e.engine().ring_capacity(); })
       .def_property_readonly("live_slices", [](const PyEngine& e) { return e.engine().live_slices(); })
       .def_property_readonly("slice_width", [](const PyEngine& e) { return e.engine().slice_width(); })

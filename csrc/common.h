@@ -11,8 +11,13 @@
 /// Kernels may then use plain arithmetic; only the boundary checks ranges.
 #pragma once
 
+#include <sys/mman.h>
+
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <stdexcept>
+#include <utility>
 #include <string>
 
 namespace pystream {
@@ -88,6 +93,39 @@ class SliceIndexer {
   FastDiv fd_;
   int64_t origin_slice_ = 0;
   int64_t origin_ = 0;
+};
+
+/// A zero-initialised, 2 MiB-aligned buffer that asks the kernel for transparent huge pages.
+/// Keyed window state is accessed at random; with 4 KiB pages every access to a 10+ MB
+/// table is also a likely TLB miss. Falls back to ordinary pages where THP is unavailable.
+class HugeBuffer {
+ public:
+  HugeBuffer() = default;
+  explicit HugeBuffer(size_t bytes) {
+    if (bytes == 0) return;
+    constexpr size_t kHuge = size_t{1} << 21;
+    size_ = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, size_);
+    if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p, size_, MADV_HUGEPAGE);
+#endif
+    data_ = static_cast<uint8_t*>(p);
+  }
+  HugeBuffer(const HugeBuffer&) = delete;
+  HugeBuffer& operator=(const HugeBuffer&) = delete;
+  HugeBuffer(HugeBuffer&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr; o.size_ = 0; }
+  HugeBuffer& operator=(HugeBuffer&& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  ~HugeBuffer() { std::free(data_); }
+  uint8_t* data() const { return data_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
 };
 
 [[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }

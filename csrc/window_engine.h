@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -56,18 +57,19 @@ struct AggSpec {
 
 /// What one call produced: fired rows (columnar) and the batch rows that went to side outputs.
 struct EmitBuffer {
-  std::vector<int64_t> key, start, end;
-  std::vector<uint8_t> update;
+  OutBuf<int64_t> key, start, end;
+  OutBuf<uint8_t> update;
   std::vector<OutColumn> cols;  // one per aggregation spec, in spec order
-  std::vector<int64_t> late_rows, invalid_rows;
+  OutBuf<int64_t> late_rows, invalid_rows;
 };
 
 struct EngineState {
   std::vector<int64_t> keys;
   bool has_wm = false, flushed = false;
   int64_t wm = 0, next_fire = 0, next_boundary = 0, base = 0, top = 0;
-  std::vector<int64_t> slice_counts;
-  std::vector<std::vector<uint8_t>> cols;  // count first, then one per non-count aggregation
+  std::vector<uint8_t> slice_used;
+  int64_t row_bytes = 0;
+  std::vector<uint8_t> rows;  // state rows of slices [base, top) x slots [0, keys), slice-major
 };
 
 enum : uint8_t { kAccepted = 0, kLate = 1, kInvalid = 2 };
@@ -89,14 +91,21 @@ class WindowEngine {
     m_ = spec.size / g_;
     slicer_ = SliceIndexer(g_, spec_.offset);
     windower_ = SliceIndexer(spec.slide, spec_.offset);
+    int64_t offset = static_cast<int64_t>(sizeof(int64_t));  // the count is at offset 0
     for (const AggSpec& a : aggs) {
       if (a.kind == AggKind::kCount) {
         col_of_spec_.push_back(-1);
       } else {
         col_of_spec_.push_back(static_cast<int>(cols_.size()));
         cols_.push_back(make_column(a.kind, a.params));
+        cols_.back()->set_offset(offset);
+        offset += static_cast<int64_t>((cols_.back()->state_bytes() + 7) / 8 * 8);
       }
     }
+    row_bytes_ = offset;
+    init_row_.assign(static_cast<size_t>(row_bytes_), 0);
+    count_.init(init_row_.data());
+    for (const auto& c : cols_) c->init(init_row_.data());
     nslots_ = spec.keyed ? 0 : 1;
     reshape(kInitialRing, spec.keyed ? 0 : 1);
   }
@@ -110,25 +119,28 @@ class WindowEngine {
   int64_t live_slices() const { return top_ - base_; }
   bool flushed() const { return flushed_; }
   /// Bytes of window state currently allocated (all aggregations, including the count).
-  int64_t state_bytes() const {
-    size_t per = count_.state_bytes();
-    for (const auto& c : cols_) per += c->state_bytes();
-    return static_cast<int64_t>(per) * ring_cap_ * slot_cap_;
-  }
+  int64_t state_bytes() const { return row_bytes_ * ring_cap_ * slot_cap_; }
+  /// Bytes of state per key per slice (all aggregations in one row).
+  int64_t row_bytes() const { return row_bytes_; }
 
-  /// Processes one batch in arrival order. `keys` is ignored when not keyed. values[i] is the
-  /// value column of aggregation spec i (may be null for count). Validates the whole batch
-  /// before changing any state, so a rejected batch leaves the engine as it was.
-  void process(const int64_t* keys, const int64_t* ts, const std::vector<const double*>& values, int64_t n, EmitBuffer& out) {
+  /// Processes one batch in arrival order. `keys` is ignored when not keyed. `ts` holds event
+  /// times in units of `unit_ns` nanoseconds (1 for ns, 1e6 for ms); they are scaled in the
+  /// classification pass, so no converted copy is ever made. values[i] is the value column of
+  /// aggregation spec i (may be null for count). The whole batch is validated before any state
+  /// changes, so a rejected batch leaves the engine as it was.
+  void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
+               EmitBuffer& out) {
     if (flushed_) fail("this window operator has been flushed at end of input and accepts no more events");
     if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
       if (col_of_spec_[s] >= 0 && values[s] == nullptr && n > 0) fail("missing value column for an aggregation");
     }
+    if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
+    const int64_t limit = kMaxAbsTime / unit_ns;
     for (int64_t i = 0; i < n; ++i) {
-      if (ts[i] < -kMaxAbsTime || ts[i] > kMaxAbsTime) {
-        fail("timestamp " + std::to_string(ts[i]) + " ns at row " + std::to_string(i) +
-             " is outside the supported range [-2^62, 2^62] ns (1823-11-12 .. 2116-02-20); is the time unit right?");
+      if (ts[i] < -limit || ts[i] > limit) {
+        fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
+             " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
       }
     }
     prepare_out(out);
@@ -149,7 +161,7 @@ class WindowEngine {
     int64_t rejected = 0;
     int64_t i = 0;
     while (i < n) {
-      const int64_t t = ts[i];
+      const int64_t t = ts[i] * unit_ns;
       if (!wm_.has()) {
         start_watermark(wm_.candidate(t));
       } else {
@@ -216,18 +228,21 @@ class WindowEngine {
     s.next_boundary = next_boundary_;
     s.base = base_;
     s.top = top_;
-    for (int64_t k = base_; k < top_; ++k) s.slice_counts.push_back(slice_n_[k & (ring_cap_ - 1)]);
-    s.cols.resize(cols_.size() + 1);
-    count_.save(base_, top_, nslots_, s.cols[0]);
-    for (size_t c = 0; c < cols_.size(); ++c) cols_[c]->save(base_, top_, nslots_, s.cols[c + 1]);
+    for (int64_t k = base_; k < top_; ++k) s.slice_used.push_back(slice_used_[k & (ring_cap_ - 1)]);
+    s.row_bytes = row_bytes_;
+    const size_t slice_bytes = static_cast<size_t>(nslots_ * row_bytes_);
+    s.rows.resize(slice_bytes * static_cast<size_t>(top_ - base_));
+    for (int64_t k = base_; k < top_; ++k) {
+      if (slice_bytes) std::memcpy(s.rows.data() + slice_bytes * static_cast<size_t>(k - base_), table_.row(k & (ring_cap_ - 1), 0), slice_bytes);
+    }
     return s;
   }
 
   /// Restores a snapshot taken from an engine with the same spec. Restore and first start
   /// share the same engine; a restored engine's further output equals the original's.
   void restore(const EngineState& s) {
-    if (s.cols.size() != cols_.size() + 1) fail("snapshot does not match this operator: different number of aggregations");
-    if (s.top < s.base || static_cast<int64_t>(s.slice_counts.size()) != s.top - s.base) fail("corrupt snapshot: slice range");
+    if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations (state row size)");
+    if (s.top < s.base || static_cast<int64_t>(s.slice_used.size()) != s.top - s.base) fail("corrupt snapshot: slice range");
     if (spec_.keyed) {
       keys_.assign(s.keys);
       nslots_ = keys_.size();
@@ -245,9 +260,12 @@ class WindowEngine {
     flushed_ = s.flushed;
     next_fire_ = s.next_fire;
     next_boundary_ = s.next_boundary;
-    for (int64_t k = base_; k < top_; ++k) slice_n_[k & (ring_cap_ - 1)] = s.slice_counts[k - base_];
-    count_.load(base_, top_, nslots_, s.cols[0].data(), s.cols[0].size());
-    for (size_t c = 0; c < cols_.size(); ++c) cols_[c]->load(base_, top_, nslots_, s.cols[c + 1].data(), s.cols[c + 1].size());
+    const size_t slice_bytes = static_cast<size_t>(nslots_ * row_bytes_);
+    if (s.rows.size() != slice_bytes * static_cast<size_t>(top_ - base_)) fail("corrupt snapshot: state rows have the wrong size");
+    for (int64_t k = base_; k < top_; ++k) {
+      slice_used_[k & (ring_cap_ - 1)] = s.slice_used[k - base_] != 0;
+      if (slice_bytes) std::memcpy(table_.row(k & (ring_cap_ - 1), 0), s.rows.data() + slice_bytes * static_cast<size_t>(k - base_), slice_bytes);
+    }
   }
 
  private:
@@ -304,26 +322,41 @@ class WindowEngine {
       top_ = nt;
       next_boundary_ = std::min(next_boundary_, slice_cleanup(base_));
     }
-    ++slice_n_[k & (ring_cap_ - 1)];
+    // A flag, not a counter: a read-modify-write of the same byte for every event would be
+    // a serial store-to-load chain through memory.
+    slice_used_[k & (ring_cap_ - 1)] = 1;
   }
 
   void reshape(int64_t ring_cap, int64_t slot_cap) {
-    count_.reshape(ring_cap, slot_cap, base_, top_);
-    for (auto& c : cols_) c->reshape(ring_cap, slot_cap, base_, top_);
-    std::vector<int64_t> counts(static_cast<size_t>(ring_cap), 0);
-    for (int64_t k = base_; k < top_; ++k) counts[k & (ring_cap - 1)] = slice_n_[k & (ring_cap_ - 1)];
-    slice_n_.swap(counts);
+    const size_t rb = static_cast<size_t>(row_bytes_);
+    HugeBuffer fresh(static_cast<size_t>(ring_cap * slot_cap) * rb);
+    uint8_t* data = fresh.data();
+    for (int64_t r = 0; r < ring_cap * slot_cap; ++r) std::memcpy(data + static_cast<size_t>(r) * rb, init_row_.data(), rb);
+    const int64_t keep = std::min(slot_cap, slot_cap_);
+    for (int64_t k = base_; k < top_ && keep > 0; ++k) {
+      std::memcpy(data + static_cast<size_t>((k & (ring_cap - 1)) * slot_cap) * rb, table_.row(k & (ring_cap_ - 1), 0),
+                  static_cast<size_t>(keep) * rb);
+    }
+    storage_ = std::move(fresh);
+    table_ = StateTable{storage_.data(), row_bytes_, slot_cap};
+    std::vector<uint8_t> used(static_cast<size_t>(ring_cap), 0);
+    for (int64_t k = base_; k < top_; ++k) used[k & (ring_cap - 1)] = slice_used_[k & (ring_cap_ - 1)];
+    slice_used_.swap(used);
     ring_cap_ = ring_cap;
     slot_cap_ = slot_cap;
   }
 
+  /// Runs every aggregation over events [begin, end), one pass per aggregation over chunks
+  /// small enough that the rows the first pass pulled in are still in L2 for the others.
   void aggregate(int64_t begin, int64_t end, bool all_accepted) {
-    if (end <= begin) return;
-    Segment seg{ts_, slots_.data(), slices_.data(), status_.data(), begin, end, all_accepted};
+    constexpr int64_t kChunk = 4096;
     const int64_t mask = ring_cap_ - 1;
-    count_.update(seg, nullptr, mask);
-    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
-      if (col_of_spec_[s] >= 0) cols_[col_of_spec_[s]]->update(seg, (*values_)[s], mask);
+    for (int64_t c = begin; c < end; c += kChunk) {
+      Segment seg{ts_, slots_.data(), slices_.data(), status_.data(), c, std::min(end, c + kChunk), all_accepted};
+      count_.update(table_, seg, nullptr, mask);
+      for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+        if (col_of_spec_[s] >= 0) cols_[col_of_spec_[s]]->update(table_, seg, (*values_)[s], mask);
+      }
     }
   }
 
@@ -349,10 +382,11 @@ class WindowEngine {
     }
     while (base_ < top_ && slice_cleanup(base_) <= w) {
       const int64_t pos = base_ & (ring_cap_ - 1);
-      if (slice_n_[pos] != 0) {
-        count_.reset(pos);
-        for (auto& c : cols_) c->reset(pos);
-        slice_n_[pos] = 0;
+      if (slice_used_[pos] != 0) {
+        const size_t rb = static_cast<size_t>(row_bytes_);
+        uint8_t* row = table_.row(pos, 0);
+        for (int64_t s = 0; s < nslots_; ++s) std::memcpy(row + static_cast<size_t>(s) * rb, init_row_.data(), rb);
+        slice_used_[pos] = 0;
       }
       ++base_;
     }
@@ -366,7 +400,7 @@ class WindowEngine {
     const int64_t lo = std::max(j * r_, base_), hi = std::min(j * r_ + m_, top_);
     for (int64_t k = lo; k < hi; ++k) {
       const int64_t p = k & (ring_cap_ - 1);
-      if (slice_n_[p] > 0) pos_.push_back(p);
+      if (slice_used_[p] != 0) pos_.push_back(p);
     }
   }
 
@@ -374,19 +408,23 @@ class WindowEngine {
   void fire_window(int64_t j, std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
     window_positions(j);
     if (pos_.empty()) return;
-    rows.clear();
+    rows.resize(static_cast<size_t>(nslots_));
+    int32_t* r = rows.data();
+    int64_t nr = 0;
     if (pos_.size() == 1) {
-      const int64_t* c = count_.row(pos_[0]);
       for (int64_t s = 0; s < nslots_; ++s) {
-        if (c[s] > 0) rows.push_back(static_cast<int32_t>(s));
+        r[nr] = static_cast<int32_t>(s);  // branch-free compaction
+        nr += count_.at(table_, pos_[0], s) > 0;
       }
     } else {
       for (int64_t s = 0; s < nslots_; ++s) {
         int64_t c = 0;
-        for (int64_t p : pos_) c += count_.row(p)[s];
-        if (c > 0) rows.push_back(static_cast<int32_t>(s));
+        for (int64_t p : pos_) c += count_.at(table_, p, s);
+        r[nr] = static_cast<int32_t>(s);
+        nr += c > 0;
       }
     }
+    rows.resize(static_cast<size_t>(nr));
     emit_rows(j, rows, update, out);
   }
 
@@ -394,15 +432,18 @@ class WindowEngine {
     const int64_t nr = static_cast<int64_t>(rows.size());
     if (nr == 0) return;
     if (spec_.keyed) {
-      const std::vector<int64_t>& keys = keys_.keys();
-      for (int32_t s : rows) out.key.push_back(keys[s]);
+      const int64_t* keys = keys_.keys().data();
+      const size_t at = out.key.size();
+      out.key.resize(at + static_cast<size_t>(nr));
+      int64_t* o = out.key.data() + at;
+      for (int64_t r = 0; r < nr; ++r) o[r] = keys[rows[r]];
     }
-    out.start.insert(out.start.end(), static_cast<size_t>(nr), window_start(j) / spec_.out_div);
-    out.end.insert(out.end.end(), static_cast<size_t>(nr), window_end(j) / spec_.out_div);
-    out.update.insert(out.update.end(), static_cast<size_t>(nr), update ? 1 : 0);
+    out.start.append(static_cast<size_t>(nr), window_start(j) / spec_.out_div);
+    out.end.append(static_cast<size_t>(nr), window_end(j) / spec_.out_div);
+    out.update.append(static_cast<size_t>(nr), update ? 1 : 0);
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
       const AggColumn& col = col_of_spec_[s] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[s]];
-      col.emit(pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
+      col.emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
     }
   }
 
@@ -434,9 +475,13 @@ class WindowEngine {
   std::vector<std::unique_ptr<AggColumn>> cols_;
   std::vector<int> col_of_spec_;  // aggregation spec -> column (-1: the count column)
 
+  int64_t row_bytes_ = 0;
+  std::vector<uint8_t> init_row_;
+  HugeBuffer storage_;  // the state rows
+  StateTable table_;
   int64_t ring_cap_ = 0, slot_cap_ = 0;
   int64_t base_ = 0, top_ = 0;  // live slices [base_, top_)
-  std::vector<int64_t> slice_n_;
+  std::vector<uint8_t> slice_used_;  // per ring position: holds data
   int64_t next_fire_ = 0;
   int64_t next_boundary_ = kNever;
   bool flushed_ = false;

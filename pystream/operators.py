@@ -93,7 +93,10 @@ class WindowAggregateOperator:
             self._build(rep)
         elif rep != self._repr:
             raise TypeError(f"time column {self.time.column!r} changed representation from {self._repr} to {rep}")
-        out = self._engine.process(keys, ts, values)
+        try:
+            out = self._engine.process(keys, ts, values, rep.factor)
+        except ValueError as e:
+            raise ValueError(f"time column {self.time.column!r}: {e}") from None
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
 
     def finish(self):
