@@ -95,7 +95,7 @@ cdef class ObjectInterner:
 
     @classmethod
     def restore(cls, state):
-        self = cls(state["column"])
+        cdef ObjectInterner self = cls(state["column"])
         for i, v in enumerate(state["values"]):
             self._ids[v] = i
             self._values.append(v)

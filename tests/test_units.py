@@ -1,0 +1,67 @@
+"""Durations and key interning: the small pieces everything else leans on."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from pystream import _core, parse_duration
+from pystream._duration import format_duration
+from pystream._intern import ObjectInterner
+
+
+@pytest.mark.parametrize("text, ns", [
+    ("15m", 900 * 10**9), ("1h", 3600 * 10**9), ("60s", 60 * 10**9), ("500ms", 5 * 10**8), ("1h30m", 5400 * 10**9),
+    ("2d", 2 * 86400 * 10**9), ("1w", 7 * 86400 * 10**9), ("250us", 250_000), ("7ns", 7), ("0s", 0), ("10min", 600 * 10**9),
+])
+def test_parse_duration_strings(text, ns):
+    assert parse_duration(text) == ns
+
+
+def test_parse_duration_other_types_and_negative():
+    assert parse_duration(dt.timedelta(minutes=15, microseconds=3)) == 900 * 10**9 + 3000
+    assert parse_duration(np.timedelta64(5, "ms")) == 5 * 10**6
+    assert parse_duration("-3ns", allow_negative=True) == -3
+    with pytest.raises(ValueError, match=r"offset must be >= 0, got '-3ns'"):
+        parse_duration("-3ns", "offset")
+    with pytest.raises(ValueError, match=r"cannot parse duration '15m abc'"):
+        parse_duration("15m abc")
+
+
+@pytest.mark.parametrize("ns", [1, 999, 1000, 900 * 10**9, 5400 * 10**9, 86400 * 10**9 * 7, -60 * 10**9])
+def test_format_duration_round_trips(ns):
+    assert parse_duration(format_duration(ns), allow_negative=True) == ns
+
+
+def test_object_interner_is_incremental_and_validates_before_committing():
+    it = ObjectInterner("site")
+    assert it.intern(np.array(["b", "a", "b"])).tolist() == [0, 1, 0]
+    assert it.intern(np.array(["c", "a"], dtype=object)).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="mixes types"):
+        it.intern(np.array(["d", 5], dtype=object))
+    assert len(it) == 3  # "d" from the rejected batch was not interned
+    restored = ObjectInterner.restore(it.snapshot())
+    assert restored.intern(np.array(["a", "c", "e"])).tolist() == [1, 2, 3]
+    assert restored.lookup(np.array([3, 0])).tolist() == ["e", "b"]
+
+
+def test_tuple_interner_round_trip():
+    t = _core.TupleInterner(2)
+    ids = t.intern([np.array([1, 2, 1, 1]), np.array([7, 7, 7, 8])])
+    assert ids.tolist() == [0, 1, 0, 2]
+    assert t.column(np.array([2, 0]), 1).tolist() == [8, 7]
+    u = _core.TupleInterner(2)
+    u.assign(t.rows())
+    assert u.intern([np.array([1, 5]), np.array([8, 5])]).tolist() == [2, 3]
+    with pytest.raises(IndexError, match="unknown composite key id 9"):
+        t.column(np.array([9]), 0)
+
+
+def test_engine_reports_state_size():
+    e = _core.WindowEngine(10, 10, 0, 0, 0, -1, True, [(0, 1), (1, 1), (3, 1)])
+    e.process(np.arange(1000), np.zeros(1000, dtype=np.int64), [None, np.ones(1000), np.ones(1000)])
+    assert e.row_bytes == 32  # count 8 + compensated sum 16 + max 8 bytes per key per slice
+    assert e.num_keys == 1000
+    assert e.state_bytes >= 1000 * 32
