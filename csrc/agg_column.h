@@ -35,8 +35,7 @@ enum class AggKind : int { kCount = 0, kSum, kMin, kMax, kMean, kFirst, kLast, k
 /// Events of one batch segment, as the aggregation kernels see them.
 struct Segment {
   const int64_t* ts;
-  const int32_t* slots;
-  const int64_t* slices;
+  const int64_t* rows;    // state row index of each event: (slice & mask) * slot_cap + slot
   const uint8_t* status;  // 0 = accepted; anything else is skipped
   int64_t begin, end;
   bool all_accepted;
@@ -137,21 +136,19 @@ class AggColumnImpl final : public AggColumn {
     }
   }
 
+  /// The engine's first pass over a chunk (the count) computed each event's row and pulled it
+  /// into cache; this pass only reads the row index.
   template <bool kMasked>
-  void run(const StateTable& t, const Segment& seg, const double* __restrict values, int64_t mask) const {
+  void run(const StateTable& t, const Segment& seg, const double* __restrict values, int64_t) const {
     uint8_t* __restrict d = t.data + offset_;
-    const int64_t cap = t.slot_cap;
     const int64_t rb = t.row_bytes;
-    const int32_t* __restrict slots = seg.slots;
-    const int64_t* __restrict slices = seg.slices;
+    const int64_t* __restrict rows = seg.rows;
     const int64_t* __restrict ts = seg.ts;
     const uint8_t* __restrict status = seg.status;
-    constexpr int64_t kAhead = 16;
     const int64_t end = seg.end;
     for (int64_t i = seg.begin; i < end; ++i) {
-      if (i + kAhead < end) __builtin_prefetch(d + ((slices[i + kAhead] & mask) * cap + slots[i + kAhead]) * rb, 1);
       if (kMasked && status[i] != 0) continue;
-      State& s = *reinterpret_cast<State*>(d + ((slices[i] & mask) * cap + slots[i]) * rb);
+      State& s = *reinterpret_cast<State*>(d + rows[i] * rb);
       P::update(s, P::kUsesValue ? values[i] : 0.0, P::kUsesTime ? ts[i] : 0);
     }
   }

@@ -62,6 +62,7 @@ class FastDiv {
     return q;
   }
   uint64_t divisor() const { return d_; }
+  uint64_t magic() const { return m_; }
 
  private:
   uint64_t d_ = 1;
@@ -86,6 +87,9 @@ class SliceIndexer {
   }
   int64_t slice_start(int64_t k) const { return k * g_ + offset_; }
   int64_t width() const { return g_; }
+  int64_t origin() const { return origin_; }
+  int64_t origin_slice() const { return origin_slice_; }
+  const FastDiv& divider() const { return fd_; }
 
  private:
   int64_t g_ = 1;

@@ -144,9 +144,11 @@ class WindowEngine {
       }
     }
     prepare_out(out);
+    reserve_out(out, n);
     slots_.resize(static_cast<size_t>(n));
     slices_.resize(static_cast<size_t>(n));
     status_.resize(static_cast<size_t>(n));
+    rows_idx_.resize(static_cast<size_t>(n));
     if (spec_.keyed) {
       keys_.intern(keys, n, slots_.data());
       nslots_ = keys_.size();
@@ -161,6 +163,8 @@ class WindowEngine {
     int64_t rejected = 0;
     int64_t i = 0;
     while (i < n) {
+      i = classify_fast(ts, unit_ns, i, n);
+      if (i >= n) break;
       const int64_t t = ts[i] * unit_ns;
       if (!wm_.has()) {
         start_watermark(wm_.candidate(t));
@@ -203,8 +207,45 @@ class WindowEngine {
     }
     aggregate(a, n, rejected == 0);
     emit_dirty(out);
+    if (n > 0) rows_per_event_ = 0.5 * rows_per_event_ + 0.5 * static_cast<double>(out.start.size()) / static_cast<double>(n);
     values_ = nullptr;
     ts_ = nullptr;
+  }
+
+  /// The common event, with all engine state in registers: above the watermark (so on time
+  /// for all its windows: they end after t > W), not crossing the next boundary, into a live
+  /// slice. Returns the first event that needs the general path (or n).
+  int64_t classify_fast(const int64_t* __restrict ts, int64_t unit_ns, int64_t i, int64_t n) {
+    if (!wm_.has()) return i;
+    int64_t W = wm_.value();
+    const int64_t boundary = next_boundary_, ooo1 = spec_.ooo + 1;
+    // Without a guard, any event so far ahead that W + 2^61 < t simply takes the general path.
+    const int64_t mf = spec_.max_future < 0 ? 2 * kMaxDuration : spec_.max_future;
+    const int64_t base = base_, top = top_, mask = ring_cap_ - 1;
+    const uint64_t origin = static_cast<uint64_t>(slicer_.origin()), origin_slice = static_cast<uint64_t>(slicer_.origin_slice());
+    const uint64_t d = slicer_.divider().divisor(), m = slicer_.divider().magic();
+    int64_t* __restrict slices = slices_.data();
+    uint8_t* __restrict status = status_.data();
+    uint8_t* __restrict used = slice_used_.data();
+    for (; i < n; ++i) {
+      const int64_t t = ts[i] * unit_ns;
+      if (t <= W || t > W + mf) break;
+      const int64_t cand = t - ooo1;
+      if (cand > W) {
+        if (cand >= boundary) break;
+        W = cand;
+      }
+      const uint64_t num = static_cast<uint64_t>(t) - origin;
+      uint64_t q = d == 1 ? num : static_cast<uint64_t>((static_cast<__uint128_t>(num) * m) >> 64);
+      q += (num - q * d >= d);
+      const int64_t k = static_cast<int64_t>(origin_slice + q);
+      if (k < base || k >= top) break;
+      slices[i] = k;
+      status[i] = kAccepted;
+      used[k & mask] = 1;
+    }
+    wm_.set(W);
+    return i;
   }
 
   /// End of input: the watermark jumps to the end of time, firing every window and purging
@@ -286,6 +327,23 @@ class WindowEngine {
     }
   }
 
+  /// Sizes the output columns for this batch up front (rows per event as in the last batch,
+  /// plus a margin), so they do not grow by doubling and copying.
+  void reserve_out(EmitBuffer& out, int64_t n) {
+    const size_t want = static_cast<size_t>(static_cast<double>(n) * rows_per_event_ * 1.25) + 64;
+    out.key.reserve(spec_.keyed ? want : 0);
+    out.start.reserve(want);
+    out.end.reserve(want);
+    out.update.reserve(want);
+    for (size_t s = 0; s < out.cols.size(); ++s) {
+      if (out.cols[s].is_int) {
+        out.cols[s].i.reserve(want);
+      } else {
+        out.cols[s].f.reserve(want);
+      }
+    }
+  }
+
   void start_watermark(int64_t w) {
     wm_.set(w);
     next_fire_ = first_window_after(w);
@@ -352,11 +410,36 @@ class WindowEngine {
     constexpr int64_t kChunk = 4096;
     const int64_t mask = ring_cap_ - 1;
     for (int64_t c = begin; c < end; c += kChunk) {
-      Segment seg{ts_, slots_.data(), slices_.data(), status_.data(), c, std::min(end, c + kChunk), all_accepted};
-      count_.update(table_, seg, nullptr, mask);
+      const int64_t ce = std::min(end, c + kChunk);
+      if (all_accepted) {
+        count_pass<false>(c, ce, mask);
+      } else {
+        count_pass<true>(c, ce, mask);
+      }
+      Segment seg{ts_, rows_idx_.data(), status_.data(), c, ce, all_accepted};
       for (size_t s = 0; s < col_of_spec_.size(); ++s) {
         if (col_of_spec_[s] >= 0) cols_[col_of_spec_[s]]->update(table_, seg, (*values_)[s], mask);
       }
+    }
+  }
+
+  /// First pass over a chunk: each event's state row (kept for the other passes), prefetched a
+  /// few events ahead because this is where the random access to keyed state is paid.
+  template <bool kMasked>
+  void count_pass(int64_t begin, int64_t end, int64_t mask) {
+    const int32_t* __restrict slots = slots_.data();
+    const int64_t* __restrict slices = slices_.data();
+    const uint8_t* __restrict status = status_.data();
+    int64_t* __restrict rows = rows_idx_.data();
+    uint8_t* __restrict d = table_.data;
+    const int64_t cap = table_.slot_cap, rb = table_.row_bytes;
+    constexpr int64_t kAhead = 16;
+    for (int64_t i = begin; i < end; ++i) {
+      if (i + kAhead < end) __builtin_prefetch(d + ((slices[i + kAhead] & mask) * cap + slots[i + kAhead]) * rb, 1);
+      if (kMasked && status[i] != 0) continue;
+      const int64_t r = (slices[i] & mask) * cap + slots[i];
+      rows[i] = r;
+      ++*reinterpret_cast<int64_t*>(d + r * rb);  // the count is at offset 0
     }
   }
 
@@ -485,12 +568,14 @@ class WindowEngine {
   int64_t next_fire_ = 0;
   int64_t next_boundary_ = kNever;
   bool flushed_ = false;
+  double rows_per_event_ = 0.0;  // recent output rows per input event, to size outputs
   std::vector<std::pair<int64_t, int32_t>> dirty_;
 
   // Per-batch scratch, reused across calls.
   std::vector<int32_t> slots_;
   std::vector<int64_t> slices_;
   std::vector<uint8_t> status_;
+  std::vector<int64_t> rows_idx_;
   std::vector<int32_t> rows_;
   std::vector<int64_t> pos_;
   const std::vector<const double*>* values_ = nullptr;

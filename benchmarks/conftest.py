@@ -1,0 +1,48 @@
+"""Shared data and the events/s summary table for the throughput benchmarks."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pystream.datagen import meter_readings
+
+ROWS = int(os.environ.get("PYSTREAM_BENCH_ROWS", "10000000"))
+RESULTS: dict[str, float] = {}  # name -> events/s (best round)
+
+_cache: dict[int, dict] = {}
+
+
+def readings(meters: int) -> dict:
+    if meters not in _cache:
+        _cache.clear()  # one data set in memory at a time (10M rows ~ 240 MB)
+        _cache[meters] = meter_readings(ROWS, meters, seed=42)
+    return _cache[meters]
+
+
+def record(benchmark, name: str, events: int) -> float:
+    rate = events / benchmark.stats.stats.min
+    benchmark.extra_info["events_per_s"] = rate
+    RESULTS[name] = rate
+    return rate
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"pystream throughput ({ROWS:,} events, best of rounds)")
+    for name, rate in RESULTS.items():
+        base = name.rsplit("[", 1)
+        ratio = ""
+        for key, other in RESULTS.items():
+            if key.startswith("numpy") and key.split(" ", 1)[1] == name.split(" ", 1)[-1] and key != name:
+                ratio = f"  ({rate / other:.2f}x numpy)"
+        tr.write_line(f"{name:48s} {rate / 1e6:8.1f} M events/s{ratio}")
+    del base
+
+
+@pytest.fixture
+def rows() -> int:
+    return ROWS

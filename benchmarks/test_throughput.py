@@ -1,0 +1,162 @@
+"""Throughput of the window core on the smart-meter query (issue 2's benchmark).
+
+10M readings (PYSTREAM_BENCH_ROWS), 100k meters, readings delayed up to 60 s (bounded
+disorder), 15-minute tumbling sum/count/max per meter and 1 h / 15 min sliding sum, through
+the bare kernel and through flow.run(). Each has a NumPy baseline of the same work in the
+same run (bincount over precomputed window ids), so ratios hold on a noisy machine. Every
+benchmark checks its answer against the baseline before its timing counts.
+
+Run: pytest benchmarks --benchmark-only
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pystream as ps
+from pystream import _core
+
+from conftest import record, readings
+
+MIN15 = 900_000  # ms
+HOUR = 3_600_000
+BATCH = 65_536
+
+
+# -- NumPy baselines (window ids precomputed outside the timing) -----------------------------
+
+def numpy_ids(d, meters, width_ms):
+    w = d["ts"] // width_ms
+    return (w - w.min()) * meters + d["meter_id"]
+
+
+def numpy_tumbling(wid, kwh):
+    n = np.bincount(wid)
+    s = np.bincount(wid, weights=kwh)
+    peak = np.full(len(n), -np.inf)
+    np.maximum.at(peak, wid, kwh)
+    nz = np.flatnonzero(n)
+    return n[nz], s[nz], peak[nz]
+
+
+def numpy_sliding(wid15, kwh, meters):
+    """1 h windows every 15 min = sum of 4 consecutive 15-min slices per meter."""
+    s = np.bincount(wid15, weights=kwh)
+    n = np.bincount(wid15)
+    slices = -(-len(s) // meters)
+    s = np.pad(s, (0, slices * meters - len(s))).reshape(slices, meters)
+    n = np.pad(n, (0, slices * meters - len(n))).reshape(slices, meters)
+    total = np.zeros((slices + 3, meters))
+    count = np.zeros((slices + 3, meters), dtype=np.int64)
+    for lag in range(4):
+        total[lag:lag + slices] += s
+        count[lag:lag + slices] += n
+    return total[count > 0]
+
+
+# -- pystream runs -------------------------------------------------------------------------
+
+def kernel_run(d, size_ms, slide_ms, aggs):
+    e = _core.WindowEngine(size_ms * 10**6, slide_ms * 10**6, 0, 60 * 10**9, 0, -1, True, [(c, 1) for c, _ in aggs], 10**6)
+    ids, ts, kwh = d["meter_id"], d["ts"], d["kwh"]
+    n_rows, totals = 0, np.zeros(len(aggs))
+    for a in range(0, len(ts), BATCH):
+        out = e.process(ids[a:a + BATCH], ts[a:a + BATCH], [None if c == 0 else kwh[a:a + BATCH] for c, _ in aggs], 10**6)
+        n_rows += len(out["start"])
+        totals += [col.sum() if name != "peak" else 0 for (c, name), col in zip(aggs, out["cols"])]
+    out = e.flush()
+    n_rows += len(out["start"])
+    totals += [col.sum() if name != "peak" else 0 for (c, name), col in zip(aggs, out["cols"])]
+    return n_rows, totals
+
+
+class StreamingSink(ps.sinks.Sink):
+    """Consumes each batch and keeps only totals, like a sink writing to a store."""
+
+    def __init__(self):
+        self.name = "streaming"
+
+    def open(self):
+        self.rows, self.kwh = 0, 0.0
+
+    def write(self, batch):
+        self.rows += len(batch)
+        self.kwh += float(batch["kwh"].sum())
+
+    def close(self):
+        return (self.rows, self.kwh)
+
+
+def flow_run(d, window, sink, tumbling=True):
+    flow = ps.Flow("bench")
+    src = flow.source(ps.sources.Arrays(d, batch_size=BATCH), time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s"))
+    aggs = dict(kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh")) if tumbling else dict(kwh=ps.agg.sum("kwh"))
+    src.key_by("meter_id").window(window).aggregate(**aggs).sink(sink)
+    return flow.run()[sink.name]
+
+
+TUMBLING_AGGS = [(0, "n"), (1, "kwh"), (3, "peak")]
+
+
+@pytest.mark.parametrize("meters", [1_000, 100_000, 1_000_000])
+def test_numpy_tumbling(benchmark, meters):
+    d = readings(meters)
+    wid = numpy_ids(d, meters, MIN15)
+    n, s, _ = benchmark.pedantic(numpy_tumbling, args=(wid, d["kwh"]), rounds=3, iterations=1)
+    assert n.sum() == len(wid)
+    record(benchmark, f"numpy tumbling 15m sum/count/max keys={meters}", len(wid))
+
+
+@pytest.mark.parametrize("meters", [1_000, 100_000, 1_000_000])
+def test_kernel_tumbling(benchmark, meters):
+    d = readings(meters)
+    n, s, _ = numpy_tumbling(numpy_ids(d, meters, MIN15), d["kwh"])
+    rows, totals = kernel_run(d, MIN15, MIN15, TUMBLING_AGGS)
+    assert rows == len(n) and totals[0] == n.sum() and totals[1] == pytest.approx(s.sum(), rel=1e-9)
+    benchmark.pedantic(kernel_run, args=(d, MIN15, MIN15, TUMBLING_AGGS), rounds=3, iterations=1)
+    record(benchmark, f"kernel tumbling 15m sum/count/max keys={meters}", len(d["ts"]))
+
+
+def test_numpy_sliding(benchmark):
+    d = readings(100_000)
+    wid = numpy_ids(d, 100_000, MIN15)
+    benchmark.pedantic(numpy_sliding, args=(wid, d["kwh"], 100_000), rounds=3, iterations=1)
+    record(benchmark, "numpy sliding 1h/15m sum keys=100000", len(wid))
+
+
+def test_kernel_sliding(benchmark):
+    d = readings(100_000)
+    want = numpy_sliding(numpy_ids(d, 100_000, MIN15), d["kwh"], 100_000)
+    rows, totals = kernel_run(d, HOUR, MIN15, [(1, "kwh")])
+    assert rows == len(want) and totals[0] == pytest.approx(want.sum(), rel=1e-9)
+    benchmark.pedantic(kernel_run, args=(d, HOUR, MIN15, [(1, "kwh")]), rounds=3, iterations=1)
+    record(benchmark, "kernel sliding 1h/15m sum keys=100000", len(d["ts"]))
+
+
+def test_flow_tumbling_streaming_sink(benchmark):
+    d = readings(100_000)
+    n, s, _ = numpy_tumbling(numpy_ids(d, 100_000, MIN15), d["kwh"])
+    rows, kwh = flow_run(d, ps.windows.Tumbling("15m"), StreamingSink())
+    assert rows == len(n) and kwh == pytest.approx(s.sum(), rel=1e-9)
+    benchmark.pedantic(flow_run, args=(d, ps.windows.Tumbling("15m"), StreamingSink()), rounds=3, iterations=1)
+    record(benchmark, "flow.run tumbling 15m sum/count/max keys=100000", len(d["ts"]))
+
+
+def test_flow_tumbling_collect(benchmark):
+    d = readings(100_000)
+    n, _, _ = numpy_tumbling(numpy_ids(d, 100_000, MIN15), d["kwh"])
+    out = flow_run(d, ps.windows.Tumbling("15m"), ps.sinks.Collect("usage"))
+    assert len(out) == len(n) and out["n"].sum() == len(d["ts"])
+    del out
+    benchmark.pedantic(flow_run, args=(d, ps.windows.Tumbling("15m"), ps.sinks.Collect("usage")), rounds=3, iterations=1)
+    record(benchmark, "flow.run+Collect tumbling 15m keys=100000", len(d["ts"]))
+
+
+def test_flow_sliding_streaming_sink(benchmark):
+    d = readings(100_000)
+    want = numpy_sliding(numpy_ids(d, 100_000, MIN15), d["kwh"], 100_000)
+    rows, kwh = flow_run(d, ps.windows.Sliding("1h", "15m"), StreamingSink(), tumbling=False)
+    assert rows == len(want) and kwh == pytest.approx(want.sum(), rel=1e-9)
+    benchmark.pedantic(flow_run, args=(d, ps.windows.Sliding("1h", "15m"), StreamingSink(), False), rounds=3, iterations=1)
+    record(benchmark, "flow.run sliding 1h/15m sum keys=100000", len(d["ts"]))
