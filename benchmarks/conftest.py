@@ -34,13 +34,12 @@ def pytest_terminal_summary(terminalreporter):
     tr = terminalreporter
     tr.section(f"pystream throughput ({ROWS:,} events, best of rounds)")
     for name, rate in RESULTS.items():
-        base = name.rsplit("[", 1)
-        ratio = ""
+        ratios = []
         for key, other in RESULTS.items():
-            if key.startswith("numpy") and key.split(" ", 1)[1] == name.split(" ", 1)[-1] and key != name:
-                ratio = f"  ({rate / other:.2f}x numpy)"
-        tr.write_line(f"{name:48s} {rate / 1e6:8.1f} M events/s{ratio}")
-    del base
+            kind, _, query = key.partition(" ")
+            if kind in ("numpy", "numpy+ids") and query == name.partition(" ")[2] and key != name:
+                ratios.append(f"{rate / other:.2f}x {kind}")
+        tr.write_line(f"{name:52s} {rate / 1e6:8.1f} M events/s" + (f"  ({', '.join(ratios)})" if ratios else ""))
 
 
 @pytest.fixture

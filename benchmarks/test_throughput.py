@@ -108,6 +108,19 @@ def test_numpy_tumbling(benchmark, meters):
     record(benchmark, f"numpy tumbling 15m sum/count/max keys={meters}", len(wid))
 
 
+def numpy_tumbling_with_ids(d, meters):
+    """The same work as the kernel does: window ids from timestamps, then the reductions."""
+    return numpy_tumbling(numpy_ids(d, meters, MIN15), d["kwh"])
+
+
+@pytest.mark.parametrize("meters", [1_000, 100_000, 1_000_000])
+def test_numpy_tumbling_incl_window_ids(benchmark, meters):
+    d = readings(meters)
+    n, _, _ = benchmark.pedantic(numpy_tumbling_with_ids, args=(d, meters), rounds=3, iterations=1)
+    assert n.sum() == len(d["ts"])
+    record(benchmark, f"numpy+ids tumbling 15m sum/count/max keys={meters}", len(d["ts"]))
+
+
 @pytest.mark.parametrize("meters", [1_000, 100_000, 1_000_000])
 def test_kernel_tumbling(benchmark, meters):
     d = readings(meters)

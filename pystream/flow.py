@@ -166,7 +166,10 @@ class LocalRuntime:
         ops = {n.id: WindowAggregateOperator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
                                              n.params["allowed_lateness"])
                for n in nodes if n.kind == "window"}
-        metrics = {n.id: {"events_in": 0, "rows_out": 0, "late": 0, "invalid": 0} for n in nodes if n.kind == "window"}
+        metrics = {n.id: {"name": f"{n.params['window']!r} " + (f"by {', '.join(n.params['keys'])}" if n.params["keys"]
+                                                                 else "over all keys"),
+                          "events_in": 0, "rows_out": 0, "late": 0, "invalid": 0}
+                   for n in nodes if n.kind == "window"}
         emitted: dict[tuple[int, str], bool] = {}
         last_input: dict[int, Batch] = {}
         sinks = [n for n in nodes if n.kind == "sink"]
