@@ -146,9 +146,8 @@ class WindowEngine {
     prepare_out(out);
     reserve_out(out, n);
     slots_.resize(static_cast<size_t>(n));
-    slices_.resize(static_cast<size_t>(n));
     status_.resize(static_cast<size_t>(n));
-    rows_idx_.resize(static_cast<size_t>(n));
+    rows_idx_.resize(static_cast<size_t>(n));  // stale entries stay within the table, which only grows
     if (spec_.keyed) {
       keys_.intern(keys, n, slots_.data());
       nslots_ = keys_.size();
@@ -200,8 +199,14 @@ class WindowEngine {
         continue;
       }
       if (t <= W) mark_dirty(t, jhi, slots_[i]);
+      if (ring_must_grow(k)) {
+        // Row indices of the pending events assume the current layout: aggregate them first.
+        aggregate(a, i, rejected == 0);
+        a = i;
+        rejected = 0;
+      }
       insert_slice(k);
-      slices_[i] = k;
+      rows_idx_[i] = (k & (ring_cap_ - 1)) * slot_cap_ + slots_[i];
       status_[i] = kAccepted;
       ++i;
     }
@@ -221,10 +226,11 @@ class WindowEngine {
     const int64_t boundary = next_boundary_, ooo1 = spec_.ooo + 1;
     // Without a guard, any event so far ahead that W + 2^61 < t simply takes the general path.
     const int64_t mf = spec_.max_future < 0 ? 2 * kMaxDuration : spec_.max_future;
-    const int64_t base = base_, top = top_, mask = ring_cap_ - 1;
+    const int64_t base = base_, top = top_, mask = ring_cap_ - 1, cap = slot_cap_;
     const uint64_t origin = static_cast<uint64_t>(slicer_.origin()), origin_slice = static_cast<uint64_t>(slicer_.origin_slice());
     const uint64_t d = slicer_.divider().divisor(), m = slicer_.divider().magic();
-    int64_t* __restrict slices = slices_.data();
+    const int32_t* __restrict slots = slots_.data();
+    int64_t* __restrict rows = rows_idx_.data();
     uint8_t* __restrict status = status_.data();
     uint8_t* __restrict used = slice_used_.data();
     for (; i < n; ++i) {
@@ -240,7 +246,7 @@ class WindowEngine {
       q += (num - q * d >= d);
       const int64_t k = static_cast<int64_t>(origin_slice + q);
       if (k < base || k >= top) break;
-      slices[i] = k;
+      rows[i] = (k & mask) * cap + slots[i];
       status[i] = kAccepted;
       used[k & mask] = 1;
     }
@@ -364,6 +370,10 @@ class WindowEngine {
     }
   }
 
+  bool ring_must_grow(int64_t k) const {
+    return base_ != top_ && std::max(top_, k + 1) - std::min(base_, k) > ring_cap_;
+  }
+
   void insert_slice(int64_t k) {
     if (base_ == top_) {
       base_ = k;
@@ -412,9 +422,9 @@ class WindowEngine {
     for (int64_t c = begin; c < end; c += kChunk) {
       const int64_t ce = std::min(end, c + kChunk);
       if (all_accepted) {
-        count_pass<false>(c, ce, mask);
+        count_pass<false>(c, ce);
       } else {
-        count_pass<true>(c, ce, mask);
+        count_pass<true>(c, ce);
       }
       Segment seg{ts_, rows_idx_.data(), status_.data(), c, ce, all_accepted};
       for (size_t s = 0; s < col_of_spec_.size(); ++s) {
@@ -426,20 +436,17 @@ class WindowEngine {
   /// First pass over a chunk: each event's state row (kept for the other passes), prefetched a
   /// few events ahead because this is where the random access to keyed state is paid.
   template <bool kMasked>
-  void count_pass(int64_t begin, int64_t end, int64_t mask) {
-    const int32_t* __restrict slots = slots_.data();
-    const int64_t* __restrict slices = slices_.data();
+  void count_pass(int64_t begin, int64_t end) {
     const uint8_t* __restrict status = status_.data();
-    int64_t* __restrict rows = rows_idx_.data();
+    const int64_t* __restrict rows = rows_idx_.data();
     uint8_t* __restrict d = table_.data;
-    const int64_t cap = table_.slot_cap, rb = table_.row_bytes;
+    const int64_t rb = table_.row_bytes;
     constexpr int64_t kAhead = 16;
     for (int64_t i = begin; i < end; ++i) {
-      if (i + kAhead < end) __builtin_prefetch(d + ((slices[i + kAhead] & mask) * cap + slots[i + kAhead]) * rb, 1);
+      // Rejected events have stale row indices; prefetching one is harmless.
+      if (i + kAhead < end) __builtin_prefetch(d + rows[i + kAhead] * rb, 1);
       if (kMasked && status[i] != 0) continue;
-      const int64_t r = (slices[i] & mask) * cap + slots[i];
-      rows[i] = r;
-      ++*reinterpret_cast<int64_t*>(d + r * rb);  // the count is at offset 0
+      ++*reinterpret_cast<int64_t*>(d + rows[i] * rb);  // the count is at offset 0
     }
   }
 
@@ -573,7 +580,6 @@ class WindowEngine {
 
   // Per-batch scratch, reused across calls.
   std::vector<int32_t> slots_;
-  std::vector<int64_t> slices_;
   std::vector<uint8_t> status_;
   std::vector<int64_t> rows_idx_;
   std::vector<int32_t> rows_;
