@@ -51,10 +51,42 @@ class Flow:
         node = self._add("source", [], source=source, time=time)
         return Stream(self, node, "out", time)
 
-    def run(self) -> "RunResult":
+    def run(self, checkpoints: str | None = None, *, resume: bool = False, guarantee: str | None = None,
+            checkpoint_every=64, keep: int = 3) -> "RunResult":
         """Runs the flow with the local runtime. Bounded sources run to their end, then every
-        window fires (the watermark jumps to the end of time)."""
-        return LocalRuntime(self).run()
+        window fires (the watermark jumps to the end of time).
+
+        Args:
+            checkpoints: a directory (or fsspec URL) for checkpoints; None runs without them.
+            resume: restore the newest complete checkpoint and replay sources from its positions.
+            guarantee: "at_most_once", "at_least_once" (the default with checkpoints) or
+                "exactly_once" (needs replayable sources and transactional sinks: checked now).
+            checkpoint_every: an int (source batches) or a duration ("10s") between checkpoints.
+            keep: how many checkpoints to keep.
+        """
+        return LocalRuntime(self).run(checkpoints=checkpoints, resume=resume, guarantee=guarantee,
+                                      checkpoint_every=checkpoint_every, keep=keep)
+
+    def fingerprint(self) -> str:
+        """Identifies the flow's structure; a checkpoint only restores into the same structure."""
+        import hashlib
+
+        parts = []
+        for n in self._nodes:
+            p = n.params
+            if n.kind == "source":
+                desc = (p["source"].fingerprint(), repr(p["time"]))
+            elif n.kind in ("map", "filter"):
+                desc = (getattr(p["fn"], "__qualname__", type(p["fn"]).__name__),)
+            elif n.kind == "window":
+                desc = (repr(p["window"]), p["keys"], p["allowed_lateness"], repr(p["time"]),
+                        tuple((k, a.kind, a.column, a.ddof) for k, a in p["aggs"].items()))
+            elif n.kind == "sink":
+                desc = (p["sink"].fingerprint(),)
+            else:
+                desc = ()
+            parts.append((n.id, n.kind, desc, tuple((i.id, port) for i, port in n.inputs)))
+        return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 class Stream:
@@ -140,29 +172,72 @@ class WindowResultStream(Stream):
         return Stream(self._flow, self._node, "invalid", self._node.params["time"])
 
 
+GUARANTEES = ("at_most_once", "at_least_once", "exactly_once")
+
+
 class RunResult(dict):
-    """Sink name -> concatenated Batch; `.metrics` holds per-operator counters."""
+    """Sink name -> what the sink returned (a Batch for Collect); `.metrics` holds per-operator
+    counters, `.checkpoints` the epochs written and `.resumed_from` the epoch restored (or None)."""
 
     metrics: dict
+    checkpoints: list
+    resumed_from: int | None
 
 
 class LocalRuntime:
-    """Single-process runtime: pulls batches from the sources in turn and pushes them
-    through the graph depth-first."""
+    """Single-process runtime: pulls batches from the sources in turn (one round = one batch
+    from every live source) and pushes them through the graph depth-first. Checkpoints are
+    taken at round boundaries, so a restored run interleaves its sources exactly as an
+    uninterrupted one would."""
 
     def __init__(self, flow: Flow):
         self.flow = flow
 
-    def run(self) -> RunResult:
+    def _check_guarantee(self, guarantee, checkpoints, sources, sinks):
+        if guarantee is None:
+            return ("at_least_once" if checkpoints is not None else None)
+        if guarantee not in GUARANTEES:
+            raise ValueError(f"guarantee must be one of {GUARANTEES}, got {guarantee!r}")
+        if checkpoints is None:
+            raise ValueError(f"guarantee={guarantee!r} needs checkpoints: flow.run(checkpoints='state/', "
+                             f"guarantee={guarantee!r})")
+        if guarantee in ("exactly_once", "at_least_once"):
+            for n in sources:
+                src = n.params["source"]
+                if not src.replayable:
+                    raise ValueError(f"{guarantee} needs replayable sources, but source {src.name!r} "
+                                     f"({type(src).__name__}) cannot replay from a position")
+        if guarantee == "exactly_once":
+            for n in sinks:
+                sink = n.params["sink"]
+                if not sink.transactional:
+                    raise ValueError(f"exactly_once needs transactional sinks, but sink {sink.name!r} "
+                                     f"({type(sink).__name__}) cannot take part in a two-phase commit; use "
+                                     f"ps.sinks.Files or choose guarantee='at_least_once'")
+        return guarantee
+
+    def run(self, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3) -> RunResult:
+        import time as _time
+
+        from . import _faults
+        from .checkpoint import CheckpointStore
+
         nodes = self.flow._nodes
         children: dict[int, list[tuple[_Node, str]]] = {n.id: [] for n in nodes}
         for n in nodes:
             for parent, port in n.inputs:
                 children[parent.id].append((n, port))
-        names = [n.params["sink"].name for n in nodes if n.kind == "sink"]
+        sinks = [n for n in nodes if n.kind == "sink"]
+        sources = [n for n in nodes if n.kind == "source"]
+        names = [n.params["sink"].name for n in sinks]
         dup = {x for x in names if names.count(x) > 1}
         if dup:
             raise ValueError(f"two sinks share the name {sorted(dup)[0]!r}; sink names must be unique")
+        guarantee = self._check_guarantee(guarantee, checkpoints, sources, sinks)
+        if resume and checkpoints is None:
+            raise ValueError("resume=True needs checkpoints='DIR'")
+        every_batches, every_seconds = _parse_every(checkpoint_every)
+
         ops = {n.id: WindowAggregateOperator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
                                              n.params["allowed_lateness"])
                for n in nodes if n.kind == "window"}
@@ -172,9 +247,34 @@ class LocalRuntime:
                    for n in nodes if n.kind == "window"}
         emitted: dict[tuple[int, str], bool] = {}
         last_input: dict[int, Batch] = {}
-        sinks = [n for n in nodes if n.kind == "sink"]
         for s in sinks:
             s.params["sink"].open()
+
+        store = CheckpointStore(checkpoints, keep=keep) if checkpoints is not None else None
+        fingerprint = self.flow.fingerprint()
+        positions: dict[int, object] = {n.id: None for n in sources}
+        epoch = 0
+        resumed_from = None
+        written: list[int] = []
+        finished = False
+        if store is not None and resume:
+            latest = store.latest(fingerprint)
+            if latest is not None:
+                resumed_from, payload = latest
+                if payload["guarantee"] != guarantee:
+                    raise ValueError(f"checkpoint epoch {resumed_from} was taken with guarantee "
+                                     f"{payload['guarantee']!r}, this run asks for {guarantee!r}")
+                positions.update(payload["positions"])
+                for nid, state in payload["operators"].items():
+                    ops[nid].restore(state)
+                for n in sinks:
+                    n.params["sink"].recover(payload["sinks"].get(n.id), resumed_from)
+                emitted.update(payload.get("emitted", {}))
+                finished = payload["finished"]
+                epoch = resumed_from + 1
+        elif store is not None:
+            for n in sinks:
+                n.params["sink"].recover(None, -1)
 
         def push(node: _Node, port: str, batch: Batch):
             emitted[(node.id, port)] = True
@@ -209,36 +309,92 @@ class LocalRuntime:
             else:  # pragma: no cover - node kinds are fixed above
                 raise AssertionError(kind)
 
-        sources = [n for n in nodes if n.kind == "source"]
-        iters = [(n, iter(n.params["source"].batches())) for n in sources]
-        while iters:
-            alive = []
-            for node, it in iters:
-                batch = next(it, None)
-                if batch is None:
-                    continue
-                alive.append((node, it))
-                push(node, "out", batch)
-            iters = alive
+        def checkpoint(epoch: int, done: bool) -> None:
+            sink_objs = {n.id: n.params["sink"] for n in sinks}
+            payload = {
+                "positions": dict(positions),
+                "operators": {nid: op.snapshot() for nid, op in ops.items()},
+                "operator_info": {f"window{nid}": {"watermark": op.watermark,
+                                                   "num_keys": None if op.engine is None else op.engine.num_keys}
+                                  for nid, op in ops.items()},
+                "emitted": dict(emitted),
+                "guarantee": guarantee,
+                "finished": done,
+                "sinks": {},
+            }
+            if guarantee == "exactly_once":
+                payload["sinks"] = {nid: s.pre_commit(epoch) for nid, s in sink_objs.items()}
+                _faults.maybe_crash("precommit")
+                store.write(epoch, payload, fingerprint)
+                _faults.maybe_crash("commit")
+                for nid, s in sink_objs.items():
+                    s.commit(payload["sinks"][nid])
+            elif guarantee == "at_least_once":
+                for s in sink_objs.values():
+                    s.flush_epoch(epoch)
+                store.write(epoch, payload, fingerprint)
+            else:  # at_most_once: positions are durable before the output goes out
+                store.write(epoch, payload, fingerprint)
+                for s in sink_objs.values():
+                    s.flush_epoch(epoch)
+            written.append(epoch)
 
-        # End of input: fire every window, in graph order so downstream windows see upstream output.
-        for n in nodes:
-            if n.kind != "window":
-                continue
-            res = ops[n.id].finish()
-            metrics[n.id]["rows_out"] += len(res)
-            push(n, "out", res)
-            # Side outputs that never fired still tell their sinks their columns.
-            if n.id in last_input:
-                empty = last_input[n.id].take(np.empty(0, dtype=np.int64))
-                if not emitted.get((n.id, "late")):
-                    push(n, "late", empty)
-                if not emitted.get((n.id, "invalid")):
-                    push(n, "invalid", empty.with_columns(reason=np.empty(0, dtype=object)))
+        if not finished:
+            iters = [(n, iter(n.params["source"].read(positions[n.id]))) for n in sources]
+            rounds, last_ckpt = 0, _time.monotonic()
+            while iters:
+                alive = []
+                for node, it in iters:
+                    item = next(it, None)
+                    if item is None:
+                        continue
+                    batch, positions[node.id] = item
+                    alive.append((node, it))
+                    push(node, "out", batch)
+                    _faults.maybe_crash("batch")
+                iters = alive
+                rounds += 1
+                if store is not None and iters and (
+                        (every_batches and rounds % every_batches == 0)
+                        or (every_seconds and _time.monotonic() - last_ckpt >= every_seconds)):
+                    checkpoint(epoch, False)
+                    epoch += 1
+                    last_ckpt = _time.monotonic()
+
+            # End of input: fire every window, in graph order so downstream windows see upstream output.
+            for n in nodes:
+                if n.kind != "window":
+                    continue
+                res = ops[n.id].finish()
+                metrics[n.id]["rows_out"] += len(res)
+                push(n, "out", res)
+                # Side outputs that never fired still tell their sinks their columns.
+                if n.id in last_input:
+                    empty = last_input[n.id].take(np.empty(0, dtype=np.int64))
+                    if not emitted.get((n.id, "late")):
+                        push(n, "late", empty)
+                    if not emitted.get((n.id, "invalid")):
+                        push(n, "invalid", empty.with_columns(reason=np.empty(0, dtype=object)))
+            if store is not None:
+                checkpoint(epoch, True)
+
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()
         result.metrics = {f"window{nid}": m for nid, m in metrics.items()}
+        result.checkpoints = written
+        result.resumed_from = resumed_from
         return result
 
 
+def _parse_every(every):
+    if isinstance(every, bool) or every is None:
+        raise ValueError(f"checkpoint_every must be a number of batches or a duration, got {every!r}")
+    if isinstance(every, int):
+        if every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 batch, got {every}")
+        return every, None
+    ns = parse_duration(every, "checkpoint_every")
+    if ns <= 0:
+        raise ValueError(f"checkpoint_every must be > 0, got {every!r}")
+    return None, ns / 1e9

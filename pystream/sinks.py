@@ -1,12 +1,37 @@
-"""Sinks: where results go."""
+"""Sinks: where results go, and how they take part in checkpoints.
+
+Protocol (the runtime calls, per sink):
+    open()                      once, before any batch
+    write(batch)                each output batch, as it is produced
+    flush_epoch(epoch)          publish what was written since the last epoch
+                                (at-least-once: before the checkpoint; at-most-once: after it)
+    pre_commit(epoch) -> h      exactly-once: stage it durably, return a picklable handle
+    commit(h)                   exactly-once: make a staged epoch visible (idempotent)
+    recover(h, epoch)           on restart from checkpoint `epoch`: commit its pending handle h
+                                (if any) and discard anything staged after it
+    close() -> result           once, at the end (the value flow.run() returns for this sink)
+"""
 
 from __future__ import annotations
 
+import glob
+import os
+import re
+import tempfile
+import uuid
+
+import numpy as np
+
+from . import _faults
 from .batch import Batch
 
 
 class Sink:
     name: str
+    #: supports two-phase commit, so it can take part in exactly-once
+    transactional = False
+    #: its output survives the process
+    durable = False
 
     def open(self) -> None:
         pass
@@ -14,12 +39,28 @@ class Sink:
     def write(self, batch: Batch) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def flush_epoch(self, epoch: int) -> None:
+        pass
+
+    def pre_commit(self, epoch: int):
+        raise TypeError(f"sink {self.name!r} ({type(self).__name__}) is not transactional")
+
+    def commit(self, handle) -> None:
+        raise TypeError(f"sink {self.name!r} ({type(self).__name__}) is not transactional")
+
+    def recover(self, handle, epoch: int) -> None:
+        pass
+
     def close(self):
         return None
 
+    def fingerprint(self) -> str:
+        return f"{type(self).__name__}:{self.name}"
+
 
 class Collect(Sink):
-    """Keeps every batch in memory; `flow.run()` returns them concatenated under `name`."""
+    """Keeps every batch in memory; `flow.run()` returns them concatenated under `name`.
+    In-process only: its contents do not survive a crash, so it cannot be exactly-once."""
 
     def __init__(self, name: str):
         if not isinstance(name, str) or not name:
@@ -53,4 +94,167 @@ class Print(Sink):
             print(batch.slice(0, self.max_rows).to_dict())
 
 
-__all__ = ["Sink", "Collect", "Print"]
+_PART = re.compile(r"^part-(\d{8})(?:-([0-9a-f]+))?\.(csv|parquet)$")
+
+
+class Files(Sink):
+    """Part files in a directory, one per epoch: transactional, so exactly-once works with no
+    server.
+
+    exactly-once: an epoch's rows are staged as `.pending-part-EPOCH.EXT` (written to a temp
+    name, fsynced, renamed) at pre-commit and renamed to `part-EPOCH.EXT` at commit; recovery
+    commits the checkpoint's pending epoch and deletes anything staged after it.
+    at-least/at-most-once and plain runs: `part-EPOCH-RUNID.EXT`, published atomically at each
+    epoch; a replay after a crash writes new files (its duplicates stay visible and countable).
+    `Files.read(path)` returns every committed part, in epoch order, as one Batch.
+    """
+
+    transactional = True
+    durable = True
+
+    def __init__(self, path: str, format: str = "csv", name: str | None = None):
+        if format not in ("csv", "parquet"):
+            raise ValueError(f"Files format must be 'csv' or 'parquet', got {format!r}")
+        if format == "parquet":
+            _require_pyarrow("Files(format='parquet')")
+        self.path = str(path)
+        self.format = format
+        self.name = name or os.path.basename(os.path.normpath(self.path)) or "files"
+        self._pending: list[Batch] = []
+        self._run = uuid.uuid4().hex[:8]
+
+    def fingerprint(self) -> str:
+        return f"Files:{self.name}:{self.format}"
+
+    def open(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        self._pending = []
+
+    def write(self, batch: Batch) -> None:
+        if len(batch):
+            self._pending.append(batch)
+
+    def _take(self) -> Batch | None:
+        batches, self._pending = self._pending, []
+        return Batch.concat(batches) if batches else None
+
+    def flush_epoch(self, epoch: int) -> None:
+        batch = self._take()
+        if batch is not None:
+            self._write_atomic(f"part-{epoch:08d}-{self._run}.{self.format}", batch)
+
+    def pre_commit(self, epoch: int):
+        batch = self._take()
+        if batch is None:
+            return None
+        staged = f".pending-part-{epoch:08d}.{self.format}"
+        self._write_atomic(staged, batch)
+        return {"epoch": epoch, "staged": staged, "final": f"part-{epoch:08d}.{self.format}"}
+
+    def commit(self, handle) -> None:
+        if handle is None:
+            return
+        src, dst = os.path.join(self.path, handle["staged"]), os.path.join(self.path, handle["final"])
+        if os.path.exists(src):
+            os.replace(src, dst)
+            _fsync_dir(self.path)
+        elif not os.path.exists(dst):
+            raise RuntimeError(f"sink {self.name!r}: epoch {handle['epoch']} is neither staged nor committed in "
+                               f"{self.path!r}; its output was lost outside pystream")
+
+    def recover(self, handle, epoch: int) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        self.commit(handle)
+        for p in glob.glob(os.path.join(self.path, ".pending-part-*")) + glob.glob(os.path.join(self.path, ".tmp-*")):
+            m = re.search(r"part-(\d{8})", p)
+            if m is None or int(m.group(1)) > epoch:
+                os.unlink(p)
+
+    def close(self):
+        # A run without checkpoints publishes everything at the end.
+        self.flush_epoch(0)
+        return self.path
+
+    def _write_atomic(self, name: str, batch: Batch) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{self.format}", dir=self.path)
+        os.close(fd)
+        try:
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                pq.write_table(batch.to_arrow(), tmp)
+            else:
+                _write_csv(tmp, batch)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            _faults.maybe_crash("publish")
+            os.replace(tmp, os.path.join(self.path, name))
+            _fsync_dir(self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @staticmethod
+    def parts(path: str) -> list[str]:
+        """Committed part files in epoch order."""
+        names = [n for n in os.listdir(path) if _PART.match(n)]
+        return [os.path.join(path, n) for n in sorted(names)]
+
+    @staticmethod
+    def read(path: str) -> Batch:
+        """Every committed part file in `path`, in epoch order, as one Batch."""
+        batches = []
+        for p in Files.parts(path):
+            if p.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                batches.append(Batch.from_arrow(pq.read_table(p)))
+            else:
+                batches.append(_read_csv(p))
+        return Batch.concat(batches)
+
+
+def _require_pyarrow(what: str) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"{what} needs pyarrow: pip install 'pystream[parquet]'") from e
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_csv(path: str, batch: Batch) -> None:
+    try:
+        import pyarrow.csv as pacsv
+    except ImportError:
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(batch.columns)
+            w.writerows(zip(*(batch[c].tolist() for c in batch.columns)))
+        return
+    pacsv.write_csv(batch.to_arrow(), path)
+
+
+def _read_csv(path: str) -> Batch:
+    try:
+        import pyarrow.csv as pacsv
+    except ImportError:
+        import csv
+
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        return Batch({h: np.array([r[i] for r in body]) for i, h in enumerate(header)})
+    return Batch.from_arrow(pacsv.read_csv(path))
+
+
+__all__ = ["Sink", "Collect", "Print", "Files"]

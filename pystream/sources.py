@@ -8,12 +8,26 @@ from .batch import Batch
 
 
 class Source:
-    """A source yields Batches. Bounded sources end; the runtime then flushes all windows."""
+    """A source yields Batches. Bounded sources end; the runtime then flushes all windows.
+
+    A replayable source (`replayable = True`) can restart from a position it reported: `read`
+    yields (batch, position after the batch), and `read(position)` resumes right after it.
+    Checkpoints store these positions; exactly-once and at-least-once need them.
+    """
 
     name = "source"
+    replayable = False
 
-    def batches(self) -> Iterator[Batch]:  # pragma: no cover - interface
+    def read(self, position=None) -> Iterator[tuple[Batch, object]]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def batches(self) -> Iterator[Batch]:
+        for batch, _ in self.read(None):
+            yield batch
+
+    def fingerprint(self) -> str:
+        """What identifies this source in a checkpoint (a changed source makes it incompatible)."""
+        return f"{type(self).__name__}:{self.name}"
 
 
 class Arrays(Source):
@@ -27,10 +41,21 @@ class Arrays(Source):
         self.batch_size = batch_size
         self.name = name
 
-    def batches(self) -> Iterator[Batch]:
+    replayable = True
+
+    def read(self, position=None) -> Iterator[tuple[Batch, int]]:
+        """Batches from row `position` on (0 when None); the position after each is its end row."""
         n = len(self.data)
-        for start in range(0, n, self.batch_size):
-            yield self.data.slice(start, min(start + self.batch_size, n))
+        start = 0 if position is None else int(position)
+        if not 0 <= start <= n:
+            raise ValueError(f"position {position!r} is outside this source's {n} rows")
+        while start < n:
+            stop = min(start + self.batch_size, n)
+            yield self.data.slice(start, stop), stop
+            start = stop
+
+    def fingerprint(self) -> str:
+        return f"Arrays:{self.name}:{len(self.data)}:{self.batch_size}:{self.data.columns}"
 
     def __repr__(self):
         return f"Arrays({len(self.data)} rows, batch_size={self.batch_size})"
