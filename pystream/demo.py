@@ -5,12 +5,17 @@ curves, transmission delays) plus the trouble real fleets have: a few meters tha
 offline and send their backlog late, and a few with clocks far in the future. The flow
 computes per-meter 15-minute and hourly usage, system load every 5 minutes and a rolling
 hour, reports late and invalid readings, and checks that every reading is accounted for.
+
+Embedded defaults: checkpoints in OUT/checkpoints and exactly-once output as part files in
+OUT/<result>/ (Parquet when pyarrow is installed, else CSV); `--resume` continues an
+interrupted run from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 
 import numpy as np
@@ -36,7 +41,24 @@ def fleet(n_readings: int, n_meters: int, seed: int) -> dict[str, np.ndarray]:
     return {"meter_id": data["meter_id"][order], "ts": ts[order], "kwh": data["kwh"][order]}
 
 
-def build(data: dict[str, np.ndarray], batch_size: int = 65_536) -> ps.Flow:
+RESULTS = ("usage_15m", "late", "invalid", "usage_1h", "system_5m", "system_rolling_1h")
+
+
+def _file_format() -> str:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return "csv"
+    return "parquet"
+
+
+def build(data: dict[str, np.ndarray], batch_size: int = 65_536, out: str | None = None) -> ps.Flow:
+    """The demo flow; results go to Collect sinks, or to exactly-once part files under `out`."""
+    fmt = _file_format()
+
+    def sink(name):
+        return ps.sinks.Files(os.path.join(out, name), format=fmt, name=name) if out else ps.sinks.Collect(name)
+
     flow = ps.Flow("smart-meters")
     readings = flow.source(
         ps.sources.Arrays(data, batch_size=batch_size),
@@ -45,15 +67,15 @@ def build(data: dict[str, np.ndarray], batch_size: int = 65_536) -> ps.Flow:
     per_meter = readings.key_by("meter_id")
     usage = per_meter.window(ps.windows.Tumbling("15m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh"), readings=ps.agg.count(), peak=ps.agg.max("kwh"))
-    usage.sink(ps.sinks.Collect("usage_15m"))
-    usage.late().sink(ps.sinks.Collect("late"))
-    usage.invalid().sink(ps.sinks.Collect("invalid"))
+    usage.sink(sink("usage_15m"))
+    usage.late().sink(sink("late"))
+    usage.invalid().sink(sink("invalid"))
     per_meter.window(ps.windows.Tumbling("1h"), allowed_lateness="2h").aggregate(
-        kwh=ps.agg.sum("kwh")).sink(ps.sinks.Collect("usage_1h"))
+        kwh=ps.agg.sum("kwh")).sink(sink("usage_1h"))
     readings.window(ps.windows.Tumbling("5m"), allowed_lateness="2h").aggregate(
-        kwh=ps.agg.sum("kwh"), readings=ps.agg.count()).sink(ps.sinks.Collect("system_5m"))
+        kwh=ps.agg.sum("kwh"), readings=ps.agg.count()).sink(sink("system_5m"))
     readings.window(ps.windows.Sliding("1h", "15m"), allowed_lateness="2h").aggregate(
-        kwh=ps.agg.sum("kwh")).sink(ps.sinks.Collect("system_rolling_1h"))
+        kwh=ps.agg.sum("kwh")).sink(sink("system_rolling_1h"))
     return flow
 
 
@@ -73,26 +95,37 @@ def final_rows(batch: ps.Batch, keys: list[str]) -> ps.Batch:
     return batch.take(order[last])
 
 
-def run(n_readings: int, n_meters: int, seed: int, out: str | None) -> dict:
+def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool = False,
+        guarantee: str = "exactly_once") -> dict:
     print(f"pystream demo: simulating {n_readings:,} readings from {n_meters:,} meters (seed {seed}) ...")
     data = fleet(n_readings, n_meters, seed)
-    flow = build(data)
+    if out and not resume:
+        for name in (*RESULTS, "checkpoints"):
+            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    flow = build(data, out=out)
     t0 = time.perf_counter()
-    result = flow.run()
+    if out:
+        result = flow.run(checkpoints=os.path.join(out, "checkpoints"), resume=resume, guarantee=guarantee,
+                          checkpoint_every=4)
+        outputs = {name: ps.sinks.Files.read(os.path.join(out, name)) for name in RESULTS}
+    else:
+        result = flow.run()
+        outputs = dict(result)
     elapsed = time.perf_counter() - t0
-    usage = final_rows(result["usage_15m"], ["meter_id"])
-    hourly = final_rows(result["usage_1h"], ["meter_id"])
-    load = final_rows(result["system_5m"], [])
-    late, invalid = result["late"], result["invalid"]
+    usage = final_rows(outputs["usage_15m"], ["meter_id"])
+    hourly = final_rows(outputs["usage_1h"], ["meter_id"])
+    load = final_rows(outputs["system_5m"], [])
+    late, invalid = outputs["late"], outputs["invalid"]
     accounted = int(usage["readings"].sum()) + len(late) + len(invalid)
 
     print(f"\nran {len(data['ts']):,} readings through 4 windowed aggregations in {elapsed:.2f} s "
           f"({len(data['ts']) / elapsed / 1e6:.1f} M readings/s)")
-    print(f"  15-minute usage rows     {len(usage):>12,}  (updates from late data: {int(result['usage_15m']['update'].sum()):,})")
+    print(f"  15-minute usage rows     {len(usage):>12,}  (updates from late data: {int(outputs['usage_15m']['update'].sum()):,})")
     print(f"  hourly usage rows        {len(hourly):>12,}")
     print(f"  late readings (side out) {len(late):>12,}  (arrived after their 15-min window closed + 2 h)")
     for m in result.metrics.values():
-        print(f"    late for {m['name']:<40s} {m['late']:>9,}")
+        if m["events_in"]:
+            print(f"    late for {m['name']:<40s} {m['late']:>9,}")
     print(f"  invalid readings         {len(invalid):>12,}  (clock more than 1 day ahead of the watermark)")
     print(f"  accounted for            {accounted:>12,} of {len(data['ts']):,}")
     peak = int(np.argmax(load["kwh"]))
@@ -102,23 +135,14 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None) -> dict:
     print("  top meter-hours          " + ", ".join(
         f"meter {hourly['meter_id'][i]} {hourly['kwh'][i]:.2f} kWh" for i in top))
     if out:
-        os.makedirs(out, exist_ok=True)
-        for name, batch in [("usage_15m", usage), ("usage_1h", hourly), ("system_5m", load), ("late", late),
-                            ("invalid", invalid)]:
-            write_csv(os.path.join(out, f"{name}.csv"), batch)
-        print(f"\nresults written to {out}/")
+        print(f"\n{guarantee} results in {out}/ ({_file_format()} part files per checkpoint epoch; "
+              f"{len(result.checkpoints)} checkpoints in {out}/checkpoints"
+              + (f", resumed from epoch {result.resumed_from}" if result.resumed_from is not None else "") + ")")
+        print(f"read them with ps.sinks.Files.read('{out}/usage_15m'); inspect checkpoints with "
+              f"'pystream checkpoints list {out}/checkpoints'")
     if accounted != len(data["ts"]):
         raise SystemExit("error: readings were lost")
-    return {"result": result, "data": data, "usage": usage, "load": load}
-
-
-def write_csv(path: str, batch: ps.Batch) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(batch.columns)
-        w.writerows(zip(*(batch[c].tolist() for c in batch.columns)))
+    return {"result": result, "outputs": outputs, "data": data, "usage": usage, "load": load}
 
 
 def main(argv=None) -> int:
@@ -126,7 +150,10 @@ def main(argv=None) -> int:
     p.add_argument("--readings", type=int, default=2_000_000, help="number of meter readings (default 2M)")
     p.add_argument("--meters", type=int, default=20_000, help="number of meters (default 20k)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out", default=None, help="directory to write CSV results to")
+    p.add_argument("--out", default="pystream-demo", help="directory for results and checkpoints "
+                   "(default ./pystream-demo); '-' keeps results in memory only")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    p.add_argument("--guarantee", default="exactly_once", choices=["at_most_once", "at_least_once", "exactly_once"])
     args = p.parse_args(argv)
-    run(args.readings, args.meters, args.seed, args.out)
+    run(args.readings, args.meters, args.seed, None if args.out == "-" else args.out, args.resume, args.guarantee)
     return 0

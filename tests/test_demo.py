@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+import pystream as ps
 from pystream import demo
 
 MIN15 = 900_000
@@ -26,7 +27,7 @@ def test_demo_outputs_match_an_independent_computation(tmp_path):
     w_before = np.concatenate([[np.iinfo(np.int64).min // 2], w_before[:-1]])
     end = (valid.ts.to_numpy() // MIN15 + 1) * MIN15
     late = end - 1 + LATENESS <= w_before
-    res = out["result"]
+    res = out["outputs"]
     assert sorted(res["invalid"]["ts"].tolist()) == sorted(data.ts[invalid].tolist())
     assert len(res["late"]) == int(late.sum()) > 0
     kept = valid[~late]
@@ -40,10 +41,11 @@ def test_demo_outputs_match_an_independent_computation(tmp_path):
     late5 = (valid.ts.to_numpy() // 300_000 + 1) * 300_000 - 1 + LATENESS <= w_before
     kept5 = valid[~late5]
     want_load = kept5.assign(w=kept5.ts // 300_000 * 300_000).groupby("w").kwh.sum()
-    metrics = {m["name"]: m for m in res.metrics.values()}
+    metrics = {m["name"]: m for m in out["result"].metrics.values()}
     assert metrics["Tumbling('5m') over all keys"]["late"] == int(late5.sum())
     np.testing.assert_allclose(load["kwh"], want_load.to_numpy(), rtol=1e-12)
-    assert (tmp_path / "usage_15m.csv").read_text().splitlines()[0] == "meter_id,window_start,window_end,kwh,readings,peak,update"
+    assert all(p.endswith(".parquet") for p in ps.sinks.Files.parts(str(tmp_path / "usage_15m")))
+    assert len(out["result"].checkpoints) > 1
 
 
 def test_cli_runs_the_demo(tmp_path):
@@ -51,3 +53,10 @@ def test_cli_runs_the_demo(tmp_path):
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "accounted for" in r.stdout and "20,000 of 20,000" in r.stdout
+
+
+def test_demo_in_memory_equals_checkpointed_files(tmp_path):
+    mem = demo.run(50_000, 500, seed=2, out=None)
+    files = demo.run(50_000, 500, seed=2, out=str(tmp_path))
+    for name in ("usage_15m", "late", "system_5m"):
+        assert files["outputs"][name].to_pandas().equals(mem["outputs"][name].to_pandas()), name
