@@ -97,7 +97,7 @@ class PyEngine {
   }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
-                   int64_t unit_ns) {
+                   int64_t unit_ns, int64_t partition) {
     const bool keyed = engine_->spec().keyed;
     const int64_t n = ts.size();
     if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
@@ -116,9 +116,39 @@ class PyEngine {
     EmitBuffer out;
     {
       py::gil_scoped_release release;
-      engine_->process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out);
+      engine_->process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out, partition);
     }
     return emit_to_dict(std::move(out), keyed);
+  }
+
+  py::dict advance_watermark(int64_t w) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->advance_watermark(w, out);
+    }
+    return emit_to_dict(std::move(out), engine_->spec().keyed);
+  }
+
+  py::dict set_partition_idle(int64_t partition, bool idle) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->set_partition_idle(partition, idle, out);
+    }
+    return emit_to_dict(std::move(out), engine_->spec().keyed);
+  }
+
+  py::list partitions() const {
+    py::list l;
+    for (const auto& p : engine_->partitions()) {
+      py::dict d;
+      d["id"] = p.id;
+      d["max_ts"] = p.has_max ? py::object(py::int_(p.max_ts)) : py::object(py::none());
+      d["idle"] = p.idle;
+      l.append(d);
+    }
+    return l;
   }
 
   py::dict flush() {
@@ -134,6 +164,18 @@ class PyEngine {
     EngineState s = engine_->snapshot();
     py::dict d;
     d["keys"] = to_numpy(std::move(s.keys));
+    std::vector<int64_t> pid, pmax;
+    std::vector<uint8_t> phas, pidle;
+    for (const auto& p : s.partitions) {
+      pid.push_back(p.id);
+      pmax.push_back(p.max_ts);
+      phas.push_back(p.has_max);
+      pidle.push_back(p.idle);
+    }
+    d["part_id"] = to_numpy(std::move(pid));
+    d["part_max"] = to_numpy(std::move(pmax));
+    d["part_has"] = to_numpy(std::move(phas));
+    d["part_idle"] = to_numpy(std::move(pidle));
     d["has_wm"] = s.has_wm;
     d["flushed"] = s.flushed;
     d["wm"] = s.wm;
@@ -150,6 +192,15 @@ class PyEngine {
   void restore(const py::dict& d) {
     EngineState s;
     s.keys = from_numpy(d["keys"].cast<I64Array>());
+    using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+    auto pid = from_numpy(d["part_id"].cast<I64Array>());
+    auto pmax = from_numpy(d["part_max"].cast<I64Array>());
+    auto phas = from_numpy(d["part_has"].cast<U8Array>());
+    auto pidle = from_numpy(d["part_idle"].cast<U8Array>());
+    if (pmax.size() != pid.size() || phas.size() != pid.size() || pidle.size() != pid.size()) {
+      fail("corrupt snapshot: partition arrays differ in length");
+    }
+    for (size_t i = 0; i < pid.size(); ++i) s.partitions.push_back(PartitionState{pid[i], pmax[i], phas[i] != 0, pidle[i] != 0});
     s.has_wm = d["has_wm"].cast<bool>();
     s.flushed = d["flushed"].cast<bool>();
     s.wm = d["wm"].cast<int64_t>();
@@ -225,7 +276,11 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
            py::arg("size"), py::arg("slide"), py::arg("offset"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"),
            py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1)
-      .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1)
+      .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
+           py::arg("partition") = 0)
+      .def("advance_watermark", &PyEngine::advance_watermark, py::arg("watermark"))
+      .def("set_partition_idle", &PyEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
+      .def_property_readonly("partitions", &PyEngine::partitions)
       .def("flush", &PyEngine::flush)
       .def("snapshot", &PyEngine::snapshot)
       .def("restore", &PyEngine::restore, py::arg("state"))

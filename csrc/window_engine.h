@@ -63,8 +63,19 @@ struct EmitBuffer {
   OutBuf<int64_t> late_rows, invalid_rows;
 };
 
+/// One input partition (a source split, a Kafka partition): its own max event time; the
+/// operator's watermark is the minimum over active partitions (Flink's rule). An idle partition
+/// stops holding the watermark back and rejoins, without regressing it, when it sends again.
+struct PartitionState {
+  int64_t id = 0;
+  int64_t max_ts = 0;
+  bool has_max = false;
+  bool idle = false;
+};
+
 struct EngineState {
   std::vector<int64_t> keys;
+  std::vector<PartitionState> partitions;
   bool has_wm = false, flushed = false;
   int64_t wm = 0, next_fire = 0, next_boundary = 0, base = 0, top = 0;
   std::vector<uint8_t> slice_used;
@@ -129,7 +140,7 @@ class WindowEngine {
   /// aggregation spec i (may be null for count). The whole batch is validated before any state
   /// changes, so a rejected batch leaves the engine as it was.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
-               EmitBuffer& out) {
+               EmitBuffer& out, int64_t partition = 0) {
     if (flushed_) fail("this window operator has been flushed at end of input and accepts no more events");
     if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
@@ -157,16 +168,31 @@ class WindowEngine {
     }
     values_ = &values;
     ts_ = ts;
+    // This batch's partition: it rejoins if it was idle; the others cap the watermark.
+    part_ = partition_index(partition);
+    parts_[part_].idle = false;
+    cap_ = others_min(part_);
+    int64_t pmax = parts_[part_].has_max ? parts_[part_].max_ts : kNoWatermark;
 
     int64_t a = 0;  // start of the current segment
     int64_t rejected = 0;
     int64_t i = 0;
     while (i < n) {
-      i = classify_fast(ts, unit_ns, i, n);
+      i = classify_fast(ts, unit_ns, i, n, pmax);
       if (i >= n) break;
       const int64_t t = ts[i] * unit_ns;
       if (!wm_.has()) {
-        start_watermark(wm_.candidate(t));
+        pmax = std::max(pmax, t);
+        const int64_t cand = std::min(wm_.candidate(pmax), cap_);
+        if (cand > kNoWatermark) {
+          // Events may have arrived while another partition held the watermark back.
+          if (base_ != top_) {
+            aggregate(a, i, rejected == 0);
+            a = i;
+            rejected = 0;
+          }
+          begin_watermark(cand, out);
+        }
       } else {
         // Poison guard, judged against the watermark before this event.
         if (spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
@@ -176,7 +202,8 @@ class WindowEngine {
           ++i;
           continue;
         }
-        const int64_t cand = wm_.candidate(t);
+        pmax = std::max(pmax, t);
+        const int64_t cand = std::min(wm_.candidate(pmax), cap_);
         if (cand >= next_boundary_ && cand > wm_.value()) {
           // Windows fire (and slices purge) here: finish the events before this one first.
           // Event i is on time for all its windows, which all end after cand + 1.
@@ -212,6 +239,10 @@ class WindowEngine {
     }
     aggregate(a, n, rejected == 0);
     emit_dirty(out);
+    if (pmax > kNoWatermark) {
+      parts_[part_].max_ts = pmax;
+      parts_[part_].has_max = true;
+    }
     if (n > 0) rows_per_event_ = 0.5 * rows_per_event_ + 0.5 * static_cast<double>(out.start.size()) / static_cast<double>(n);
     values_ = nullptr;
     ts_ = nullptr;
@@ -220,13 +251,15 @@ class WindowEngine {
   /// The common event, with all engine state in registers: above the watermark (so on time
   /// for all its windows: they end after t > W), not crossing the next boundary, into a live
   /// slice. Returns the first event that needs the general path (or n).
-  int64_t classify_fast(const int64_t* __restrict ts, int64_t unit_ns, int64_t i, int64_t n) {
+  int64_t classify_fast(const int64_t* __restrict ts, int64_t unit_ns, int64_t i, int64_t n, int64_t& pmax) {
     if (!wm_.has()) return i;
     int64_t W = wm_.value();
+    int64_t hi = pmax;
+    const int64_t cap = cap_;
     const int64_t boundary = next_boundary_, ooo1 = spec_.ooo + 1;
     // Without a guard, any event so far ahead that W + 2^61 < t simply takes the general path.
     const int64_t mf = spec_.max_future < 0 ? 2 * kMaxDuration : spec_.max_future;
-    const int64_t base = base_, top = top_, mask = ring_cap_ - 1, cap = slot_cap_;
+    const int64_t base = base_, top = top_, mask = ring_cap_ - 1, scap = slot_cap_;
     const uint64_t origin = static_cast<uint64_t>(slicer_.origin()), origin_slice = static_cast<uint64_t>(slicer_.origin_slice());
     const uint64_t d = slicer_.divider().divisor(), m = slicer_.divider().magic();
     const int32_t* __restrict slots = slots_.data();
@@ -236,7 +269,8 @@ class WindowEngine {
     for (; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
       if (t <= W || t > W + mf) break;
-      const int64_t cand = t - ooo1;
+      hi = t > hi ? t : hi;
+      const int64_t cand = std::min(hi - ooo1, cap);
       if (cand > W) {
         if (cand >= boundary) break;
         W = cand;
@@ -246,21 +280,63 @@ class WindowEngine {
       q += (num - q * d >= d);
       const int64_t k = static_cast<int64_t>(origin_slice + q);
       if (k < base || k >= top) break;
-      rows[i] = (k & mask) * cap + slots[i];
+      rows[i] = (k & mask) * scap + slots[i];
       status[i] = kAccepted;
       used[k & mask] = 1;
     }
     wm_.set(W);
+    pmax = hi;
     return i;
   }
+
+  /// Moves the watermark to at least w (never back), firing and purging as events would.
+  /// For idle and quiet inputs, and for processing time.
+  void advance_watermark(int64_t w, EmitBuffer& out) {
+    prepare_out(out);
+    if (flushed_) return;
+    if (w < -kMaxAbsTime - kMaxDuration || w > kMaxAbsTime) fail("watermark " + std::to_string(w) + " ns is out of range");
+    if (!wm_.has()) {
+      begin_watermark(w, out);
+      return;
+    }
+    if (w > wm_.value()) {
+      if (w >= next_boundary_) {
+        step(w, out);
+      } else {
+        wm_.set(w);
+      }
+    }
+  }
+
+  /// Marks a partition idle (or active). An idle partition no longer holds the watermark
+  /// back, so this may advance it and fire windows. Unknown partitions are registered.
+  void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {
+    prepare_out(out);
+    const size_t p = partition_index(partition);
+    parts_[p].idle = idle;
+    // The watermark the active partitions now allow; with no active partition it stays.
+    int64_t w = kEndWatermark;
+    bool any = false;
+    for (const auto& q : parts_) {
+      if (q.idle) continue;
+      any = true;
+      w = std::min(w, q.has_max ? wm_.candidate(q.max_ts) : kNoWatermark);
+    }
+    if (any && w > kNoWatermark) advance_watermark(w, out);
+  }
+
+  const std::vector<PartitionState>& partitions() const { return parts_; }
 
   /// End of input: the watermark jumps to the end of time, firing every window and purging
   /// all state. Further events are refused.
   void flush(EmitBuffer& out) {
     prepare_out(out);
     if (!flushed_) {
-      if (!wm_.has()) start_watermark(kEndWatermark);
-      step(kEndWatermark, out);
+      if (!wm_.has()) {
+        begin_watermark(kEndWatermark, out);
+      } else {
+        step(kEndWatermark, out);
+      }
       flushed_ = true;
     }
   }
@@ -268,6 +344,7 @@ class WindowEngine {
   EngineState snapshot() const {
     EngineState s;
     s.keys = keys_.keys();
+    s.partitions = parts_;
     s.has_wm = wm_.has();
     s.flushed = flushed_;
     s.wm = wm_.value();
@@ -305,6 +382,7 @@ class WindowEngine {
     wm_ = Watermark(spec_.ooo);
     if (s.has_wm) wm_.set(s.wm);
     flushed_ = s.flushed;
+    parts_ = s.partitions;
     next_fire_ = s.next_fire;
     next_boundary_ = s.next_boundary;
     const size_t slice_bytes = static_cast<size_t>(nslots_ * row_bytes_);
@@ -348,6 +426,37 @@ class WindowEngine {
         out.cols[s].f.reserve(want);
       }
     }
+  }
+
+  size_t partition_index(int64_t id) {
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      if (parts_[p].id == id) return p;
+    }
+    parts_.push_back(PartitionState{id, 0, false, false});
+    return parts_.size() - 1;
+  }
+
+  /// Min over the other active partitions of the watermark each allows (kEndWatermark if none).
+  int64_t others_min(size_t self) const {
+    int64_t w = kEndWatermark;
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      if (p == self || parts_[p].idle) continue;
+      w = std::min(w, parts_[p].has_max ? wm_.candidate(parts_[p].max_ts) : kNoWatermark);
+    }
+    return w;
+  }
+
+  /// The first watermark. With no data yet, windows count from w on; with data already in the
+  /// ring (held back by another partition), firing starts at the first window holding it.
+  void begin_watermark(int64_t w, EmitBuffer& out) {
+    if (base_ == top_) {
+      start_watermark(w);
+      return;
+    }
+    // Windows before the first one holding data are empty; windows after w are not due yet
+    // and may still receive events.
+    next_fire_ = std::min(floor_div(base_ - m_, r_) + 1, first_window_after(w));
+    step(w, out);
   }
 
   void start_watermark(int64_t w) {
@@ -575,6 +684,9 @@ class WindowEngine {
   int64_t next_fire_ = 0;
   int64_t next_boundary_ = kNever;
   bool flushed_ = false;
+  std::vector<PartitionState> parts_;
+  size_t part_ = 0;              // the current batch's partition
+  int64_t cap_ = kEndWatermark;  // min watermark the other active partitions allow
   double rows_per_event_ = 0.0;  // recent output rows per input event, to size outputs
   std::vector<std::pair<int64_t, int32_t>> dirty_;
 

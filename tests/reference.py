@@ -78,6 +78,9 @@ class RefWindows:
     rows: list = field(default_factory=list)
     late: list = field(default_factory=list)
     invalid: list = field(default_factory=list)
+    part_max: dict = field(default_factory=dict)  # partition -> max event time (None: none yet)
+    idle: set = field(default_factory=set)
+    part: object = 0  # the partition of the events being fed
 
     def _row(self, key, j, update):
         evs = self.contents[(key, j)]
@@ -105,8 +108,29 @@ class RefWindows:
             if W is not None and end - 1 <= W:
                 # Late but within allowed lateness: the window fires again at once.
                 self.rows.append(self._row(key, j, True))
-        cand = t - self.ooo - 1
-        if W is None or cand > W:
+        self.part_max.setdefault(self.part, None)
+        if self.part_max[self.part] is None or t > self.part_max[self.part]:
+            self.part_max[self.part] = t
+        self._recompute()
+
+    def batch_from(self, partition):
+        """The following events come from `partition`, which is active again if it was idle."""
+        self.part = partition
+        self.part_max.setdefault(partition, None)
+        self.idle.discard(partition)
+
+    def set_idle(self, partition, idle):
+        self.part_max.setdefault(partition, None)
+        (self.idle.add if idle else self.idle.discard)(partition)
+        self._recompute()
+
+    def _recompute(self):
+        """W = min over active partitions of (max - ooo - 1); never backwards; no active -> unchanged."""
+        active = [m for p, m in self.part_max.items() if p not in self.idle]
+        if not active or any(m is None for m in active):
+            return
+        cand = min(active) - self.ooo - 1
+        if self.wm is None or cand > self.wm:
             self.advance(cand)
 
     def advance(self, w):
