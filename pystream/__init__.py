@@ -4,16 +4,16 @@
 >>> flow = ps.Flow("meters")
 """
 
-from . import agg, sinks, sources, windows
+from . import agg, sinks, sources, testing, windows
 from ._duration import parse_duration
 from .batch import Batch
 from .flow import Flow, KeyedStream, RunResult, Stream, WindowedStream, WindowResultStream
 from .operators import WindowAggregateOperator
-from .timing import EventTime
+from .timing import EventTime, IngestionTime, ProcessingTime
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "EventTime", "Flow", "KeyedStream", "RunResult", "Stream", "WindowAggregateOperator",
-    "WindowResultStream", "WindowedStream", "agg", "parse_duration", "sinks", "sources", "windows",
+    "Batch", "EventTime", "Flow", "IngestionTime", "ProcessingTime", "KeyedStream", "RunResult", "Stream", "WindowAggregateOperator",
+    "WindowResultStream", "WindowedStream", "agg", "parse_duration", "sinks", "sources", "testing", "windows",
 ]

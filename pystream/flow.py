@@ -14,7 +14,7 @@ from .batch import Batch
 from .operators import WindowAggregateOperator
 from .sinks import Sink
 from .sources import Source
-from .timing import EventTime
+from .timing import EventTime, ProcessingTime
 from .windows import Window
 
 
@@ -46,13 +46,14 @@ class Flow:
         """Adds a source. `time` assigns event time (needed by windows)."""
         if not isinstance(source, Source):
             raise TypeError(f"flow.source() expects a ps.sources source such as ps.sources.Arrays(...), got {type(source).__name__}")
-        if time is not None and not isinstance(time, EventTime):
-            raise TypeError(f"time must be ps.EventTime(...), got {type(time).__name__}")
+        if time is not None and not isinstance(time, (EventTime, ProcessingTime)):
+            raise TypeError(f"time must be ps.EventTime(...), ps.IngestionTime() or ps.ProcessingTime(), "
+                            f"got {type(time).__name__}")
         node = self._add("source", [], source=source, time=time)
         return Stream(self, node, "out", time)
 
     def run(self, checkpoints: str | None = None, *, resume: bool = False, guarantee: str | None = None,
-            checkpoint_every=64, keep: int = 3) -> "RunResult":
+            checkpoint_every=64, keep: int = 3, clock=None) -> "RunResult":
         """Runs the flow with the local runtime. Bounded sources run to their end, then every
         window fires (the watermark jumps to the end of time).
 
@@ -63,9 +64,17 @@ class Flow:
                 "exactly_once" (needs replayable sources and transactional sinks: checked now).
             checkpoint_every: an int (source batches) or a duration ("10s") between checkpoints.
             keep: how many checkpoints to keep.
+            clock: the wall clock for processing time, idleness and quiet streams
+                (default: the system clock; ps.testing.ManualClock in tests).
         """
-        return LocalRuntime(self).run(checkpoints=checkpoints, resume=resume, guarantee=guarantee,
-                                      checkpoint_every=checkpoint_every, keep=keep)
+        from . import clock as _clock
+
+        previous = _clock.use(clock or _clock.SystemClock())
+        try:
+            return LocalRuntime(self).run(checkpoints=checkpoints, resume=resume, guarantee=guarantee,
+                                          checkpoint_every=checkpoint_every, keep=keep)
+        finally:
+            _clock.use(previous)
 
     def fingerprint(self) -> str:
         """Identifies the flow's structure; a checkpoint only restores into the same structure."""
@@ -220,6 +229,7 @@ class LocalRuntime:
         import time as _time
 
         from . import _faults
+        from . import clock as _clock
         from .checkpoint import CheckpointStore
 
         nodes = self.flow._nodes
@@ -251,6 +261,8 @@ class LocalRuntime:
             s.params["sink"].open()
 
         store = CheckpointStore(checkpoints, keep=keep) if checkpoints is not None else None
+        node_of = {n.id: n for n in nodes}
+        part_ids_restored = None
         fingerprint = self.flow.fingerprint()
         positions: dict[int, object] = {n.id: None for n in sources}
         epoch = 0
@@ -270,31 +282,66 @@ class LocalRuntime:
                 for n in sinks:
                     n.params["sink"].recover(payload["sinks"].get(n.id), resumed_from)
                 emitted.update(payload.get("emitted", {}))
+                part_ids_restored = payload.get("part_ids")
                 finished = payload["finished"]
                 epoch = resumed_from + 1
         elif store is not None:
             for n in sinks:
                 n.params["sink"].recover(None, -1)
 
-        def push(node: _Node, port: str, batch: Batch):
+        clock = _clock.current()
+        # Partitions: (source node, the source's partition label) -> an int id, in first-seen order.
+        part_ids: dict = dict(part_ids_restored) if resume and part_ids_restored else {}
+        last_seen: dict[int, dict[int, int]] = {nid: {} for nid in ops}  # op -> partition -> wall ns
+        idle: dict[int, set] = {nid: set() for nid in ops}
+        last_data: dict[int, int] = {}
+
+        def upstream_sources(node: _Node) -> list[_Node]:
+            seen, todo, found = set(), [node], []
+            while todo:
+                n = todo.pop()
+                for parent, _ in n.inputs:
+                    if parent.id not in seen:
+                        seen.add(parent.id)
+                        (found.append(parent) if parent.kind == "source" else todo.append(parent))
+            return found
+
+        if resumed_from is None:
+            for nid, op in ops.items():
+                declared = [part_ids.setdefault((src.id, label), len(part_ids))
+                            for src in sorted(upstream_sources(node_of[nid]), key=lambda n: n.id)
+                            for label in src.params["source"].partitions()]
+                op.declare_partitions(declared)
+
+        def push(node: _Node, port: str, batch: Batch, part: int = 0):
             emitted[(node.id, port)] = True
             for child, p in children[node.id]:
                 if p == port:
-                    deliver(child, batch)
+                    deliver(child, batch, part)
 
-        def deliver(node: _Node, batch: Batch):
+        def push_fired(node: _Node, res: Batch):
+            if len(res):
+                metrics[node.id]["rows_out"] += len(res)
+                push(node, "out", res)
+
+        def deliver(node: _Node, batch: Batch, part: int):
             kind = node.kind
             if kind == "sink":
                 node.params["sink"].write(batch)
             elif kind == "map":
-                push(node, "out", Batch.from_any(node.params["fn"](batch)))
+                push(node, "out", Batch.from_any(node.params["fn"](batch)), part)
             elif kind == "filter":
-                push(node, "out", batch.filter(node.params["fn"](batch)))
+                push(node, "out", batch.filter(node.params["fn"](batch)), part)
             elif kind == "union":
-                push(node, "out", batch)
+                push(node, "out", batch, part)
             elif kind == "window":
                 last_input[node.id] = batch
-                res, late, invalid = ops[node.id].process(batch)
+                now = clock.now_ns()
+                last_seen[node.id][part] = now
+                idle[node.id].discard(part)
+                if len(batch):
+                    last_data[node.id] = now
+                res, late, invalid = ops[node.id].process(batch, part)
                 m = metrics[node.id]
                 m["events_in"] += len(batch)
                 m["rows_out"] += len(res)
@@ -309,6 +356,25 @@ class LocalRuntime:
             else:  # pragma: no cover - node kinds are fixed above
                 raise AssertionError(kind)
 
+        def idle_checks() -> None:
+            """Wall-clock driven progress: idle partitions, quiet streams, processing time."""
+            now = clock.now_ns()
+            for nid, op in ops.items():
+                node = node_of[nid]
+                spec = node.params["time"]
+                if getattr(spec, "follows_clock", False):
+                    push_fired(node, op.advance_watermark(now - 1))
+                    continue
+                if spec.idleness:
+                    for part, seen in last_seen[nid].items():
+                        if part not in idle[nid] and now - seen > spec.idleness:
+                            idle[nid].add(part)
+                            push_fired(node, op.set_partition_idle(part, True))
+                if spec.close_idle_after and nid in last_data and now - last_data[nid] > spec.close_idle_after:
+                    top = op.max_event_time
+                    if top is not None:
+                        push_fired(node, op.advance_watermark(top + (now - last_data[nid]) - spec.max_out_of_orderness - 1))
+
         def checkpoint(epoch: int, done: bool) -> None:
             sink_objs = {n.id: n.params["sink"] for n in sinks}
             payload = {
@@ -318,6 +384,7 @@ class LocalRuntime:
                                                    "num_keys": None if op.engine is None else op.engine.num_keys}
                                   for nid, op in ops.items()},
                 "emitted": dict(emitted),
+                "part_ids": dict(part_ids),
                 "guarantee": guarantee,
                 "finished": done,
                 "sinks": {},
@@ -348,11 +415,17 @@ class LocalRuntime:
                     item = next(it, None)
                     if item is None:
                         continue
-                    batch, positions[node.id] = item
                     alive.append((node, it))
-                    push(node, "out", batch)
+                    batch, positions[node.id] = item[0], item[1]
+                    if batch is None:  # the source has nothing right now
+                        idle_checks()
+                        continue
+                    label = item[2] if len(item) > 2 else None
+                    part = part_ids.setdefault((node.id, label), len(part_ids))
+                    push(node, "out", batch, part)
                     _faults.maybe_crash("batch")
                 iters = alive
+                idle_checks()
                 rounds += 1
                 if store is not None and iters and (
                         (every_batches and rounds % every_batches == 0)

@@ -45,6 +45,7 @@ class WindowAggregateOperator:
         self.allowed_lateness = allowed_lateness
         self._encoder = KeyEncoder(self.keys) if self.keys else None
         self._engine = None
+        self._declared: list[int] = []
         self._repr: TimeRepr | None = None
         self._value_dtypes: dict[str, np.dtype] = {}
 
@@ -58,6 +59,16 @@ class WindowAggregateOperator:
             bool(self.keys), [(a.code, a.ddof) for a in self.aggs.values()], div)
         self._repr = rep
         self._div = div
+        for p in self._declared:
+            self._engine.set_partition_idle(p, False)
+
+    def declare_partitions(self, partitions) -> None:
+        """Input partitions known before any data: each holds the watermark back until it sends
+        data or is marked idle (otherwise a lagging source would find its data already late)."""
+        self._declared = [int(p) for p in partitions]
+        if self._engine is not None:
+            for p in self._declared:
+                self._engine.set_partition_idle(p, False)
 
     @property
     def engine(self):
@@ -85,7 +96,7 @@ class WindowAggregateOperator:
             cols.append(np.ascontiguousarray(arr, dtype=np.float64))
         return cols
 
-    def process(self, batch: Batch):
+    def process(self, batch: Batch, partition: int = 0):
         ts, rep = self.time.extract(batch)
         values = self._values(batch)
         keys = self._encoder.encode(batch) if self._encoder is not None else None
@@ -94,10 +105,29 @@ class WindowAggregateOperator:
         elif rep != self._repr:
             raise TypeError(f"time column {self.time.column!r} changed representation from {self._repr} to {rep}")
         try:
-            out = self._engine.process(keys, ts, values, rep.factor)
+            out = self._engine.process(keys, ts, values, rep.factor, partition)
         except ValueError as e:
             raise ValueError(f"time column {self.time.column!r}: {e}") from None
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
+
+    def advance_watermark(self, watermark_ns: int) -> Batch:
+        """Moves the watermark (int64 ns) forward, firing what it passes; never back."""
+        if self._engine is None:
+            return self.empty_result()
+        return self._results(self._engine.advance_watermark(int(watermark_ns)))
+
+    def set_partition_idle(self, partition: int, idle: bool) -> Batch:
+        if self._engine is None:
+            return self.empty_result()
+        return self._results(self._engine.set_partition_idle(int(partition), bool(idle)))
+
+    @property
+    def max_event_time(self):
+        """Largest event time (ns) seen over all partitions, or None."""
+        if self._engine is None:
+            return None
+        seen = [p["max_ts"] for p in self._engine.partitions if p["max_ts"] is not None]
+        return max(seen) if seen else None
 
     def finish(self):
         """End of bounded input: fire every window."""

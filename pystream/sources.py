@@ -18,12 +18,20 @@ class Source:
     name = "source"
     replayable = False
 
-    def read(self, position=None) -> Iterator[tuple[Batch, object]]:  # pragma: no cover - interface
+    def read(self, position=None) -> Iterator[tuple]:  # pragma: no cover - interface
+        """Yields (batch, position after it[, partition label]); a batch of None means "no data
+        right now" (an unbounded source polling), so the runtime can do its wall-clock checks."""
         raise NotImplementedError
 
+    def partitions(self) -> list:
+        """The partition labels known before reading (each holds the watermark back until it
+        sends data or goes idle). A partition that first shows up later joins then."""
+        return [getattr(self, "partition", None)]
+
     def batches(self) -> Iterator[Batch]:
-        for batch, _ in self.read(None):
-            yield batch
+        for item in self.read(None):
+            if item[0] is not None:
+                yield item[0]
 
     def fingerprint(self) -> str:
         """What identifies this source in a checkpoint (a changed source makes it incompatible)."""
@@ -34,12 +42,14 @@ class Arrays(Source):
     """In-memory columns (a dict of arrays, a pandas DataFrame, a pyarrow Table or a Batch),
     served in slices of `batch_size` rows without copying."""
 
-    def __init__(self, data, batch_size: int = 65_536, name: str = "arrays"):
+    def __init__(self, data, batch_size: int = 65_536, name: str = "arrays", partition=None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.data = Batch.from_any(data)
         self.batch_size = batch_size
         self.name = name
+        #: a label for this source's one partition (None: the source is its own partition)
+        self.partition = partition
 
     replayable = True
 
@@ -51,7 +61,7 @@ class Arrays(Source):
             raise ValueError(f"position {position!r} is outside this source's {n} rows")
         while start < n:
             stop = min(start + self.batch_size, n)
-            yield self.data.slice(start, stop), stop
+            yield self.data.slice(start, stop), stop, self.partition
             start = stop
 
     def fingerprint(self) -> str:

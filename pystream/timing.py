@@ -49,6 +49,15 @@ _DT_FACTORS = {
 }
 
 
+def _positive(value, name):
+    if value is None:
+        return None
+    ns = parse_duration(value, name)
+    if ns <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return ns
+
+
 class EventTime:
     """Event time taken from a column of the records.
 
@@ -60,9 +69,17 @@ class EventTime:
             whose clock says 2099) is sent to the `invalid` side output with a reason instead of
             dragging the watermark forward. The first event of a stream has no watermark to be
             judged against and is always accepted.
+        idleness: a source partition that sends nothing for this long (wall clock) is marked
+            idle and stops holding the watermark back; it rejoins when it sends again.
+        close_idle_after: when no data at all arrives for this long (wall clock), event time
+            is advanced by the wall clock since the last event, so open windows still fire on a
+            quiet stream.
     """
 
-    def __init__(self, column: str, unit: str | None = None, max_out_of_orderness="0s", max_future=None):
+    follows_clock = False
+
+    def __init__(self, column: str, unit: str | None = None, max_out_of_orderness="0s", max_future=None,
+                 idleness=None, close_idle_after=None):
         if not isinstance(column, str):
             raise TypeError(f"EventTime column must be a column name (str), got {type(column).__name__}")
         if unit is not None and unit not in _UNITS:
@@ -71,11 +88,15 @@ class EventTime:
         self.unit = unit
         self.max_out_of_orderness = parse_duration(max_out_of_orderness, "max_out_of_orderness")
         self.max_future = None if max_future is None else parse_duration(max_future, "max_future")
+        self.idleness = _positive(idleness, "idleness")
+        self.close_idle_after = _positive(close_idle_after, "close_idle_after")
 
     def __repr__(self):
-        mf = "" if self.max_future is None else f", max_future={format_duration(self.max_future)!r}"
+        extra = "".join(f", {name}={format_duration(v)!r}" for name, v in
+                        (("max_future", self.max_future), ("idleness", self.idleness),
+                         ("close_idle_after", self.close_idle_after)) if v is not None)
         return (f"EventTime({self.column!r}, unit={self.unit!r}, "
-                f"max_out_of_orderness={format_duration(self.max_out_of_orderness)!r}{mf})")
+                f"max_out_of_orderness={format_duration(self.max_out_of_orderness)!r}{extra})")
 
     def repr_for(self, arr: np.ndarray) -> TimeRepr:
         kind = arr.dtype.kind
@@ -111,3 +132,51 @@ class EventTime:
         if arr.dtype == np.uint64 and len(arr) and int(arr.max()) > np.iinfo(np.int64).max:
             raise ValueError(f"time column {self.column!r} holds {int(arr.max())}, beyond the int64 range")
         return np.ascontiguousarray(arr, dtype=np.int64), rep
+
+
+class ProcessingTime:
+    """Processing time: each event is stamped with the runtime clock when it reaches the
+    window operator, and windows fire as the wall clock passes their end (even with no new
+    data). Not replay-deterministic by nature. Window bounds come out as datetime64[ns]."""
+
+    column = None
+    unit = None
+    max_out_of_orderness = 0
+    max_future = None
+    idleness = None
+    close_idle_after = None
+    follows_clock = True
+
+    def __repr__(self):
+        return "ProcessingTime()"
+
+    def extract(self, batch):
+        from . import clock
+
+        return np.full(len(batch), clock.current().now_ns(), dtype=np.int64), TimeRepr("datetime", "ns")
+
+
+class IngestionTime(EventTime):
+    """Ingestion time: when the record entered pystream.
+
+    With `column`, a time the source itself assigned on append (a Kafka log-append timestamp,
+    a Redis stream id time), so replays see the same times and results are deterministic.
+    Without it, the local clock when the batch is read: not replay-deterministic. Either way
+    the times never go backwards, so nothing is late; windows fire as ingestion time moves
+    (and by the wall clock when `close_idle_after` is set)."""
+
+    follows_clock = False
+
+    def __init__(self, column: str | None = None, unit: str | None = None, close_idle_after=None):
+        self._from_clock = column is None
+        super().__init__(column or "_ingestion_time", unit=unit, close_idle_after=close_idle_after)
+
+    def __repr__(self):
+        return "IngestionTime()" if self._from_clock else f"IngestionTime({self.column!r}, unit={self.unit!r})"
+
+    def extract(self, batch):
+        if self._from_clock:
+            from . import clock
+
+            return np.full(len(batch), clock.current().now_ns(), dtype=np.int64), TimeRepr("datetime", "ns")
+        return super().extract(batch)
