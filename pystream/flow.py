@@ -85,7 +85,7 @@ class Flow:
             p = n.params
             if n.kind == "source":
                 desc = (p["source"].fingerprint(), repr(p["time"]))
-            elif n.kind in ("map", "filter"):
+            elif n.kind in ("map", "filter", "flat_map"):
                 desc = (getattr(p["fn"], "__qualname__", type(p["fn"]).__name__),)
             elif n.kind == "window":
                 desc = (repr(p["window"]), p["keys"], p["allowed_lateness"], repr(p["time"]),
@@ -111,6 +111,11 @@ class Stream:
     def map(self, fn: Callable) -> "Stream":
         """fn(batch) -> Batch or dict of arrays, applied per batch."""
         return self._derive("map", fn=fn)
+
+    def flat_map(self, fn: Callable) -> "Stream":
+        """fn(batch) -> an iterable of Batches or dicts of arrays (or one of them, or None),
+        applied per batch; each result flows on as its own batch."""
+        return self._derive("flat_map", fn=fn)
 
     def filter(self, fn: Callable) -> "Stream":
         """fn(batch) -> boolean mask of rows to keep, applied per batch."""
@@ -243,6 +248,7 @@ class LocalRuntime:
         dup = {x for x in names if names.count(x) > 1}
         if dup:
             raise ValueError(f"two sinks share the name {sorted(dup)[0]!r}; sink names must be unique")
+        _check_graph(nodes, children)
         guarantee = self._check_guarantee(guarantee, checkpoints, sources, sinks)
         if resume and checkpoints is None:
             raise ValueError("resume=True needs checkpoints='DIR'")
@@ -332,6 +338,14 @@ class LocalRuntime:
                 push(node, "out", Batch.from_any(node.params["fn"](batch)), part)
             elif kind == "filter":
                 push(node, "out", batch.filter(node.params["fn"](batch)), part)
+            elif kind == "flat_map":
+                produced = node.params["fn"](batch)
+                if produced is None:
+                    return
+                if isinstance(produced, (Batch, dict)) or type(produced).__module__.startswith(("pandas", "pyarrow")):
+                    produced = [produced]
+                for item in produced:
+                    push(node, "out", Batch.from_any(item), part)
             elif kind == "union":
                 push(node, "out", batch, part)
             elif kind == "window":
@@ -458,6 +472,25 @@ class LocalRuntime:
         result.checkpoints = written
         result.resumed_from = resumed_from
         return result
+
+
+_DESCRIBE = {"map": "map()", "filter": "filter()", "flat_map": "flat_map()", "union": "union()",
+             "window": "window().aggregate()"}
+
+
+def _check_graph(nodes, children) -> None:
+    """Refuses graphs that cannot do useful work. Cycles cannot be built (a stream only takes
+    earlier streams as input); what can go wrong is work whose output reaches no sink."""
+    if not any(n.kind == "sink" for n in nodes):
+        raise ValueError("the flow has no sink: add one, e.g. stream.sink(ps.sinks.Collect('out'))")
+    reaches: dict[int, bool] = {}
+    for n in reversed(nodes):  # children always come after their parents
+        reaches[n.id] = n.kind == "sink" or any(reaches[c.id] for c, _ in children[n.id])
+    for n in nodes:
+        if not reaches[n.id]:
+            what = f"source {n.params['source'].name!r}" if n.kind == "source" else _DESCRIBE.get(n.kind, n.kind)
+            raise ValueError(f"dangling stream: the output of {what} (node {n.id}) reaches no sink; add "
+                             f".sink(...) to it or remove it")
 
 
 def _parse_every(every):

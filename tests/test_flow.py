@@ -241,3 +241,27 @@ def test_batch_conversions_round_trip():
     assert b.filter(b["a"] > 0)["a"].tolist() == [1, 2]
     with pytest.raises(KeyError, match=r"unknown column 'c'; the batch has \['a', 'b'\]"):
         b["c"]
+
+
+def test_flat_map_splits_batches():
+    flow = ps.Flow("fm")
+    src = flow.source(ps.sources.Arrays({"t": np.arange(6), "v": np.arange(6.0)}), time=ps.EventTime("t", unit="s"))
+
+    def by_parity(b):
+        return [b.filter(b["v"] % 2 == 0), {"t": b["t"][b["v"] % 2 == 1], "v": b["v"][b["v"] % 2 == 1] * 10}]
+
+    src.flat_map(by_parity).window(ps.windows.Tumbling("1m")).aggregate(v=ps.agg.sum("v")).sink(ps.sinks.Collect("o"))
+    assert flow.run()["o"]["v"].tolist() == [0 + 2 + 4 + 10 * (1 + 3 + 5)]
+
+
+def test_dangling_streams_are_refused():
+    flow = ps.Flow("d")
+    src = flow.source(ps.sources.Arrays({"t": np.arange(3)}), time=ps.EventTime("t", unit="s"))
+    src.window(ps.windows.Tumbling("1m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("o"))
+    src.map(lambda b: b)  # computed, then thrown away
+    with pytest.raises(ValueError, match=r"dangling stream: the output of map\(\) \(node 3\) reaches no sink"):
+        flow.run()
+    empty = ps.Flow("e")
+    empty.source(ps.sources.Arrays({"t": np.arange(3)}))
+    with pytest.raises(ValueError, match="the flow has no sink"):
+        empty.run()
