@@ -226,6 +226,24 @@ class PyEngine {
   size_t naggs_ = 0;
 };
 
+class PyKeyIndex {
+ public:
+  py::array_t<int32_t> intern(const I64Array& keys) {
+    std::vector<int32_t> out(static_cast<size_t>(keys.size()));
+    {
+      py::gil_scoped_release release;
+      idx_.intern(keys.data(), keys.size(), out.data());
+    }
+    return to_numpy(std::move(out));
+  }
+  I64Array keys() const { return to_numpy(std::vector<int64_t>(idx_.keys())); }
+  void assign(const I64Array& keys) { idx_.assign(from_numpy(keys)); }
+  int64_t size() const { return idx_.size(); }
+
+ private:
+  KeyIndex idx_;
+};
+
 class PyTupleInterner {
  public:
   explicit PyTupleInterner(int width) : t_(width) {}
@@ -292,6 +310,13 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("live_slices", [](const PyEngine& e) { return e.engine().live_slices(); })
       .def_property_readonly("slice_width", [](const PyEngine& e) { return e.engine().slice_width(); })
       .def_property_readonly("flushed", [](const PyEngine& e) { return e.engine().flushed(); });
+
+  py::class_<PyKeyIndex>(m, "KeyIndex")
+      .def(py::init<>())
+      .def("intern", &PyKeyIndex::intern, py::arg("keys"))
+      .def("keys", &PyKeyIndex::keys)
+      .def("assign", &PyKeyIndex::assign, py::arg("keys"))
+      .def("__len__", &PyKeyIndex::size);
 
   py::class_<PyTupleInterner>(m, "TupleInterner")
       .def(py::init<int>(), py::arg("width"))

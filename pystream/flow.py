@@ -92,6 +92,9 @@ class Flow:
                         tuple((k, a.kind, a.column, a.ddof) for k, a in p["aggs"].items()))
             elif n.kind == "sink":
                 desc = (p["sink"].fingerprint(),)
+            elif n.kind == "process":
+                desc = (getattr(p["fn"], "__qualname__", "fn"), getattr(p["on_timer"], "__qualname__", None), p["keys"],
+                        tuple((k, repr(v)) for k, v in p["state"].items()), p["ttl"], repr(p["time"]))
             else:
                 desc = ()
             parts.append((n.id, n.kind, desc, tuple((i.id, port) for i, port in n.inputs)))
@@ -158,6 +161,28 @@ class Stream:
 
 class KeyedStream(Stream):
     """A stream partitioned by key columns."""
+
+    def process(self, fn: Callable, state: dict | None = None, on_timer: Callable | None = None,
+                ttl=None) -> Stream:
+        """Keyed application state and timers, vectorized per batch (see pystream.process).
+
+        fn(batch, ctx) -> Batch, dict of arrays or None: `ctx.state[name]` is an array aligned
+        with `ctx.keys` (the batch's distinct keys; `ctx.row` maps rows to them); fn may set
+        timers with ctx.set_event_timer / ctx.set_processing_timer.
+        on_timer(timers, ctx) is called with the keys whose timers came due (columns: the keys,
+        `timer` in ns, `kind`). `state` maps names to default values; `ttl` drops the state and
+        timers of keys with no event for that long in event time.
+        """
+        from .process import KeyedProcessOperator
+
+        if self._time is None:
+            raise ValueError("process() needs a time notion for its timers: give the source one, e.g. "
+                             "flow.source(src, time=ps.EventTime('ts', unit='ms'))")
+        ttl_ns = None if ttl is None else parse_duration(ttl, "ttl")
+        KeyedProcessOperator(fn, self._keys, self._time, state or {}, on_timer, ttl_ns)  # validates now
+        node = self._flow._add("process", [(self._node, self._port)], fn=fn, on_timer=on_timer, state=dict(state or {}),
+                               ttl=ttl_ns, keys=self._keys, time=self._time)
+        return Stream(self._flow, node, "out", self._time, ())
 
 
 class WindowedStream:
@@ -254,13 +279,19 @@ class LocalRuntime:
             raise ValueError("resume=True needs checkpoints='DIR'")
         every_batches, every_seconds = _parse_every(checkpoint_every)
 
+        from .process import KeyedProcessOperator
+
         ops = {n.id: WindowAggregateOperator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
                                              n.params["allowed_lateness"])
                for n in nodes if n.kind == "window"}
-        metrics = {n.id: {"name": f"{n.params['window']!r} " + (f"by {', '.join(n.params['keys'])}" if n.params["keys"]
-                                                                 else "over all keys"),
+        ops.update({n.id: KeyedProcessOperator(n.params["fn"], n.params["keys"], n.params["time"], n.params["state"],
+                                               n.params["on_timer"], n.params["ttl"])
+                    for n in nodes if n.kind == "process"})
+        metrics = {n.id: {"name": (f"{n.params['window']!r} " if n.kind == "window" else
+                                   f"process({getattr(n.params['fn'], '__name__', 'fn')}) ")
+                                  + (f"by {', '.join(n.params['keys'])}" if n.params["keys"] else "over all keys"),
                           "events_in": 0, "rows_out": 0, "late": 0, "invalid": 0}
-                   for n in nodes if n.kind == "window"}
+                   for n in nodes if n.kind in ("window", "process")}
         emitted: dict[tuple[int, str], bool] = {}
         last_input: dict[int, Batch] = {}
         for s in sinks:
@@ -325,8 +356,8 @@ class LocalRuntime:
                 if p == port:
                     deliver(child, batch, part)
 
-        def push_fired(node: _Node, res: Batch):
-            if len(res):
+        def push_fired(node: _Node, res):
+            if res is not None and len(res):
                 metrics[node.id]["rows_out"] += len(res)
                 push(node, "out", res)
 
@@ -348,6 +379,14 @@ class LocalRuntime:
                     push(node, "out", Batch.from_any(item), part)
             elif kind == "union":
                 push(node, "out", batch, part)
+            elif kind == "process":
+                now = clock.now_ns()
+                last_seen[node.id][part] = now
+                idle[node.id].discard(part)
+                if len(batch):
+                    last_data[node.id] = now
+                metrics[node.id]["events_in"] += len(batch)
+                push_fired(node, ops[node.id].process(batch, part))
             elif kind == "window":
                 last_input[node.id] = batch
                 now = clock.now_ns()
@@ -376,6 +415,8 @@ class LocalRuntime:
             for nid, op in ops.items():
                 node = node_of[nid]
                 spec = node.params["time"]
+                if node.kind == "process":
+                    push_fired(node, op.tick())
                 if getattr(spec, "follows_clock", False):
                     push_fired(node, op.advance_watermark(now - 1))
                     continue
@@ -394,9 +435,10 @@ class LocalRuntime:
             payload = {
                 "positions": dict(positions),
                 "operators": {nid: op.snapshot() for nid, op in ops.items()},
-                "operator_info": {f"window{nid}": {"watermark": op.watermark,
-                                                   "num_keys": None if op.engine is None else op.engine.num_keys}
-                                  for nid, op in ops.items()},
+                "operator_info": {f"{node_of[nid].kind}{nid}": {
+                    "watermark": op.watermark,
+                    "num_keys": op.engine.num_keys if getattr(op, "engine", None) is not None else None}
+                    for nid, op in ops.items()},
                 "emitted": dict(emitted),
                 "part_ids": dict(part_ids),
                 "guarantee": guarantee,
@@ -450,6 +492,8 @@ class LocalRuntime:
 
             # End of input: fire every window, in graph order so downstream windows see upstream output.
             for n in nodes:
+                if n.kind == "process":
+                    push_fired(n, ops[n.id].finish())
                 if n.kind != "window":
                     continue
                 res = ops[n.id].finish()
@@ -468,14 +512,14 @@ class LocalRuntime:
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()
-        result.metrics = {f"window{nid}": m for nid, m in metrics.items()}
+        result.metrics = {f"{node_of[nid].kind}{nid}": m for nid, m in metrics.items()}
         result.checkpoints = written
         result.resumed_from = resumed_from
         return result
 
 
 _DESCRIBE = {"map": "map()", "filter": "filter()", "flat_map": "flat_map()", "union": "union()",
-             "window": "window().aggregate()"}
+             "window": "window().aggregate()", "process": "process()"}
 
 
 def _check_graph(nodes, children) -> None:
