@@ -80,12 +80,13 @@ class KeyedProcessOperator:
         self.defaults = {}
         for name, default in (state or {}).items():
             arr = np.asarray(default)
-            if arr.ndim != 0:
-                raise ValueError(f"state {name!r}: the default must be one value (a scalar), got shape {arr.shape}")
+            if arr.dtype.kind not in "biufmM":
+                raise TypeError(f"state {name!r}: the default must be a number or a numeric array (value state, or "
+                                f"array state of a fixed shape per key), got {default!r}")
             self.defaults[name] = arr
         self._encoder = KeyEncoder(self.keys)
         self._index = _core.KeyIndex()
-        self._state = {name: np.empty(0, dtype=d.dtype) for name, d in self.defaults.items()}
+        self._state = {name: np.empty((0, *d.shape), dtype=d.dtype) for name, d in self.defaults.items()}
         self._event = np.empty(0, dtype=np.int64)
         self._proc = np.empty(0, dtype=np.int64)
         self._last = np.empty(0, dtype=np.int64)  # last event time per key, for the TTL
@@ -130,7 +131,8 @@ class KeyedProcessOperator:
             return
         cap = max(n, 2 * have, 1024)
         for name, d in self.defaults.items():
-            grown = np.full(cap, d, dtype=d.dtype)
+            grown = np.empty((cap, *d.shape), dtype=d.dtype)
+            grown[:] = d
             grown[:have] = self._state[name][:have]
             self._state[name] = grown
         for attr, fill in (("_event", _NONE), ("_proc", _NONE), ("_last", np.iinfo(np.int64).min)):
@@ -169,9 +171,9 @@ class KeyedProcessOperator:
     def _commit(self, slots, ctx: ProcessContext) -> None:
         for name in self._state:
             values = np.asarray(ctx.state[name])
-            if values.shape != (len(slots),):
-                raise ValueError(f"state {name!r} must stay an array of one value per key ({len(slots)}), "
-                                 f"got shape {values.shape}")
+            want = (len(slots), *self.defaults[name].shape)
+            if values.shape != want:
+                raise ValueError(f"state {name!r} must keep one entry per key: shape {want}, got {values.shape}")
             self._state[name][slots] = values
         for mine, theirs in ((self._event, ctx._event), (self._proc, ctx._proc)):
             changed = theirs >= 0

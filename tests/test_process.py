@@ -145,7 +145,36 @@ def test_process_errors():
     with pytest.raises(ValueError, match=r"process\(\) needs a time notion for its timers"):
         src.key_by("k").process(lambda b, c: None)
     timed = ps.Flow("e2").source(ps.sources.Arrays({"k": np.arange(3), "t": np.arange(3)}), time=ps.EventTime("t", unit="s"))
-    with pytest.raises(ValueError, match=r"state 'x': the default must be one value"):
-        timed.key_by("k").process(lambda b, c: None, state={"x": [1, 2]})
+    with pytest.raises(TypeError, match=r"state 'x': the default must be a number or a numeric array"):
+        timed.key_by("k").process(lambda b, c: None, state={"x": "text"})
     with pytest.raises(TypeError, match=r"on_timer must be a function"):
         timed.key_by("k").process(lambda b, c: None, on_timer=5)
+
+
+def test_array_state_per_key_keeps_the_last_readings():
+    """Array state: each meter keeps its last three readings (a fixed-shape array per key)."""
+    def recent(batch, ctx):
+        # Shift each key's window left by the number of its readings in this batch, then fill
+        # the tail in arrival order; vectorized over rows via each row's rank within its key.
+        counts = np.bincount(ctx.row, minlength=len(ctx.keys))
+        order = np.argsort(ctx.row, kind="stable")
+        rank = np.empty(len(batch), dtype=np.int64)
+        rank[order] = np.arange(len(batch)) - np.repeat(np.cumsum(counts) - counts, counts)
+        hist = ctx.state["last3"]
+        shift = np.minimum(counts, 3)
+        for s in (1, 2, 3):  # three fixed cases, not a loop over events
+            sel = shift == s
+            hist[sel] = np.roll(hist[sel], -s, axis=1)
+        keep = rank >= counts[ctx.row] - 3
+        slot = 3 - (counts[ctx.row] - rank)
+        hist[ctx.row[keep], slot[keep]] = batch["v"][keep]
+        return {"k": ctx.keys["k"], "a": hist[:, 0], "b": hist[:, 1], "c": hist[:, 2]}
+
+    data = {"k": np.array([1, 1, 2, 1, 1, 2, 1]), "t": np.arange(7), "v": np.arange(7, dtype=float) * 10}
+    flow = ps.Flow("arr")
+    src = flow.source(ps.sources.Arrays(data, batch_size=4), time=ps.EventTime("t", unit="s"))
+    src.key_by("k").process(recent, state={"last3": np.full(3, np.nan)}).sink(ps.sinks.Collect("o"))
+    o = flow.run()["o"]
+    last = {k: (a, b, c) for k, a, b, c in zip(o["k"].tolist(), o["a"].tolist(), o["b"].tolist(), o["c"].tolist())}
+    assert last[1] == (30.0, 40.0, 60.0)
+    assert np.isnan(last[2][0]) and last[2][1:] == (20.0, 50.0)
