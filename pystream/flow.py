@@ -361,6 +361,15 @@ class LocalRuntime:
                 metrics[node.id]["rows_out"] += len(res)
                 push(node, "out", res)
 
+        def note_input(node: _Node, batch: Batch, part: int) -> None:
+            """Wall-clock bookkeeping of an operator's inputs, for idleness and quiet streams."""
+            now = clock.now_ns()
+            last_seen[node.id][part] = now
+            idle[node.id].discard(part)
+            if len(batch):
+                last_data[node.id] = now
+            metrics[node.id]["events_in"] += len(batch)
+
         def deliver(node: _Node, batch: Batch, part: int):
             kind = node.kind
             if kind == "sink":
@@ -380,23 +389,13 @@ class LocalRuntime:
             elif kind == "union":
                 push(node, "out", batch, part)
             elif kind == "process":
-                now = clock.now_ns()
-                last_seen[node.id][part] = now
-                idle[node.id].discard(part)
-                if len(batch):
-                    last_data[node.id] = now
-                metrics[node.id]["events_in"] += len(batch)
+                note_input(node, batch, part)
                 push_fired(node, ops[node.id].process(batch, part))
             elif kind == "window":
                 last_input[node.id] = batch
-                now = clock.now_ns()
-                last_seen[node.id][part] = now
-                idle[node.id].discard(part)
-                if len(batch):
-                    last_data[node.id] = now
+                note_input(node, batch, part)
                 res, late, invalid = ops[node.id].process(batch, part)
                 m = metrics[node.id]
-                m["events_in"] += len(batch)
                 m["rows_out"] += len(res)
                 if len(res):
                     push(node, "out", res)
