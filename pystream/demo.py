@@ -41,7 +41,24 @@ def fleet(n_readings: int, n_meters: int, seed: int) -> dict[str, np.ndarray]:
     return {"meter_id": data["meter_id"][order], "ts": ts[order], "kwh": data["kwh"][order]}
 
 
-RESULTS = ("usage_15m", "late", "invalid", "usage_1h", "system_5m", "system_rolling_1h")
+RESULTS = ("usage_15m", "late", "invalid", "usage_1h", "system_5m", "system_rolling_1h", "outage_alerts")
+OUTAGE_AFTER = ps.parse_duration("1h")
+
+
+def _arm_outage_timer(batch, ctx):
+    """Every reading moves its meter's outage timer to (newest reading + 1 h)."""
+    newest = np.full(len(ctx.keys), np.iinfo(np.int64).min)
+    np.maximum.at(newest, ctx.row, ctx.ts)
+    ctx.state["last_reading"] = np.maximum(ctx.state["last_reading"], newest)
+    ctx.set_event_timer(ctx.state["last_reading"] + OUTAGE_AFTER)
+
+
+def _outage(timers, ctx):
+    """The watermark passed (last reading + 1 h): the meter has gone quiet."""
+    if ctx.end_of_input:  # the simulation ended; that is not an outage
+        return None
+    return {"meter_id": timers["meter_id"], "silent_since_ms": ctx.state["last_reading"] // 1_000_000,
+            "alert_at_ms": timers["timer"] // 1_000_000}
 
 
 def _file_format() -> str:
@@ -76,6 +93,8 @@ def build(data: dict[str, np.ndarray], batch_size: int = 65_536, out: str | None
         kwh=ps.agg.sum("kwh"), readings=ps.agg.count()).sink(sink("system_5m"))
     readings.window(ps.windows.Sliding("1h", "15m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh")).sink(sink("system_rolling_1h"))
+    per_meter.process(_arm_outage_timer, state={"last_reading": np.int64(0)}, on_timer=_outage,
+                      ttl="1d").sink(sink("outage_alerts"))
     return flow
 
 
@@ -107,19 +126,22 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
     if out:
         result = flow.run(checkpoints=os.path.join(out, "checkpoints"), resume=resume, guarantee=guarantee,
                           checkpoint_every=4)
+        elapsed = time.perf_counter() - t0
         outputs = {name: ps.sinks.Files.read(os.path.join(out, name)) for name in RESULTS}
     else:
         result = flow.run()
+        elapsed = time.perf_counter() - t0
         outputs = dict(result)
-    elapsed = time.perf_counter() - t0
     usage = final_rows(outputs["usage_15m"], ["meter_id"])
     hourly = final_rows(outputs["usage_1h"], ["meter_id"])
     load = final_rows(outputs["system_5m"], [])
     late, invalid = outputs["late"], outputs["invalid"]
     accounted = int(usage["readings"].sum()) + len(late) + len(invalid)
 
-    print(f"\nran {len(data['ts']):,} readings through 4 windowed aggregations in {elapsed:.2f} s "
-          f"({len(data['ts']) / elapsed / 1e6:.1f} M readings/s)")
+    durable = (f", including {len(result.checkpoints)} checkpoints and {guarantee} commits of fsynced part files"
+               if out else "")
+    print(f"\nran {len(data['ts']):,} readings through 4 windowed aggregations and outage detection in {elapsed:.2f} s "
+          f"({len(data['ts']) / elapsed / 1e6:.1f} M readings/s{durable})")
     print(f"  15-minute usage rows     {len(usage):>12,}  (updates from late data: {int(outputs['usage_15m']['update'].sum()):,})")
     print(f"  hourly usage rows        {len(hourly):>12,}")
     print(f"  late readings (side out) {len(late):>12,}  (arrived after their 15-min window closed + 2 h)")
@@ -127,6 +149,9 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
         if m["events_in"]:
             print(f"    late for {m['name']:<40s} {m['late']:>9,}")
     print(f"  invalid readings         {len(invalid):>12,}  (clock more than 1 day ahead of the watermark)")
+    alerts = outputs["outage_alerts"]
+    print(f"  outage alerts            {len(alerts):>12,}  (meters silent for 1 h of event time; "
+          f"{len(np.unique(alerts['meter_id'])) if len(alerts) else 0:,} meters)")
     print(f"  accounted for            {accounted:>12,} of {len(data['ts']):,}")
     peak = int(np.argmax(load["kwh"]))
     start = load["window_start"][peak].astype("datetime64[ms]")
@@ -142,7 +167,7 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
               f"'pystream checkpoints list {out}/checkpoints'")
     if accounted != len(data["ts"]):
         raise SystemExit("error: readings were lost")
-    return {"result": result, "outputs": outputs, "data": data, "usage": usage, "load": load}
+    return {"result": result, "outputs": outputs, "data": data, "usage": usage, "load": load, "alerts": alerts}
 
 
 def main(argv=None) -> int:

@@ -40,6 +40,8 @@ class ProcessContext:
         self.watermark = watermark
         #: the runtime clock in ns
         self.now = now
+        #: True when timers fire because the input ended (the watermark jumped to the end of time)
+        self.end_of_input = False
         self._event = np.full(len(keys), -1, dtype=np.int64)  # -1: unchanged
         self._proc = np.full(len(keys), -1, dtype=np.int64)
 
@@ -92,6 +94,7 @@ class KeyedProcessOperator:
         self._last = np.empty(0, dtype=np.int64)  # last event time per key, for the TTL
         self._parts: dict[int, list] = {}  # partition -> [max_ts or None, idle]
         self._wm = None
+        self._ended = False
 
     # -- watermark (Flink's rule: min over active partitions of max - ooo - 1) ----------------
     @property
@@ -202,6 +205,7 @@ class KeyedProcessOperator:
                 continue
             keys = self._key_batch(due)
             ctx = ProcessContext(keys, None, {k: a[due].copy() for k, a in self._state.items()}, None, self._wm, now)
+            ctx.end_of_input = self._ended
             out = self.on_timer(keys.with_columns(timer=times, kind=kinds), ctx)
             self._commit(due, ctx)
             if out is not None:
@@ -226,6 +230,7 @@ class KeyedProcessOperator:
     def finish(self) -> Batch | None:
         """End of input: the watermark goes to the end of time, so event-time timers fire."""
         self._wm = np.iinfo(np.int64).max - 1
+        self._ended = True
         return self._fire()
 
     # -- state ----------------------------------------------------------------------------------

@@ -41,6 +41,13 @@ def test_demo_outputs_match_an_independent_computation(tmp_path):
     late5 = (valid.ts.to_numpy() // 300_000 + 1) * 300_000 - 1 + LATENESS <= w_before
     kept5 = valid[~late5]
     want_load = kept5.assign(w=kept5.ts // 300_000 * 300_000).groupby("w").kwh.sum()
+    # Outage alerts: meters whose readings stopped arriving for an hour of event time. Each
+    # alert names a real reading of that meter, one hour before the alert.
+    alerts = out["alerts"].to_pandas()
+    assert len(alerts) > 0
+    assert (alerts.alert_at_ms - alerts.silent_since_ms == 3_600_000).all()
+    readings_of = data.groupby("meter_id").ts.apply(set)
+    assert all(row.silent_since_ms in readings_of[row.meter_id] for row in alerts.itertuples())
     metrics = {m["name"]: m for m in out["result"].metrics.values()}
     assert metrics["Tumbling('5m') over all keys"]["late"] == int(late5.sum())
     np.testing.assert_allclose(load["kwh"], want_load.to_numpy(), rtol=1e-12)
