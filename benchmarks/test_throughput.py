@@ -173,3 +173,22 @@ def test_flow_sliding_streaming_sink(benchmark):
     assert rows == len(want) and kwh == pytest.approx(want.sum(), rel=1e-9)
     benchmark.pedantic(flow_run, args=(d, ps.windows.Sliding("1h", "15m"), StreamingSink(), False), rounds=3, iterations=1)
     record(benchmark, "flow.run sliding 1h/15m sum keys=100000", len(d["ts"]))
+
+
+def count_run(d, n, slide):
+    e = _core.CountWindowEngine(n, slide, True, [(0, 1), (1, 1), (3, 1)])
+    ids, ts, kwh = d["meter_id"], d["ts"], d["kwh"]
+    rows = 0
+    for a in range(0, len(ts), BATCH):
+        rows += len(e.process(ids[a:a + BATCH], ts[a:a + BATCH], [None, kwh[a:a + BATCH], kwh[a:a + BATCH]])["start"])
+    return rows
+
+
+@pytest.mark.parametrize("n, slide", [(4, 4), (96, 4)])
+def test_kernel_count_windows(benchmark, n, slide):
+    """Count windows (sum/count/max per meter): every meter's events in groups of n."""
+    d = readings(100_000)
+    per_meter = np.bincount(d["meter_id"])
+    assert count_run(d, n, slide) == int((per_meter // slide).sum())
+    benchmark.pedantic(count_run, args=(d, n, slide), rounds=3, iterations=1)
+    record(benchmark, f"kernel count window ({n}, {slide}) sum/count/max keys=100000", len(d["ts"]))

@@ -26,6 +26,7 @@
 #include "agg_basic.h"
 #include "agg_moments.h"
 #include "agg_order.h"
+#include "common.h"
 #include "out_buffer.h"
 
 namespace pystream {
@@ -49,11 +50,19 @@ struct OutColumn {
 };
 
 /// Rows of state for all aggregations of one operator (see the layout note above).
+/// Time windows lay rows out position-major (a slice's keys are contiguous, for firing and
+/// purging scans); count windows key-major (a key's panes are contiguous, for its firings).
 struct StateTable {
   uint8_t* data = nullptr;
   int64_t row_bytes = 0;
   int64_t slot_cap = 0;
-  uint8_t* row(int64_t pos, int64_t slot) const { return data + (pos * slot_cap + slot) * row_bytes; }
+  int64_t pos_stride = 0;   // bytes between ring positions
+  int64_t slot_stride = 0;  // bytes between keys
+  uint8_t* row(int64_t pos, int64_t slot) const { return data + pos * pos_stride + slot * slot_stride; }
+  static StateTable position_major(uint8_t* d, int64_t rb, int64_t slot_cap) { return {d, rb, slot_cap, slot_cap * rb, rb}; }
+  static StateTable key_major(uint8_t* d, int64_t rb, int64_t slot_cap, int64_t positions) {
+    return {d, rb, slot_cap, rb, positions * rb};
+  }
 };
 
 class AggColumn {
@@ -66,6 +75,8 @@ class AggColumn {
   /// Writes this aggregation's init state into one row.
   virtual void init(uint8_t* row) const = 0;
   virtual void update(const StateTable& t, const Segment& seg, const double* values, int64_t mask) const = 0;
+  /// One event into one state row (count windows, which fire between events of a batch).
+  virtual void update_one(uint8_t* row, double value, int64_t ts) const = 0;
   /// out[r] = finalize(combine of positions pos[0..npos) for slots[r]), appended to `out`.
   virtual void emit(const StateTable& t, const int64_t* pos, int64_t npos, const int32_t* slots, int64_t nrows,
                     OutColumn& out) const = 0;
@@ -98,6 +109,10 @@ class AggColumnImpl final : public AggColumn {
   /// The state of (pos, slot) (the engine reads counts this way).
   const State& at(const StateTable& t, int64_t pos, int64_t slot) const {
     return *reinterpret_cast<const State*>(t.row(pos, slot) + offset_);
+  }
+
+  void update_one(uint8_t* row, double value, int64_t ts) const override {
+    P::update(*reinterpret_cast<State*>(row + offset_), value, ts);
   }
 
   void update(const StateTable& t, const Segment& seg, const double* values, int64_t mask) const override {

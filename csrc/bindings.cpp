@@ -12,6 +12,7 @@
 #include <optional>
 #include <vector>
 
+#include "count_engine.h"
 #include "tuple_interner.h"
 #include "window_engine.h"
 
@@ -226,6 +227,63 @@ class PyEngine {
   size_t naggs_ = 0;
 };
 
+class PyCountEngine {
+ public:
+  PyCountEngine(int64_t n, int64_t slide, bool keyed, const std::vector<std::pair<int, int>>& aggs) : keyed_(keyed) {
+    std::vector<AggSpec> specs;
+    for (const auto& [kind, ddof] : aggs) {
+      if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
+      specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
+    }
+    naggs_ = specs.size();
+    engine_ = std::make_unique<CountWindowEngine>(n, slide, keyed, specs);
+  }
+
+  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values) {
+    const int64_t n = ts.size();
+    if (keyed_ && (!keys || keys->size() != n)) fail("a keyed count window needs a key column as long as the batch");
+    if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns");
+    std::vector<const double*> vptr;
+    for (const auto& v : values) {
+      if (v && v->size() != n) fail("value and timestamp columns differ in length");
+      vptr.push_back(v ? v->data() : nullptr);
+    }
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), vptr, n, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::dict snapshot() const {
+    auto s = engine_->snapshot();
+    py::dict d;
+    d["keys"] = to_numpy(std::move(s.keys));
+    d["seen"] = to_numpy(std::move(s.seen));
+    d["row_bytes"] = s.row_bytes;
+    d["rows"] = py::bytes(reinterpret_cast<const char*>(s.rows.data()), s.rows.size());
+    return d;
+  }
+
+  void restore(const py::dict& d) {
+    CountWindowEngine::State s;
+    s.keys = from_numpy(d["keys"].cast<I64Array>());
+    s.seen = from_numpy(d["seen"].cast<I64Array>());
+    s.row_bytes = d["row_bytes"].cast<int64_t>();
+    std::string_view rows = d["rows"].cast<std::string_view>();
+    s.rows.assign(rows.begin(), rows.end());
+    engine_->restore(s);
+  }
+
+  int64_t num_keys() const { return engine_->num_keys(); }
+
+ private:
+  std::unique_ptr<CountWindowEngine> engine_;
+  bool keyed_;
+  size_t naggs_ = 0;
+};
+
 class PyKeyIndex {
  public:
   py::array_t<int32_t> intern(const I64Array& keys) {
@@ -310,6 +368,14 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("live_slices", [](const PyEngine& e) { return e.engine().live_slices(); })
       .def_property_readonly("slice_width", [](const PyEngine& e) { return e.engine().slice_width(); })
       .def_property_readonly("flushed", [](const PyEngine& e) { return e.engine().flushed(); });
+
+  py::class_<PyCountEngine>(m, "CountWindowEngine")
+      .def(py::init<int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&>(), py::arg("size"), py::arg("slide"),
+           py::arg("keyed"), py::arg("aggs"))
+      .def("process", &PyCountEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"))
+      .def("snapshot", &PyCountEngine::snapshot)
+      .def("restore", &PyCountEngine::restore, py::arg("state"))
+      .def_property_readonly("num_keys", &PyCountEngine::num_keys);
 
   py::class_<PyKeyIndex>(m, "KeyIndex")
       .def(py::init<>())

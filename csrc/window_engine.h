@@ -515,7 +515,7 @@ class WindowEngine {
                   static_cast<size_t>(keep) * rb);
     }
     storage_ = std::move(fresh);
-    table_ = StateTable{storage_.data(), row_bytes_, slot_cap};
+    table_ = StateTable::position_major(storage_.data(), row_bytes_, slot_cap);
     std::vector<uint8_t> used(static_cast<size_t>(ring_cap), 0);
     for (int64_t k = base_; k < top_; ++k) used[k & (ring_cap - 1)] = slice_used_[k & (ring_cap_ - 1)];
     slice_used_.swap(used);

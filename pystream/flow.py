@@ -11,7 +11,7 @@ import numpy as np
 from ._duration import parse_duration
 from .agg import Agg
 from .batch import Batch
-from .operators import WindowAggregateOperator
+from .operators import WindowAggregateOperator, make_window_operator
 from .sinks import Sink
 from .sources import Source
 from .timing import EventTime, ProcessingTime
@@ -193,7 +193,7 @@ class WindowedStream:
         """Named aggregations, e.g. aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count())."""
         s = self._stream
         # Building the operator validates names and types now, not at run time.
-        WindowAggregateOperator(self._window, aggs, s._time, s._keys, self._lateness)
+        make_window_operator(self._window, aggs, s._time, s._keys, self._lateness)
         node = s._flow._add("window", [(s._node, s._port)], window=self._window, aggs=dict(aggs), time=s._time,
                             keys=s._keys, allowed_lateness=self._lateness)
         return WindowResultStream(s._flow, node, "out", None, ())
@@ -281,8 +281,8 @@ class LocalRuntime:
 
         from .process import KeyedProcessOperator
 
-        ops = {n.id: WindowAggregateOperator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
-                                             n.params["allowed_lateness"])
+        ops = {n.id: make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
+                                          n.params["allowed_lateness"])
                for n in nodes if n.kind == "window"}
         ops.update({n.id: KeyedProcessOperator(n.params["fn"], n.params["keys"], n.params["time"], n.params["state"],
                                                n.params["on_timer"], n.params["ttl"])

@@ -200,3 +200,87 @@ class WindowAggregateOperator:
             repr(self.window), self.keys, tuple((n, a.kind, a.column, a.ddof) for n, a in self.aggs.items()),
             self.allowed_lateness, repr(self.time),
         )
+
+
+class CountWindowOperator(WindowAggregateOperator):
+    """Count windows (ps.windows.CountTumbling/CountSliding) over the native count engine.
+    Arrival order decides everything, so there is no watermark, nothing is late, and the
+    output never has updates; the time column only gives each window its first and last
+    event time."""
+
+    EVENTS = "events"
+
+    def __init__(self, window, aggs, time, keys=(), allowed_lateness=0):
+        if self.EVENTS in aggs:
+            raise ValueError(f"aggregate output name {self.EVENTS!r} collides with the count window's event count")
+        super().__init__(window, aggs, time, keys, allowed_lateness)
+
+    def _build(self, rep: TimeRepr):
+        specs = [(0, 1)] + [(a.code, a.ddof) for a in self.aggs.values()]
+        self._engine = _core.CountWindowEngine(self.window.size, self.window.slide, bool(self.keys), specs)
+        self._repr = rep
+        self._div = rep.factor  # window bounds are event times, already in the input's unit
+
+    def process(self, batch: Batch, partition: int = 0):
+        ts, rep = self.time.extract(batch)
+        values = [None] + self._values(batch)
+        keys = self._encoder.encode(batch) if self._encoder is not None else None
+        if self._engine is None:
+            self._build(rep)
+        out = self._engine.process(keys, ts, values)
+        return self._results(out), None, None
+
+    def _results(self, out) -> Batch:
+        events, *cols = out["cols"]
+        res = super()._results({**out, "cols": cols})
+        named = {}
+        for name in res.columns:
+            named[name] = res[name]
+            if name == "window_end":
+                named[self.EVENTS] = events
+        return Batch(named)
+
+    def empty_result(self) -> Batch:
+        res = super().empty_result()
+        named = {}
+        for name in res.columns:
+            named[name] = res[name]
+            if name == "window_end":
+                named[self.EVENTS] = np.empty(0, dtype=np.int64)
+        return Batch(named)
+
+    def finish(self):
+        return self.empty_result()  # a trailing group smaller than the trigger never fires
+
+    def advance_watermark(self, watermark_ns):
+        return self.empty_result()
+
+    def set_partition_idle(self, partition, idle):
+        return self.empty_result()
+
+    def declare_partitions(self, partitions) -> None:
+        pass
+
+    @property
+    def watermark(self):
+        return None
+
+    @property
+    def max_event_time(self):
+        return None
+
+    def restore(self, state: dict) -> None:
+        if state["config"] != self.fingerprint():
+            raise ValueError(f"snapshot is from a different window operator: {state['config']} != {self.fingerprint()}")
+        if state["repr"] is not None:
+            self._build(TimeRepr(*state["repr"]))
+            self._engine.restore(state["engine"])
+        if self._encoder is not None and state["keys"] is not None:
+            self._encoder.restore(state["keys"])
+        self._value_dtypes = {k: np.dtype(v) for k, v in state["value_dtypes"].items()}
+
+
+def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0):
+    """The operator for a window kind."""
+    cls = CountWindowOperator if getattr(window, "counted", False) else WindowAggregateOperator
+    return cls(window, aggs, time, keys, allowed_lateness)

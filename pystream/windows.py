@@ -77,4 +77,57 @@ class Sliding(Window):
         return f"Sliding({format_duration(self.size)!r}, {format_duration(self.slide)!r}{off})"
 
 
-__all__ = ["Window", "Tumbling", "Sliding"]
+class CountWindow(Window):
+    """Windows by arrival order per key, independent of time. Output: window_start and
+    window_end are the first and last event time in the window (both inclusive), `events`
+    its number of events. A trailing group smaller than the trigger never fires."""
+
+    counted = True
+
+    def _params(self):
+        return (type(self).__name__, self.size, self.slide)
+
+    @staticmethod
+    def _count(value, name):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int (a number of events), got {value!r}")
+        return value
+
+
+class CountTumbling(CountWindow):
+    """Fires at a key's n-th, 2n-th, ... event with the n events since the last firing.
+
+    >>> CountTumbling(96)
+    CountTumbling(96)
+    """
+
+    def __init__(self, n: int):
+        self.size = self.slide = self._count(n, "count window size")
+        self.offset = 0
+        self._frozen = True
+
+    def __repr__(self):
+        return f"CountTumbling({self.size})"
+
+
+class CountSliding(CountWindow):
+    """Fires at every `slide`-th event of a key over its last min(seen, n) events (Flink's
+    countWindow(n, slide)); the first firings hold fewer than n events.
+
+    >>> CountSliding(96, 4)
+    CountSliding(96, 4)
+    """
+
+    def __init__(self, n: int, slide: int):
+        self.size = self._count(n, "count window size")
+        self.slide = self._count(slide, "count window slide")
+        if self.slide > self.size:
+            raise ValueError(f"count slide must be <= size, got slide={slide} size={n}")
+        self.offset = 0
+        self._frozen = True
+
+    def __repr__(self):
+        return f"CountSliding({self.size}, {self.slide})"
+
+
+__all__ = ["Window", "Tumbling", "Sliding", "CountWindow", "CountTumbling", "CountSliding"]

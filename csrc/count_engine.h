@@ -1,0 +1,182 @@
+/// count_engine.h — count windows per key, by arrival order (independent of time).
+///
+/// CountTumbling(n) fires at a key's n-th, 2n-th, ... event over the n events since the last
+/// firing; CountSliding(n, slide) fires at every slide-th event of a key over the last
+/// min(seen, n) events (Flink's countWindow(n, slide)), so the first firings hold fewer than
+/// n. A trailing group smaller than the trigger never fires, not even at end of input.
+///
+/// Panes (Li et al. 2005): a key's events are cut into panes of g = gcd(n, slide) events; a
+/// ring of n/g panes per key
+/// holds each pane's aggregates plus its first and last event time. Each event updates one
+/// pane; a firing combines the last min(seen, n)/g panes, which lie side by side (rows are
+/// key-major: slot * panes + position). A pane position is reset when a new
+/// pane starts there, by which time no future window needs the pane it held.
+/// Complexity: O(aggregations) per event, O(n/g) per firing; state O(keys * n/g).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agg_column.h"
+#include "common.h"
+#include "key_index.h"
+#include "window_engine.h"
+
+namespace pystream {
+
+class CountWindowEngine {
+ public:
+  CountWindowEngine(int64_t n, int64_t slide, bool keyed, const std::vector<AggSpec>& aggs) : n_(n), slide_(slide), keyed_(keyed) {
+    if (n <= 0) fail("count window size must be > 0, got " + std::to_string(n));
+    if (slide <= 0 || slide > n) fail("count slide must be > 0 and <= size, got slide=" + std::to_string(slide) + " size=" + std::to_string(n));
+    g_ = gcd64(n, slide);
+    panes_ = n / g_;
+    int64_t offset = 3 * static_cast<int64_t>(sizeof(int64_t));  // count, first ts, last ts
+    for (const AggSpec& a : aggs) {
+      if (a.kind == AggKind::kCount) {
+        col_of_spec_.push_back(-1);
+      } else {
+        col_of_spec_.push_back(static_cast<int>(cols_.size()));
+        cols_.push_back(make_column(a.kind, a.params));
+        cols_.back()->set_offset(offset);
+        offset += static_cast<int64_t>((cols_.back()->state_bytes() + 7) / 8 * 8);
+      }
+    }
+    row_bytes_ = offset;
+    init_row_.assign(static_cast<size_t>(row_bytes_), 0);
+    count_.init(init_row_.data());
+    for (const auto& c : cols_) c->init(init_row_.data());
+    grow(keyed ? 1024 : 1);
+  }
+
+  int64_t num_keys() const { return keyed_ ? keys_.size() : 0; }
+
+  /// One batch in arrival order; firings are appended to `out` in the order they happen.
+  /// start/end columns hold the window's first and last event time (in the input's units).
+  void process(const int64_t* keys, const int64_t* ts, const std::vector<const double*>& values, int64_t n, EmitBuffer& out) {
+    if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+      if (col_of_spec_[s] >= 0 && values[s] == nullptr && n > 0) fail("missing value column for an aggregation");
+    }
+    if (out.cols.size() != col_of_spec_.size()) out.cols.resize(col_of_spec_.size());
+    slots_.resize(static_cast<size_t>(n));
+    if (keyed_) {
+      keys_.intern(keys, n, slots_.data());
+      if (keys_.size() > slot_cap_) grow(std::max<int64_t>(keys_.size(), 2 * slot_cap_));
+    } else {
+      std::fill(slots_.begin(), slots_.end(), 0);
+    }
+    constexpr int64_t kAhead = 8;
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) {
+        // The row the event kAhead on will update (stale if its key recurs before then: harmless).
+        const int32_t sa = slots_[i + kAhead];
+        __builtin_prefetch(row_at((seen_[sa] / g_) % panes_, sa), 1);
+      }
+      const int32_t slot = slots_[i];
+      const int64_t c = ++seen_[slot];
+      const int64_t pane = (c - 1) / g_;
+      uint8_t* row = row_at(pane % panes_, slot);
+      if ((c - 1) % g_ == 0) {
+        std::memcpy(row, init_row_.data(), static_cast<size_t>(row_bytes_));
+        reinterpret_cast<int64_t*>(row)[1] = ts[i];  // the pane's first event time
+      }
+      ++reinterpret_cast<int64_t*>(row)[0];
+      reinterpret_cast<int64_t*>(row)[2] = ts[i];  // its last event time
+      for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+        if (col_of_spec_[s] >= 0) cols_[col_of_spec_[s]]->update_one(row, values[s][i], ts[i]);
+      }
+      if (c % slide_ == 0) fire(slot, c, out);
+    }
+  }
+
+  struct State {
+    std::vector<int64_t> keys, seen;
+    std::vector<uint8_t> rows;  // panes x slots rows
+    int64_t row_bytes = 0;
+  };
+
+  State snapshot() const {
+    State s;
+    s.keys = keys_.keys();
+    const int64_t nslots = keyed_ ? keys_.size() : 1;
+    s.seen.assign(seen_.begin(), seen_.begin() + nslots);
+    s.row_bytes = row_bytes_;
+    const size_t bytes = static_cast<size_t>(nslots * row_bytes_);
+    s.rows.resize(bytes * static_cast<size_t>(panes_));
+    // Key-major, as in memory: slot 0's panes, then slot 1's, ...
+    if (bytes) std::memcpy(s.rows.data(), row_at(0, 0), bytes * static_cast<size_t>(panes_));
+    return s;
+  }
+
+  void restore(const State& s) {
+    if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations");
+    if (keyed_) keys_.assign(s.keys);
+    const int64_t nslots = keyed_ ? keys_.size() : 1;
+    if (static_cast<int64_t>(s.seen.size()) != nslots || s.rows.size() != static_cast<size_t>(nslots * row_bytes_ * panes_)) {
+      fail("corrupt snapshot: count window state has the wrong size");
+    }
+    grow(std::max<int64_t>(nslots, keyed_ ? 1024 : 1));
+    std::copy(s.seen.begin(), s.seen.end(), seen_.begin());
+    const size_t bytes = static_cast<size_t>(nslots * row_bytes_);
+    if (bytes) std::memcpy(row_at(0, 0), s.rows.data(), bytes * static_cast<size_t>(panes_));
+  }
+
+ private:
+  uint8_t* row_at(int64_t pos, int64_t slot) const { return table_.row(pos, slot); }
+
+  void fire(int32_t slot, int64_t c, EmitBuffer& out) {
+    const int64_t events = c < n_ ? c : n_;
+    const int64_t last_pane = (c - 1) / g_;
+    pos_.clear();
+    for (int64_t p = last_pane - events / g_ + 1; p <= last_pane; ++p) pos_.push_back(p % panes_);
+    const int64_t* first = reinterpret_cast<const int64_t*>(row_at(pos_.front(), slot));
+    const int64_t* last = reinterpret_cast<const int64_t*>(row_at(pos_.back(), slot));
+    if (keyed_) out.key.push_back(keys_.keys()[slot]);
+    out.start.push_back(first[1]);
+    out.end.push_back(last[2]);
+    out.update.push_back(0);
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+      const AggColumn& col = col_of_spec_[s] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[s]];
+      col.emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), &slot, 1, out.cols[s]);
+    }
+  }
+
+  void grow(int64_t slot_cap) {
+    HugeBuffer fresh(static_cast<size_t>(panes_ * slot_cap * row_bytes_));
+    StateTable t = StateTable::key_major(fresh.data(), row_bytes_, slot_cap, panes_);
+    for (int64_t p = 0; p < panes_; ++p) {
+      for (int64_t s = 0; s < slot_cap; ++s) {
+        if (s < slot_cap_) {
+          std::memcpy(t.row(p, s), table_.row(p, s), static_cast<size_t>(row_bytes_));
+        } else {
+          std::memcpy(t.row(p, s), init_row_.data(), static_cast<size_t>(row_bytes_));
+        }
+      }
+    }
+    storage_ = std::move(fresh);
+    table_ = t;
+    seen_.resize(static_cast<size_t>(slot_cap), 0);
+    slot_cap_ = slot_cap;
+  }
+
+  int64_t n_, slide_, g_ = 1, panes_ = 1;
+  bool keyed_;
+  KeyIndex keys_;
+  AggColumnImpl<CountAgg> count_{AggParams{}};  // at offset 0 of each row
+  std::vector<std::unique_ptr<AggColumn>> cols_;
+  std::vector<int> col_of_spec_;
+  int64_t row_bytes_ = 0;
+  std::vector<uint8_t> init_row_;
+  HugeBuffer storage_;
+  StateTable table_;
+  int64_t slot_cap_ = 0;
+  std::vector<int64_t> seen_;
+  std::vector<int32_t> slots_;
+  std::vector<int64_t> pos_;
+};
+
+}  // namespace pystream
