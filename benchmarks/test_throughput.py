@@ -192,3 +192,21 @@ def test_kernel_count_windows(benchmark, n, slide):
     assert count_run(d, n, slide) == int((per_meter // slide).sum())
     benchmark.pedantic(count_run, args=(d, n, slide), rounds=3, iterations=1)
     record(benchmark, f"kernel count window ({n}, {slide}) sum/count/max keys=100000", len(d["ts"]))
+
+
+def session_run(d, gap_s):
+    e = _core.SessionEngine(gap_s * 10**9, 60 * 10**9, 0, -1, True, [(0, 1), (1, 1), (3, 1)], 10**6)
+    ids, ts, kwh = d["meter_id"], d["ts"], d["kwh"]
+    n = 0
+    for a in range(0, len(ts), BATCH):
+        out = e.process(ids[a:a + BATCH], ts[a:a + BATCH], [None, kwh[a:a + BATCH], kwh[a:a + BATCH]], 10**6)
+        n += int(out["cols"][0].sum())
+    return n + int(e.flush()["cols"][0].sum())
+
+
+@pytest.mark.parametrize("gap_s", [6 * 3600, 20 * 60])
+def test_kernel_sessions(benchmark, gap_s):
+    d = readings(100_000)
+    assert session_run(d, gap_s) == len(d["ts"])  # every reading lands in exactly one session
+    benchmark.pedantic(session_run, args=(d, gap_s), rounds=3, iterations=1)
+    record(benchmark, f"kernel sessions gap={gap_s // 60}m sum/count/max keys=100000", len(d["ts"]))

@@ -75,8 +75,10 @@ class AggColumn {
   /// Writes this aggregation's init state into one row.
   virtual void init(uint8_t* row) const = 0;
   virtual void update(const StateTable& t, const Segment& seg, const double* values, int64_t mask) const = 0;
-  /// One event into one state row (count windows, which fire between events of a batch).
+  /// One event into one state row (count and session windows, which work event by event).
   virtual void update_one(uint8_t* row, double value, int64_t ts) const = 0;
+  /// Merges the state in `src` into `dst` (session merges); src holds the later events.
+  virtual void combine_rows(uint8_t* dst, const uint8_t* src) const = 0;
   /// out[r] = finalize(combine of positions pos[0..npos) for slots[r]), appended to `out`.
   virtual void emit(const StateTable& t, const int64_t* pos, int64_t npos, const int32_t* slots, int64_t nrows,
                     OutColumn& out) const = 0;
@@ -113,6 +115,12 @@ class AggColumnImpl final : public AggColumn {
 
   void update_one(uint8_t* row, double value, int64_t ts) const override {
     P::update(*reinterpret_cast<State*>(row + offset_), value, ts);
+  }
+
+  void combine_rows(uint8_t* dst, const uint8_t* src) const override {
+    State b;
+    std::memcpy(static_cast<void*>(&b), src + offset_, sizeof(State));
+    P::combine(*reinterpret_cast<State*>(dst + offset_), b);
   }
 
   void update(const StateTable& t, const Segment& seg, const double* values, int64_t mask) const override {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "count_engine.h"
+#include "session_engine.h"
 #include "tuple_interner.h"
 #include "window_engine.h"
 
@@ -284,6 +285,106 @@ class PyCountEngine {
   size_t naggs_ = 0;
 };
 
+class PySessionEngine {
+ public:
+  PySessionEngine(int64_t gap, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
+                  const std::vector<std::pair<int, int>>& aggs, int64_t out_div)
+      : keyed_(keyed) {
+    std::vector<AggSpec> specs;
+    for (const auto& [kind, ddof] : aggs) {
+      if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
+      specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
+    }
+    naggs_ = specs.size();
+    engine_ = std::make_unique<SessionEngine>(gap, ooo, lateness, max_future, keyed, specs, out_div);
+  }
+
+  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
+                   int64_t unit_ns) {
+    const int64_t n = ts.size();
+    if (keyed_ && (!keys || keys->size() != n)) fail("a keyed session window needs a key column as long as the batch");
+    if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns");
+    std::vector<const double*> vptr;
+    for (const auto& v : values) {
+      if (v && v->size() != n) fail("value and timestamp columns differ in length");
+      vptr.push_back(v ? v->data() : nullptr);
+    }
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::dict flush() {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->flush(out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::dict advance_watermark(int64_t w) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->advance_watermark(w, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::dict snapshot() const {
+    auto s = engine_->snapshot();
+    py::dict d;
+    d["keys"] = to_numpy(std::move(s.keys));
+    d["start"] = to_numpy(std::move(s.start));
+    d["last"] = to_numpy(std::move(s.last));
+    d["slot"] = to_numpy(std::move(s.slot));
+    d["emitted"] = to_numpy(std::move(s.emitted));
+    d["row_bytes"] = s.row_bytes;
+    d["rows"] = py::bytes(reinterpret_cast<const char*>(s.rows.data()), s.rows.size());
+    d["has_wm"] = s.has_wm;
+    d["wm"] = s.wm;
+    d["flushed"] = s.flushed;
+    return d;
+  }
+
+  void restore(const py::dict& d) {
+    using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+    using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+    SessionEngine::State s;
+    s.keys = from_numpy(d["keys"].cast<I64Array>());
+    s.start = from_numpy(d["start"].cast<I64Array>());
+    s.last = from_numpy(d["last"].cast<I64Array>());
+    s.slot = from_numpy(d["slot"].cast<I32Array>());
+    s.emitted = from_numpy(d["emitted"].cast<U8Array>());
+    s.row_bytes = d["row_bytes"].cast<int64_t>();
+    std::string_view rows = d["rows"].cast<std::string_view>();
+    s.rows.assign(rows.begin(), rows.end());
+    s.has_wm = d["has_wm"].cast<bool>();
+    s.wm = d["wm"].cast<int64_t>();
+    s.flushed = d["flushed"].cast<bool>();
+    if (s.last.size() != s.start.size() || s.slot.size() != s.start.size() || s.emitted.size() != s.start.size()) {
+      fail("corrupt snapshot: session arrays differ in length");
+    }
+    engine_->restore(s);
+  }
+
+  std::optional<int64_t> watermark() const {
+    if (!engine_->has_watermark()) return std::nullopt;
+    return engine_->watermark();
+  }
+  int64_t num_keys() const { return engine_->num_keys(); }
+  int64_t live_sessions() const { return engine_->live_sessions(); }
+
+ private:
+  std::unique_ptr<SessionEngine> engine_;
+  bool keyed_;
+  size_t naggs_ = 0;
+};
+
 class PyKeyIndex {
  public:
   py::array_t<int32_t> intern(const I64Array& keys) {
@@ -376,6 +477,19 @@ PYBIND11_MODULE(_core, m) {
       .def("snapshot", &PyCountEngine::snapshot)
       .def("restore", &PyCountEngine::restore, py::arg("state"))
       .def_property_readonly("num_keys", &PyCountEngine::num_keys);
+
+  py::class_<PySessionEngine>(m, "SessionEngine")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
+           py::arg("gap"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"), py::arg("keyed"), py::arg("aggs"),
+           py::arg("out_div") = 1)
+      .def("process", &PySessionEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1)
+      .def("flush", &PySessionEngine::flush)
+      .def("advance_watermark", &PySessionEngine::advance_watermark, py::arg("watermark"))
+      .def("snapshot", &PySessionEngine::snapshot)
+      .def("restore", &PySessionEngine::restore, py::arg("state"))
+      .def_property_readonly("watermark", &PySessionEngine::watermark)
+      .def_property_readonly("num_keys", &PySessionEngine::num_keys)
+      .def_property_readonly("live_sessions", &PySessionEngine::live_sessions);
 
   py::class_<PyKeyIndex>(m, "KeyIndex")
       .def(py::init<>())

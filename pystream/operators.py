@@ -280,7 +280,53 @@ class CountWindowOperator(WindowAggregateOperator):
         self._value_dtypes = {k: np.dtype(v) for k, v in state["value_dtypes"].items()}
 
 
+class SessionWindowOperator(WindowAggregateOperator):
+    """Session windows over the native session engine (csrc/session_engine.h). Same outputs
+    and side outputs as time windows. Its watermark is the stream's (one partition): unioned
+    sources are not yet watermarked per source for sessions, and close_idle_after applies."""
+
+    def _build(self, rep: TimeRepr):
+        gap = self.window.size
+        div = rep.output_divisor(gap)
+        mf = -1 if self.time.max_future is None else self.time.max_future
+        self._engine = _core.SessionEngine(gap, self.time.max_out_of_orderness, self.allowed_lateness, mf, bool(self.keys),
+                                           [(a.code, a.ddof) for a in self.aggs.values()], div)
+        self._repr = rep
+        self._div = div
+        self._top = None
+
+    def process(self, batch: Batch, partition: int = 0):
+        ts, rep = self.time.extract(batch)
+        values = self._values(batch)
+        keys = self._encoder.encode(batch) if self._encoder is not None else None
+        if self._engine is None:
+            self._build(rep)
+        try:
+            out = self._engine.process(keys, ts, values, rep.factor)
+        except ValueError as e:
+            raise ValueError(f"time column {self.time.column!r}: {e}") from None
+        if len(ts):
+            top = int(ts.max()) * rep.factor
+            self._top = top if self._top is None else max(self._top, top)
+        return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
+
+    def set_partition_idle(self, partition, idle):
+        return self.empty_result()
+
+    def declare_partitions(self, partitions) -> None:
+        pass
+
+    @property
+    def max_event_time(self):
+        return getattr(self, "_top", None)
+
+
 def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0):
     """The operator for a window kind."""
-    cls = CountWindowOperator if getattr(window, "counted", False) else WindowAggregateOperator
+    if getattr(window, "counted", False):
+        cls = CountWindowOperator
+    elif getattr(window, "sessions", False):
+        cls = SessionWindowOperator
+    else:
+        cls = WindowAggregateOperator
     return cls(window, aggs, time, keys, allowed_lateness)

@@ -77,6 +77,29 @@ class Sliding(Window):
         return f"Sliding({format_duration(self.size)!r}, {format_duration(self.slide)!r}{off})"
 
 
+class Session(Window):
+    """Session windows per key: an event opens [t, t + gap); sessions that touch merge (two
+    events exactly `gap` apart share a session, gap + 1 apart do not); an out-of-order event
+    can bridge two sessions. window_start is the first event time, window_end the last event
+    time + gap.
+
+    >>> Session("30m")
+    Session('30m')
+    """
+
+    sessions = True
+
+    def __init__(self, gap):
+        self.size = self.slide = parse_duration(gap, "session gap")
+        if self.size <= 0:
+            raise ValueError(f"session gap must be > 0, got {gap!r}")
+        self.offset = 0
+        self._frozen = True
+
+    def __repr__(self):
+        return f"Session({format_duration(self.size)!r})"
+
+
 class CountWindow(Window):
     """Windows by arrival order per key, independent of time. Output: window_start and
     window_end are the first and last event time in the window (both inclusive), `events`
@@ -130,4 +153,4 @@ class CountSliding(CountWindow):
         return f"CountSliding({self.size}, {self.slide})"
 
 
-__all__ = ["Window", "Tumbling", "Sliding", "CountWindow", "CountTumbling", "CountSliding"]
+__all__ = ["Window", "Tumbling", "Sliding", "Session", "CountWindow", "CountTumbling", "CountSliding"]
