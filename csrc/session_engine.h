@@ -258,7 +258,8 @@ class SessionEngine {
     list.resize(w);
     if (survivor < 0) {
       if (wm_.has() && t + gap_ - 1 + lateness_ <= wm_.value()) return false;
-      survivor = new_session(slot, t);
+      // A session born behind the watermark fires once, as a late update, not on time too.
+      survivor = new_session(slot, t, !wm_.has() || t + gap_ - 1 > wm_.value());
       list.insert(std::lower_bound(list.begin(), list.end(), survivor,
                                    [&](int32_t a, int32_t b) { return pool_[a].start < pool_[b].start; }),
                   survivor);

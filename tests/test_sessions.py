@@ -233,3 +233,14 @@ def test_invalid_session_gap():
 
     with pytest.raises(ValueError, match=r"session gap must be > 0, got '0s'"):
         ps.windows.Session("0s")
+
+
+def test_a_session_born_late_is_emitted_once():
+    #   gap 10, lateness 50: after 100 (W = 99), an event at 60 opens [60, 70), behind the
+    #   watermark but within lateness: exactly one row for it, an update.
+    e = _core.SessionEngine(10, 0, 50, -1, True, [(0, 1)])
+    out = e.process(np.array([1, 1, 1]), np.array([0, 100, 60]), [None])
+    later = e.advance_watermark(200)  # anything firing afterwards must not repeat [60, 70)
+    rows = list(zip(out["start"].tolist(), out["update"].tolist())) + \
+        list(zip(later["start"].tolist(), later["update"].tolist()))
+    assert rows.count((60, True)) == 1 and [r for r in rows if r[0] == 60] == [(60, True)] and (0, False) in rows
