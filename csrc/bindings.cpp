@@ -300,7 +300,7 @@ class PySessionEngine {
   }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
-                   int64_t unit_ns) {
+                   int64_t unit_ns, int64_t partition) {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed session window needs a key column as long as the batch");
     if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns");
@@ -312,7 +312,7 @@ class PySessionEngine {
     EmitBuffer out;
     {
       py::gil_scoped_release release;
-      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out);
+      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out, partition);
     }
     return emit_to_dict(std::move(out), keyed_);
   }
@@ -324,6 +324,27 @@ class PySessionEngine {
       engine_->flush(out);
     }
     return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::dict set_partition_idle(int64_t partition, bool idle) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->set_partition_idle(partition, idle, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::list partitions() const {
+    py::list l;
+    for (const auto& p : engine_->partitions()) {
+      py::dict d;
+      d["id"] = p.id;
+      d["max_ts"] = p.has_max ? py::object(py::int_(p.max_ts)) : py::object(py::none());
+      d["idle"] = p.idle;
+      l.append(d);
+    }
+    return l;
   }
 
   py::dict advance_watermark(int64_t w) {
@@ -348,6 +369,18 @@ class PySessionEngine {
     d["has_wm"] = s.has_wm;
     d["wm"] = s.wm;
     d["flushed"] = s.flushed;
+    std::vector<int64_t> pid, pmax;
+    std::vector<uint8_t> phas, pidle;
+    for (const auto& p : s.partitions) {
+      pid.push_back(p.id);
+      pmax.push_back(p.max_ts);
+      phas.push_back(p.has_max);
+      pidle.push_back(p.idle);
+    }
+    d["part_id"] = to_numpy(std::move(pid));
+    d["part_max"] = to_numpy(std::move(pmax));
+    d["part_has"] = to_numpy(std::move(phas));
+    d["part_idle"] = to_numpy(std::move(pidle));
     return d;
   }
 
@@ -366,6 +399,14 @@ class PySessionEngine {
     s.has_wm = d["has_wm"].cast<bool>();
     s.wm = d["wm"].cast<int64_t>();
     s.flushed = d["flushed"].cast<bool>();
+    auto pid = from_numpy(d["part_id"].cast<I64Array>());
+    auto pmax = from_numpy(d["part_max"].cast<I64Array>());
+    auto phas = from_numpy(d["part_has"].cast<U8Array>());
+    auto pidle = from_numpy(d["part_idle"].cast<U8Array>());
+    if (pmax.size() != pid.size() || phas.size() != pid.size() || pidle.size() != pid.size()) {
+      fail("corrupt snapshot: partition arrays differ in length");
+    }
+    for (size_t i = 0; i < pid.size(); ++i) s.partitions.push_back(PartitionState{pid[i], pmax[i], phas[i] != 0, pidle[i] != 0});
     if (s.last.size() != s.start.size() || s.slot.size() != s.start.size() || s.emitted.size() != s.start.size()) {
       fail("corrupt snapshot: session arrays differ in length");
     }
@@ -482,7 +523,10 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
            py::arg("gap"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"), py::arg("keyed"), py::arg("aggs"),
            py::arg("out_div") = 1)
-      .def("process", &PySessionEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1)
+      .def("process", &PySessionEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
+           py::arg("partition") = 0)
+      .def("set_partition_idle", &PySessionEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
+      .def_property_readonly("partitions", &PySessionEngine::partitions)
       .def("flush", &PySessionEngine::flush)
       .def("advance_watermark", &PySessionEngine::advance_watermark, py::arg("watermark"))
       .def("snapshot", &PySessionEngine::snapshot)

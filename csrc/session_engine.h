@@ -65,7 +65,7 @@ class SessionEngine {
   int64_t live_sessions() const { return live_; }
 
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
-               EmitBuffer& out) {
+               EmitBuffer& out, int64_t partition = 0) {
     if (flushed_) fail("this window operator has been flushed at end of input and accepts no more events");
     if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
     if (unit_ns < 1) fail("unit_ns must be >= 1");
@@ -84,6 +84,12 @@ class SessionEngine {
       std::fill(slots_.begin(), slots_.end(), 0);
     }
     by_slot_.resize(static_cast<size_t>(keyed_ ? keys_.size() : 1));
+    // This batch's partition rejoins if idle; the other active partitions cap the watermark
+    // (the same rule as the time-window engine).
+    const size_t p = partition_index(partition);
+    parts_[p].idle = false;
+    const int64_t cap = others_min(p);
+    int64_t pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
       if (wm_.has() && max_future_ >= 0 && t > wm_.value() + max_future_) {
@@ -91,11 +97,31 @@ class SessionEngine {
         continue;
       }
       if (!add(slots_[i], t, values, i)) out.late_rows.push_back(i);
-      const int64_t cand = wm_.candidate(t);
-      if (!wm_.has() || cand > wm_.value()) advance(cand, out);
+      pmax = std::max(pmax, t);
+      const int64_t cand = std::min(wm_.candidate(pmax), cap);
+      if (cand > kNoWatermark && (!wm_.has() || cand > wm_.value())) advance(cand, out);
+    }
+    if (pmax > kNoWatermark) {
+      parts_[p].max_ts = pmax;
+      parts_[p].has_max = true;
     }
     emit_dirty(out);
   }
+
+  void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {
+    prepare(out);
+    parts_[partition_index(partition)].idle = idle;
+    int64_t w = kEndWatermark;
+    bool any = false;
+    for (const auto& q : parts_) {
+      if (q.idle) continue;
+      any = true;
+      w = std::min(w, q.has_max ? wm_.candidate(q.max_ts) : kNoWatermark);
+    }
+    if (any && w > kNoWatermark && !flushed_ && (!wm_.has() || w > wm_.value())) advance(w, out);
+  }
+
+  const std::vector<PartitionState>& partitions() const { return parts_; }
 
   void flush(EmitBuffer& out) {
     prepare(out);
@@ -111,6 +137,7 @@ class SessionEngine {
   }
 
   struct State {
+    std::vector<PartitionState> partitions;
     std::vector<int64_t> keys, start, last;
     std::vector<int32_t> slot;
     std::vector<uint8_t> emitted;
@@ -122,6 +149,7 @@ class SessionEngine {
 
   State snapshot() const {
     State s;
+    s.partitions = parts_;
     s.keys = keys_.keys();
     s.row_bytes = row_bytes_;
     s.has_wm = wm_.has();
@@ -153,6 +181,7 @@ class SessionEngine {
     wm_ = Watermark(ooo_);
     if (s.has_wm) wm_.set(s.wm);
     flushed_ = s.flushed;
+    parts_ = s.partitions;
     if (s.rows.size() != s.start.size() * static_cast<size_t>(row_bytes_)) fail("corrupt snapshot: session state size");
     for (size_t i = 0; i < s.start.size(); ++i) {
       // Sessions the watermark has passed already fired: they wait only for cleanup.
@@ -185,6 +214,23 @@ class SessionEngine {
   uint8_t* row(int32_t id) { return rows_.data() + static_cast<size_t>(id) * static_cast<size_t>(row_bytes_); }
   const uint8_t* row(int32_t id) const { return rows_.data() + static_cast<size_t>(id) * static_cast<size_t>(row_bytes_); }
   int64_t end_of(const Sess& s) const { return s.last + gap_; }
+
+  size_t partition_index(int64_t id) {
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      if (parts_[p].id == id) return p;
+    }
+    parts_.push_back(PartitionState{id, 0, false, false});
+    return parts_.size() - 1;
+  }
+
+  int64_t others_min(size_t self) const {
+    int64_t w = kEndWatermark;
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      if (p == self || parts_[p].idle) continue;
+      w = std::min(w, parts_[p].has_max ? wm_.candidate(parts_[p].max_ts) : kNoWatermark);
+    }
+    return w;
+  }
 
   void prepare(EmitBuffer& out) const {
     if (out.cols.size() != col_of_spec_.size()) out.cols.resize(col_of_spec_.size());
@@ -386,6 +432,7 @@ class SessionEngine {
   std::vector<int32_t> slots_;
   int64_t live_ = 0;
   bool flushed_ = false;
+  std::vector<PartitionState> parts_;
 };
 
 }  // namespace pystream

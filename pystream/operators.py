@@ -281,9 +281,8 @@ class CountWindowOperator(WindowAggregateOperator):
 
 
 class SessionWindowOperator(WindowAggregateOperator):
-    """Session windows over the native session engine (csrc/session_engine.h). Same outputs
-    and side outputs as time windows. Its watermark is the stream's (one partition): unioned
-    sources are not yet watermarked per source for sessions, and close_idle_after applies."""
+    """Session windows over the native session engine (csrc/session_engine.h). Same outputs,
+    side outputs, per-partition watermarks, idleness and quiet-stream handling as time windows."""
 
     def _build(self, rep: TimeRepr):
         gap = self.window.size
@@ -293,7 +292,8 @@ class SessionWindowOperator(WindowAggregateOperator):
                                            [(a.code, a.ddof) for a in self.aggs.values()], div)
         self._repr = rep
         self._div = div
-        self._top = None
+        for p in self._declared:
+            self._engine.set_partition_idle(p, False)
 
     def process(self, batch: Batch, partition: int = 0):
         ts, rep = self.time.extract(batch)
@@ -302,23 +302,10 @@ class SessionWindowOperator(WindowAggregateOperator):
         if self._engine is None:
             self._build(rep)
         try:
-            out = self._engine.process(keys, ts, values, rep.factor)
+            out = self._engine.process(keys, ts, values, rep.factor, partition)
         except ValueError as e:
             raise ValueError(f"time column {self.time.column!r}: {e}") from None
-        if len(ts):
-            top = int(ts.max()) * rep.factor
-            self._top = top if self._top is None else max(self._top, top)
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
-
-    def set_partition_idle(self, partition, idle):
-        return self.empty_result()
-
-    def declare_partitions(self, partitions) -> None:
-        pass
-
-    @property
-    def max_event_time(self):
-        return getattr(self, "_top", None)
 
 
 def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0):

@@ -244,3 +244,31 @@ def test_a_session_born_late_is_emitted_once():
     rows = list(zip(out["start"].tolist(), out["update"].tolist())) + \
         list(zip(later["start"].tolist(), later["update"].tolist()))
     assert rows.count((60, True)) == 1 and [r for r in rows if r[0] == 60] == [(60, True)] and (0, False) in rows
+
+
+def test_sessions_are_watermarked_per_partition():
+    import pystream as ps
+
+    #   Two sources, one an hour behind: with one shared watermark the lagging source's
+    #   readings would be late; per-source watermarks keep them on time.
+    minute = 60_000
+    lead = {"k": np.full(60, 1), "t": (np.arange(60) + 60) * minute}
+    lag = {"k": np.full(60, 2), "t": np.arange(60) * minute}
+    flow = ps.Flow("sess-parts")
+    t = ps.EventTime("t", unit="ms")
+    a = flow.source(ps.sources.Arrays(lead, batch_size=10, name="lead"), time=t)
+    b = flow.source(ps.sources.Arrays(lag, batch_size=10, name="lag"), time=t)
+    res = a.union(b).key_by("k").window(ps.windows.Session("5m")).aggregate(n=ps.agg.count())
+    res.sink(ps.sinks.Collect("o"))
+    res.late().sink(ps.sinks.Collect("late"))
+    out = flow.run()
+    assert len(out["late"]) == 0 and sorted(out["o"]["n"].tolist()) == [60, 60]
+
+
+def test_idle_partition_releases_sessions():
+    e = _core.SessionEngine(10, 0, 0, -1, True, [(0, 1)])
+    e.process(np.array([1]), np.array([0]), [None], 1, 0)
+    e.process(np.array([2]), np.array([100]), [None], 1, 1)
+    assert e.watermark == -1  # partition 0 (max 0) holds it back
+    out = e.set_partition_idle(0, True)
+    assert e.watermark == 99 and out["key"].tolist() == [1]  # the session [0, 10) fires
