@@ -57,6 +57,7 @@ py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
   d["start"] = to_numpy(std::move(b.start));
   d["end"] = to_numpy(std::move(b.end));
   d["update"] = to_numpy(std::move(b.update)).attr("view")("bool");
+  d["early"] = to_numpy(std::move(b.early)).attr("view")("bool");
   py::list cols;
   for (OutColumn& c : b.cols) {
     if (c.is_int) {
@@ -79,7 +80,7 @@ std::vector<T> from_numpy(const py::array_t<T, py::array::c_style | py::array::f
 class PyEngine {
  public:
   PyEngine(int64_t size, int64_t slide, int64_t offset, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
-           const std::vector<std::pair<int, int>>& aggs, int64_t out_div) {
+           const std::vector<std::pair<int, int>>& aggs, int64_t out_div, int64_t early_every) {
     WindowSpec spec;
     spec.size = size;
     spec.slide = slide;
@@ -89,6 +90,7 @@ class PyEngine {
     spec.max_future = max_future;
     spec.keyed = keyed;
     spec.out_div = out_div;
+    spec.early_every = early_every;
     std::vector<AggSpec> specs;
     for (const auto& [kind, ddof] : aggs) {
       if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
@@ -491,9 +493,9 @@ PYBIND11_MODULE(_core, m) {
   m.attr("MAX_DURATION") = kMaxDuration;
 
   py::class_<PyEngine>(m, "WindowEngine")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t, int64_t>(),
            py::arg("size"), py::arg("slide"), py::arg("offset"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"),
-           py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1)
+           py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1, py::arg("early_every") = 0)
       .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
            py::arg("partition") = 0)
       .def("advance_watermark", &PyEngine::advance_watermark, py::arg("watermark"))

@@ -48,6 +48,7 @@ struct WindowSpec {
   int64_t max_future = -1;  // < 0: no guard
   bool keyed = true;
   int64_t out_div = 1;  // window bounds are output as ns / out_div (the input's time unit)
+  int64_t early_every = 0;  // > 0: speculative firings of open windows at this event-time interval
 };
 
 struct AggSpec {
@@ -59,6 +60,7 @@ struct AggSpec {
 struct EmitBuffer {
   OutBuf<int64_t> key, start, end;
   OutBuf<uint8_t> update;
+  OutBuf<uint8_t> early;  // speculative (final=False) rows; only filled with early_every
   std::vector<OutColumn> cols;  // one per aggregation spec, in spec order
   OutBuf<int64_t> late_rows, invalid_rows;
 };
@@ -95,6 +97,7 @@ class WindowEngine {
     if (spec.ooo < 0 || spec.ooo > kMaxDuration) fail("max_out_of_orderness must be >= 0 and <= 2^60 ns, got " + std::to_string(spec.ooo));
     if (spec.lateness < 0 || spec.lateness > kMaxDuration) fail("allowed_lateness must be >= 0 and <= 2^60 ns, got " + std::to_string(spec.lateness));
     if (spec.out_div < 1) fail("out_div must be >= 1");
+    if (spec.early_every < 0 || spec.early_every > kMaxDuration) fail("early_every must be >= 0 and <= 2^60 ns");
     if (spec.max_future > kMaxDuration) fail("max_future must be <= 2^60 ns, got " + std::to_string(spec.max_future));
     spec_.offset = floor_mod(spec.offset, spec.slide);
     g_ = gcd64(spec.size, spec.slide);
@@ -225,7 +228,7 @@ class WindowEngine {
         ++i;
         continue;
       }
-      if (t <= W) mark_dirty(t, jhi, slots_[i]);
+      if (t <= W) mark_dirty(t, jhi, slots_[i]);  // (an early firing never waits on a late event)
       if (ring_must_grow(k)) {
         // Row indices of the pending events assume the current layout: aggregate them first.
         aggregate(a, i, rejected == 0);
@@ -236,6 +239,12 @@ class WindowEngine {
       rows_idx_[i] = (k & (ring_cap_ - 1)) * slot_cap_ + slots_[i];
       status_[i] = kAccepted;
       ++i;
+      if (early_pending_) {
+        aggregate(a, i, rejected == 0);
+        emit_early(out);
+        a = i;
+        rejected = 0;
+      }
     }
     aggregate(a, n, rejected == 0);
     emit_dirty(out);
@@ -297,15 +306,14 @@ class WindowEngine {
     if (w < -kMaxAbsTime - kMaxDuration || w > kMaxAbsTime) fail("watermark " + std::to_string(w) + " ns is out of range");
     if (!wm_.has()) {
       begin_watermark(w, out);
-      return;
-    }
-    if (w > wm_.value()) {
+    } else if (w > wm_.value()) {
       if (w >= next_boundary_) {
         step(w, out);
       } else {
         wm_.set(w);
       }
     }
+    if (early_pending_) emit_early(out);
   }
 
   /// Marks a partition idle (or active). An idle partition no longer holds the watermark
@@ -385,6 +393,7 @@ class WindowEngine {
     parts_ = s.partitions;
     next_fire_ = s.next_fire;
     next_boundary_ = s.next_boundary;
+    next_early_ = s.has_wm ? next_early_after(s.wm) : kNever;
     const size_t slice_bytes = static_cast<size_t>(nslots_ * row_bytes_);
     if (s.rows.size() != slice_bytes * static_cast<size_t>(top_ - base_)) fail("corrupt snapshot: state rows have the wrong size");
     for (int64_t k = base_; k < top_; ++k) {
@@ -462,7 +471,13 @@ class WindowEngine {
   void start_watermark(int64_t w) {
     wm_.set(w);
     next_fire_ = first_window_after(w);
-    next_boundary_ = window_end(next_fire_) - 1;
+    next_early_ = next_early_after(w);
+    next_boundary_ = std::min(window_end(next_fire_) - 1, next_early_);
+  }
+
+  /// The first early-firing instant above w (aligned to the epoch), or never.
+  int64_t next_early_after(int64_t w) const {
+    return spec_.early_every > 0 ? (floor_div(w, spec_.early_every) + 1) * spec_.early_every : kNever;
   }
 
   /// Records (window, slot) updates for windows of t that already fired but are not purged.
@@ -579,6 +594,12 @@ class WindowEngine {
       fire_window(next_fire_, rows_, false, out);
       ++next_fire_;
     }
+    if (w >= next_early_) {
+      // Speculative results are due; they go out once the event that moved the watermark is
+      // aggregated too (emit_early), as they would after that event in a per-event engine.
+      early_pending_ = true;
+      next_early_ = next_early_after(w);
+    }
     while (base_ < top_ && slice_cleanup(base_) <= w) {
       const int64_t pos = base_ & (ring_cap_ - 1);
       if (slice_used_[pos] != 0) {
@@ -589,8 +610,20 @@ class WindowEngine {
       }
       ++base_;
     }
-    next_boundary_ = window_end(next_fire_) - 1;
+    next_boundary_ = std::min(window_end(next_fire_) - 1, next_early_);
     if (base_ < top_) next_boundary_ = std::min(next_boundary_, slice_cleanup(base_));
+  }
+
+  /// Speculative results of every open window that holds data (early firings).
+  void emit_early(EmitBuffer& out) {
+    early_pending_ = false;
+    if (base_ >= top_) return;
+    const int64_t last_window = floor_div(top_ - 1, r_);
+    for (int64_t j = next_fire_; j <= last_window; ++j) {
+      const size_t before = out.start.size();
+      fire_window(j, rows_, false, out);
+      for (size_t r = before; r < out.start.size(); ++r) out.early[r] = 1;
+    }
   }
 
   /// Ring positions of window j's non-empty live slices.
@@ -640,6 +673,7 @@ class WindowEngine {
     out.start.append(static_cast<size_t>(nr), window_start(j) / spec_.out_div);
     out.end.append(static_cast<size_t>(nr), window_end(j) / spec_.out_div);
     out.update.append(static_cast<size_t>(nr), update ? 1 : 0);
+    out.early.append(static_cast<size_t>(nr), 0);
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
       const AggColumn& col = col_of_spec_[s] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[s]];
       col.emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
@@ -683,7 +717,9 @@ class WindowEngine {
   std::vector<uint8_t> slice_used_;  // per ring position: holds data
   int64_t next_fire_ = 0;
   int64_t next_boundary_ = kNever;
+  int64_t next_early_ = kNever;
   bool flushed_ = false;
+  bool early_pending_ = false;
   std::vector<PartitionState> parts_;
   size_t part_ = 0;              // the current batch's partition
   int64_t cap_ = kEndWatermark;  // min watermark the other active partitions allow

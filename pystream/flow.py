@@ -88,7 +88,7 @@ class Flow:
             elif n.kind in ("map", "filter", "flat_map"):
                 desc = (getattr(p["fn"], "__qualname__", type(p["fn"]).__name__),)
             elif n.kind == "window":
-                desc = (repr(p["window"]), p["keys"], p["allowed_lateness"], repr(p["time"]),
+                desc = (repr(p["window"]), p["keys"], p["allowed_lateness"], repr(p["time"]), p.get("early_every"),
                         tuple((k, a.kind, a.column, a.ddof) for k, a in p["aggs"].items()))
             elif n.kind == "sink":
                 desc = (p["sink"].fingerprint(),)
@@ -143,14 +143,23 @@ class Stream:
             raise ValueError(f"key_by() got a column twice: {columns}")
         return KeyedStream(self._flow, self._node, self._port, self._time, tuple(columns))
 
-    def window(self, window: Window, allowed_lateness="0s") -> "WindowedStream":
-        """Event-time windows over this stream; a non-keyed stream aggregates all its events."""
+    def window(self, window: Window, allowed_lateness="0s", early_every=None) -> "WindowedStream":
+        """Event-time windows over this stream; a non-keyed stream aggregates all its events.
+        `early_every="15m"` adds speculative results of open windows each time the watermark
+        passes a multiple of 15 minutes, marked final=False (time windows only)."""
         if not isinstance(window, Window):
             raise TypeError(f"window() expects ps.windows.Tumbling(...) or Sliding(...), got {type(window).__name__}")
         if self._time is None:
             raise ValueError("window() needs event time: give the source a time, e.g. "
                              "flow.source(src, time=ps.EventTime('ts', unit='ms'))")
-        return WindowedStream(self, window, parse_duration(allowed_lateness, "allowed_lateness"))
+        early = None
+        if early_every is not None:
+            if getattr(window, "counted", False) or getattr(window, "sessions", False):
+                raise ValueError(f"early_every applies to time windows (Tumbling, Sliding), not {window!r}")
+            early = parse_duration(early_every, "early_every")
+            if early <= 0:
+                raise ValueError(f"early_every must be > 0, got {early_every!r}")
+        return WindowedStream(self, window, parse_duration(allowed_lateness, "allowed_lateness"), early)
 
     def sink(self, sink: Sink) -> "Stream":
         if not isinstance(sink, Sink):
@@ -186,16 +195,16 @@ class KeyedStream(Stream):
 
 
 class WindowedStream:
-    def __init__(self, stream: Stream, window: Window, allowed_lateness: int):
-        self._stream, self._window, self._lateness = stream, window, allowed_lateness
+    def __init__(self, stream: Stream, window: Window, allowed_lateness: int, early_every: int | None = None):
+        self._stream, self._window, self._lateness, self._early = stream, window, allowed_lateness, early_every
 
     def aggregate(self, **aggs: Agg) -> "WindowResultStream":
         """Named aggregations, e.g. aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count())."""
         s = self._stream
         # Building the operator validates names and types now, not at run time.
-        make_window_operator(self._window, aggs, s._time, s._keys, self._lateness)
+        make_window_operator(self._window, aggs, s._time, s._keys, self._lateness, self._early)
         node = s._flow._add("window", [(s._node, s._port)], window=self._window, aggs=dict(aggs), time=s._time,
-                            keys=s._keys, allowed_lateness=self._lateness)
+                            keys=s._keys, allowed_lateness=self._lateness, early_every=self._early)
         return WindowResultStream(s._flow, node, "out", None, ())
 
 
@@ -282,7 +291,7 @@ class LocalRuntime:
         from .process import KeyedProcessOperator
 
         ops = {n.id: make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
-                                          n.params["allowed_lateness"])
+                                          n.params["allowed_lateness"], n.params.get("early_every"))
                for n in nodes if n.kind == "window"}
         ops.update({n.id: KeyedProcessOperator(n.params["fn"], n.params["keys"], n.params["time"], n.params["state"],
                                                n.params["on_timer"], n.params["ttl"])

@@ -14,6 +14,7 @@ from .windows import Window
 #: Output columns every window result has besides the keys and the aggregates.
 WINDOW_COLUMNS = ("window_start", "window_end")
 UPDATE_COLUMN = "update"
+FINAL_COLUMN = "final"
 REASON_FUTURE = "timestamp more than max_future ahead of the watermark"
 
 
@@ -29,10 +30,10 @@ class WindowAggregateOperator:
     """
 
     def __init__(self, window: Window, aggs: dict[str, Agg], time: EventTime, keys: tuple[str, ...] = (),
-                 allowed_lateness: int = 0):
+                 allowed_lateness: int = 0, early_every: int | None = None):
         if not aggs:
             raise ValueError("aggregate() needs at least one aggregation, e.g. aggregate(n=ps.agg.count())")
-        reserved = set(keys) | set(WINDOW_COLUMNS) | {UPDATE_COLUMN}
+        reserved = set(keys) | set(WINDOW_COLUMNS) | {UPDATE_COLUMN, FINAL_COLUMN}
         for name, a in aggs.items():
             if not isinstance(a, Agg):
                 raise TypeError(f"aggregate({name}=...) expects a ps.agg aggregation such as ps.agg.sum('kwh'), got {a!r}")
@@ -43,6 +44,7 @@ class WindowAggregateOperator:
         self.time = time
         self.keys = tuple(keys)
         self.allowed_lateness = allowed_lateness
+        self.early_every = early_every
         self._encoder = KeyEncoder(self.keys) if self.keys else None
         self._engine = None
         self._declared: list[int] = []
@@ -56,7 +58,7 @@ class WindowAggregateOperator:
         mf = -1 if self.time.max_future is None else self.time.max_future
         self._engine = _core.WindowEngine(
             w.size, w.slide, w.offset, self.time.max_out_of_orderness, self.allowed_lateness, mf,
-            bool(self.keys), [(a.code, a.ddof) for a in self.aggs.values()], div)
+            bool(self.keys), [(a.code, a.ddof) for a in self.aggs.values()], div, self.early_every or 0)
         self._repr = rep
         self._div = div
         for p in self._declared:
@@ -148,6 +150,8 @@ class WindowAggregateOperator:
                 values = values.astype(dt)
             cols[name] = values
         cols[UPDATE_COLUMN] = out["update"]
+        if self.early_every:
+            cols[FINAL_COLUMN] = ~out["early"]
         return Batch(cols)
 
     def empty_result(self) -> Batch:
@@ -161,6 +165,8 @@ class WindowAggregateOperator:
         for name, a in self.aggs.items():
             cols[name] = np.empty(0, dtype=np.int64 if a.kind == "count" else np.float64)
         cols[UPDATE_COLUMN] = np.empty(0, dtype=bool)
+        if self.early_every:
+            cols[FINAL_COLUMN] = np.empty(0, dtype=bool)
         return Batch(cols)
 
     @staticmethod
@@ -198,7 +204,7 @@ class WindowAggregateOperator:
     def fingerprint(self) -> tuple:
         return (
             repr(self.window), self.keys, tuple((n, a.kind, a.column, a.ddof) for n, a in self.aggs.items()),
-            self.allowed_lateness, repr(self.time),
+            self.allowed_lateness, repr(self.time), self.early_every,
         )
 
 
@@ -308,8 +314,10 @@ class SessionWindowOperator(WindowAggregateOperator):
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
 
 
-def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0):
+def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
     """The operator for a window kind."""
+    if early_every:
+        return WindowAggregateOperator(window, aggs, time, keys, allowed_lateness, early_every)
     if getattr(window, "counted", False):
         cls = CountWindowOperator
     elif getattr(window, "sessions", False):

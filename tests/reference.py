@@ -58,6 +58,7 @@ class Row:
     end: int
     values: tuple
     update: bool
+    early: bool = False
 
 
 @dataclass
@@ -70,6 +71,7 @@ class RefWindows:
     max_future: int | None
     aggs: list  # [(kind, ddof)]
     keyed: bool = True
+    early_every: int | None = None
 
     wm: int | None = None
     arrival: int = 0
@@ -147,6 +149,17 @@ class RefWindows:
             keys = sorted((k for (k, jj) in self.contents if jj == j), key=self.key_order.__getitem__)
             for k in keys:
                 self.rows.append(self._row(k, j, False))
+        # Early firings: when the watermark passes an early instant (a multiple of early_every),
+        # every window with data that has not fired yet emits its current value, final=False.
+        # (The first watermark passes nothing: there was no earlier one to pass from.)
+        if self.early_every and prev is not None and (w // self.early_every) > (prev // self.early_every):
+            open_windows = sorted({j for (_, j) in self.contents if j * self.slide + self.offset + self.size - 1 > w})
+            for j in open_windows:
+                keys = sorted((k for (k, jj) in self.contents if jj == j), key=self.key_order.__getitem__)
+                for k in keys:
+                    row = self._row(k, j, False)
+                    row.early = True
+                    self.rows.append(row)
         for (k, j) in list(self.contents):
             if j * self.slide + self.offset + self.size - 1 + self.lateness <= w:
                 del self.contents[(k, j)]
