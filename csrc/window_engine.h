@@ -103,6 +103,18 @@ class WindowEngine {
     g_ = gcd64(spec.size, spec.slide);
     r_ = spec.slide / g_;
     m_ = spec.size / g_;
+    // Each window combines m slices when it fires and each event may touch size/slide windows:
+    // refuse geometries whose per-window work could not finish, instead of hanging.
+    if (m_ > kMaxSlicesPerWindow) {
+      fail("window size / gcd(size, slide) = " + std::to_string(m_) + " slices per window; at most " +
+           std::to_string(kMaxSlicesPerWindow) + " are supported (size=" + std::to_string(spec.size) +
+           " ns, slide=" + std::to_string(spec.slide) + " ns); choose a slide that divides the size more evenly");
+    }
+    if ((spec.ooo + spec.lateness) / g_ > kMaxRingSlices) {
+      fail("max_out_of_orderness + allowed_lateness span " + std::to_string((spec.ooo + spec.lateness) / g_) +
+           " slices of " + std::to_string(g_) + " ns; at most " + std::to_string(kMaxRingSlices) +
+           " open slices are supported: use a coarser window slide or less lateness");
+    }
     slicer_ = SliceIndexer(g_, spec_.offset);
     windower_ = SliceIndexer(spec.slide, spec_.offset);
     int64_t offset = static_cast<int64_t>(sizeof(int64_t));  // the count is at offset 0
@@ -404,6 +416,8 @@ class WindowEngine {
 
  private:
   static constexpr int64_t kInitialRing = 4;
+  static constexpr int64_t kMaxSlicesPerWindow = int64_t{1} << 20;
+  static constexpr int64_t kMaxRingSlices = int64_t{1} << 20;
   static constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 
   int64_t window_start(int64_t j) const { return j * spec_.slide + spec_.offset; }
@@ -506,6 +520,10 @@ class WindowEngine {
     } else if (k < base_ || k >= top_) {
       const int64_t nb = std::min(base_, k), nt = std::max(top_, k + 1);
       if (nt - nb > ring_cap_) {
+        if (nt - nb > kMaxRingSlices + m_ + 2) {
+          // Unreachable by the span bound in the header note; a guard, not a policy.
+          fail("open slice span " + std::to_string(nt - nb) + " exceeds the supported " + std::to_string(kMaxRingSlices));
+        }
         int64_t cap = ring_cap_;
         while (cap < nt - nb) cap <<= 1;
         reshape(cap, slot_cap_);
