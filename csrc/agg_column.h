@@ -179,6 +179,27 @@ class AggColumnImpl final : public AggColumn {
   AggParams params_;
 };
 
+struct AggSpec {
+  AggKind kind;
+  AggParams params;
+};
+
+/// The aggregations of one operator laid out in a state row: the engine's count at offset 0,
+/// `header` bytes of engine-owned fields after it, then each non-count aggregation (8-byte
+/// aligned). Count aggregations in the spec read the engine's count (col_of_spec = -1).
+struct RowLayout {
+  AggColumnImpl<CountAgg> count{AggParams{}};
+  std::vector<std::unique_ptr<AggColumn>> cols;
+  std::vector<int> col_of_spec;
+  int64_t row_bytes = 0;
+  std::vector<uint8_t> init_row;
+
+  RowLayout(const std::vector<AggSpec>& aggs, int64_t header);
+  const AggColumn& column_of_spec(size_t s) const {
+    return col_of_spec[s] < 0 ? static_cast<const AggColumn&>(count) : *cols[col_of_spec[s]];
+  }
+};
+
 inline std::unique_ptr<AggColumn> make_column(AggKind kind, AggParams params) {
   switch (kind) {
     case AggKind::kCount: return std::make_unique<AggColumnImpl<CountAgg>>(params);
@@ -192,6 +213,24 @@ inline std::unique_ptr<AggColumn> make_column(AggKind kind, AggParams params) {
     case AggKind::kStd: return std::make_unique<AggColumnImpl<StdAgg>>(params);
   }
   fail("unknown aggregation kind");
+}
+
+inline RowLayout::RowLayout(const std::vector<AggSpec>& aggs, int64_t header) {
+  int64_t offset = static_cast<int64_t>(sizeof(int64_t)) + header;
+  for (const AggSpec& a : aggs) {
+    if (a.kind == AggKind::kCount) {
+      col_of_spec.push_back(-1);
+    } else {
+      col_of_spec.push_back(static_cast<int>(cols.size()));
+      cols.push_back(make_column(a.kind, a.params));
+      cols.back()->set_offset(offset);
+      offset += static_cast<int64_t>((cols.back()->state_bytes() + 7) / 8 * 8);
+    }
+  }
+  row_bytes = offset;
+  init_row.assign(static_cast<size_t>(row_bytes), 0);
+  count.init(init_row.data());
+  for (const auto& c : cols) c->init(init_row.data());
 }
 
 }  // namespace pystream

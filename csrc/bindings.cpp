@@ -77,6 +77,56 @@ std::vector<T> from_numpy(const py::array_t<T, py::array::c_style | py::array::f
   return std::vector<T>(a.data(), a.data() + a.size());
 }
 
+std::vector<AggSpec> parse_aggs(const std::vector<std::pair<int, int>>& aggs) {
+  std::vector<AggSpec> specs;
+  for (const auto& [kind, ddof] : aggs) {
+    if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
+    specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
+  }
+  return specs;
+}
+
+void partitions_to_dict(const std::vector<PartitionState>& parts, py::dict& d) {
+  std::vector<int64_t> pid, pmax;
+  std::vector<uint8_t> phas, pidle;
+  for (const auto& p : parts) {
+    pid.push_back(p.id);
+    pmax.push_back(p.max_ts);
+    phas.push_back(p.has_max);
+    pidle.push_back(p.idle);
+  }
+  d["part_id"] = to_numpy(std::move(pid));
+  d["part_max"] = to_numpy(std::move(pmax));
+  d["part_has"] = to_numpy(std::move(phas));
+  d["part_idle"] = to_numpy(std::move(pidle));
+}
+
+std::vector<PartitionState> partitions_from_dict(const py::dict& d) {
+  using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+  auto pid = from_numpy(d["part_id"].cast<I64Array>());
+  auto pmax = from_numpy(d["part_max"].cast<I64Array>());
+  auto phas = from_numpy(d["part_has"].cast<U8Array>());
+  auto pidle = from_numpy(d["part_idle"].cast<U8Array>());
+  if (pmax.size() != pid.size() || phas.size() != pid.size() || pidle.size() != pid.size()) {
+    fail("corrupt snapshot: partition arrays differ in length");
+  }
+  std::vector<PartitionState> parts;
+  for (size_t i = 0; i < pid.size(); ++i) parts.push_back(PartitionState{pid[i], pmax[i], phas[i] != 0, pidle[i] != 0});
+  return parts;
+}
+
+py::list partitions_to_list(const std::vector<PartitionState>& parts) {
+  py::list l;
+  for (const auto& p : parts) {
+    py::dict d;
+    d["id"] = p.id;
+    d["max_ts"] = p.has_max ? py::object(py::int_(p.max_ts)) : py::object(py::none());
+    d["idle"] = p.idle;
+    l.append(d);
+  }
+  return l;
+}
+
 class PyEngine {
  public:
   PyEngine(int64_t size, int64_t slide, int64_t offset, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
@@ -91,11 +141,7 @@ class PyEngine {
     spec.keyed = keyed;
     spec.out_div = out_div;
     spec.early_every = early_every;
-    std::vector<AggSpec> specs;
-    for (const auto& [kind, ddof] : aggs) {
-      if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
-      specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
-    }
+    std::vector<AggSpec> specs = parse_aggs(aggs);
     engine_ = std::make_unique<WindowEngine>(spec, specs);
     naggs_ = specs.size();
   }
@@ -144,15 +190,7 @@ class PyEngine {
   }
 
   py::list partitions() const {
-    py::list l;
-    for (const auto& p : engine_->partitions()) {
-      py::dict d;
-      d["id"] = p.id;
-      d["max_ts"] = p.has_max ? py::object(py::int_(p.max_ts)) : py::object(py::none());
-      d["idle"] = p.idle;
-      l.append(d);
-    }
-    return l;
+    return partitions_to_list(engine_->partitions());
   }
 
   py::dict flush() {
@@ -168,18 +206,7 @@ class PyEngine {
     EngineState s = engine_->snapshot();
     py::dict d;
     d["keys"] = to_numpy(std::move(s.keys));
-    std::vector<int64_t> pid, pmax;
-    std::vector<uint8_t> phas, pidle;
-    for (const auto& p : s.partitions) {
-      pid.push_back(p.id);
-      pmax.push_back(p.max_ts);
-      phas.push_back(p.has_max);
-      pidle.push_back(p.idle);
-    }
-    d["part_id"] = to_numpy(std::move(pid));
-    d["part_max"] = to_numpy(std::move(pmax));
-    d["part_has"] = to_numpy(std::move(phas));
-    d["part_idle"] = to_numpy(std::move(pidle));
+    partitions_to_dict(s.partitions, d);
     d["has_wm"] = s.has_wm;
     d["flushed"] = s.flushed;
     d["wm"] = s.wm;
@@ -196,15 +223,7 @@ class PyEngine {
   void restore(const py::dict& d) {
     EngineState s;
     s.keys = from_numpy(d["keys"].cast<I64Array>());
-    using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
-    auto pid = from_numpy(d["part_id"].cast<I64Array>());
-    auto pmax = from_numpy(d["part_max"].cast<I64Array>());
-    auto phas = from_numpy(d["part_has"].cast<U8Array>());
-    auto pidle = from_numpy(d["part_idle"].cast<U8Array>());
-    if (pmax.size() != pid.size() || phas.size() != pid.size() || pidle.size() != pid.size()) {
-      fail("corrupt snapshot: partition arrays differ in length");
-    }
-    for (size_t i = 0; i < pid.size(); ++i) s.partitions.push_back(PartitionState{pid[i], pmax[i], phas[i] != 0, pidle[i] != 0});
+    s.partitions = partitions_from_dict(d);
     s.has_wm = d["has_wm"].cast<bool>();
     s.flushed = d["flushed"].cast<bool>();
     s.wm = d["wm"].cast<int64_t>();
@@ -233,11 +252,7 @@ class PyEngine {
 class PyCountEngine {
  public:
   PyCountEngine(int64_t n, int64_t slide, bool keyed, const std::vector<std::pair<int, int>>& aggs) : keyed_(keyed) {
-    std::vector<AggSpec> specs;
-    for (const auto& [kind, ddof] : aggs) {
-      if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
-      specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
-    }
+    std::vector<AggSpec> specs = parse_aggs(aggs);
     naggs_ = specs.size();
     engine_ = std::make_unique<CountWindowEngine>(n, slide, keyed, specs);
   }
@@ -292,11 +307,7 @@ class PySessionEngine {
   PySessionEngine(int64_t gap, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
                   const std::vector<std::pair<int, int>>& aggs, int64_t out_div)
       : keyed_(keyed) {
-    std::vector<AggSpec> specs;
-    for (const auto& [kind, ddof] : aggs) {
-      if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
-      specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
-    }
+    std::vector<AggSpec> specs = parse_aggs(aggs);
     naggs_ = specs.size();
     engine_ = std::make_unique<SessionEngine>(gap, ooo, lateness, max_future, keyed, specs, out_div);
   }
@@ -338,15 +349,7 @@ class PySessionEngine {
   }
 
   py::list partitions() const {
-    py::list l;
-    for (const auto& p : engine_->partitions()) {
-      py::dict d;
-      d["id"] = p.id;
-      d["max_ts"] = p.has_max ? py::object(py::int_(p.max_ts)) : py::object(py::none());
-      d["idle"] = p.idle;
-      l.append(d);
-    }
-    return l;
+    return partitions_to_list(engine_->partitions());
   }
 
   py::dict advance_watermark(int64_t w) {
@@ -371,18 +374,7 @@ class PySessionEngine {
     d["has_wm"] = s.has_wm;
     d["wm"] = s.wm;
     d["flushed"] = s.flushed;
-    std::vector<int64_t> pid, pmax;
-    std::vector<uint8_t> phas, pidle;
-    for (const auto& p : s.partitions) {
-      pid.push_back(p.id);
-      pmax.push_back(p.max_ts);
-      phas.push_back(p.has_max);
-      pidle.push_back(p.idle);
-    }
-    d["part_id"] = to_numpy(std::move(pid));
-    d["part_max"] = to_numpy(std::move(pmax));
-    d["part_has"] = to_numpy(std::move(phas));
-    d["part_idle"] = to_numpy(std::move(pidle));
+    partitions_to_dict(s.partitions, d);
     return d;
   }
 
@@ -401,14 +393,7 @@ class PySessionEngine {
     s.has_wm = d["has_wm"].cast<bool>();
     s.wm = d["wm"].cast<int64_t>();
     s.flushed = d["flushed"].cast<bool>();
-    auto pid = from_numpy(d["part_id"].cast<I64Array>());
-    auto pmax = from_numpy(d["part_max"].cast<I64Array>());
-    auto phas = from_numpy(d["part_has"].cast<U8Array>());
-    auto pidle = from_numpy(d["part_idle"].cast<U8Array>());
-    if (pmax.size() != pid.size() || phas.size() != pid.size() || pidle.size() != pid.size()) {
-      fail("corrupt snapshot: partition arrays differ in length");
-    }
-    for (size_t i = 0; i < pid.size(); ++i) s.partitions.push_back(PartitionState{pid[i], pmax[i], phas[i] != 0, pidle[i] != 0});
+    s.partitions = partitions_from_dict(d);
     if (s.last.size() != s.start.size() || s.slot.size() != s.start.size() || s.emitted.size() != s.start.size()) {
       fail("corrupt snapshot: session arrays differ in length");
     }

@@ -29,26 +29,13 @@ namespace pystream {
 
 class CountWindowEngine {
  public:
-  CountWindowEngine(int64_t n, int64_t slide, bool keyed, const std::vector<AggSpec>& aggs) : n_(n), slide_(slide), keyed_(keyed) {
+  // Row header: the pane's first and last event time, after the count.
+  CountWindowEngine(int64_t n, int64_t slide, bool keyed, const std::vector<AggSpec>& aggs)
+      : n_(n), slide_(slide), keyed_(keyed), layout_(aggs, 2 * static_cast<int64_t>(sizeof(int64_t))) {
     if (n <= 0) fail("count window size must be > 0, got " + std::to_string(n));
     if (slide <= 0 || slide > n) fail("count slide must be > 0 and <= size, got slide=" + std::to_string(slide) + " size=" + std::to_string(n));
     g_ = gcd64(n, slide);
     panes_ = n / g_;
-    int64_t offset = 3 * static_cast<int64_t>(sizeof(int64_t));  // count, first ts, last ts
-    for (const AggSpec& a : aggs) {
-      if (a.kind == AggKind::kCount) {
-        col_of_spec_.push_back(-1);
-      } else {
-        col_of_spec_.push_back(static_cast<int>(cols_.size()));
-        cols_.push_back(make_column(a.kind, a.params));
-        cols_.back()->set_offset(offset);
-        offset += static_cast<int64_t>((cols_.back()->state_bytes() + 7) / 8 * 8);
-      }
-    }
-    row_bytes_ = offset;
-    init_row_.assign(static_cast<size_t>(row_bytes_), 0);
-    count_.init(init_row_.data());
-    for (const auto& c : cols_) c->init(init_row_.data());
     grow(keyed ? 1024 : 1);
   }
 
@@ -140,8 +127,7 @@ class CountWindowEngine {
     out.end.push_back(last[2]);
     out.update.push_back(0);
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
-      const AggColumn& col = col_of_spec_[s] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[s]];
-      col.emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), &slot, 1, out.cols[s]);
+      layout_.column_of_spec(s).emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), &slot, 1, out.cols[s]);
     }
   }
 
@@ -166,11 +152,13 @@ class CountWindowEngine {
   int64_t n_, slide_, g_ = 1, panes_ = 1;
   bool keyed_;
   KeyIndex keys_;
-  AggColumnImpl<CountAgg> count_{AggParams{}};  // at offset 0 of each row
-  std::vector<std::unique_ptr<AggColumn>> cols_;
-  std::vector<int> col_of_spec_;
-  int64_t row_bytes_ = 0;
-  std::vector<uint8_t> init_row_;
+  RowLayout layout_;
+  // Short names for the layout's parts.
+  AggColumnImpl<CountAgg>& count_ = layout_.count;
+  std::vector<std::unique_ptr<AggColumn>>& cols_ = layout_.cols;
+  std::vector<int>& col_of_spec_ = layout_.col_of_spec;
+  const int64_t& row_bytes_ = layout_.row_bytes;
+  const std::vector<uint8_t>& init_row_ = layout_.init_row;
   HugeBuffer storage_;
   StateTable table_;
   int64_t slot_cap_ = 0;

@@ -37,26 +37,12 @@ class SessionEngine {
  public:
   SessionEngine(int64_t gap, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed, const std::vector<AggSpec>& aggs,
                 int64_t out_div)
-      : gap_(gap), ooo_(ooo), lateness_(lateness), max_future_(max_future), keyed_(keyed), out_div_(out_div), wm_(ooo) {
+      : gap_(gap), ooo_(ooo), lateness_(lateness), max_future_(max_future), keyed_(keyed), out_div_(out_div), wm_(ooo),
+        layout_(aggs, 0) {
     if (gap <= 0 || gap > kMaxDuration) fail("session gap must be > 0 and <= 2^60 ns, got " + std::to_string(gap));
     if (ooo < 0 || ooo > kMaxDuration) fail("max_out_of_orderness must be >= 0 and <= 2^60 ns");
     if (lateness < 0 || lateness > kMaxDuration) fail("allowed_lateness must be >= 0 and <= 2^60 ns");
     if (out_div < 1) fail("out_div must be >= 1");
-    int64_t offset = static_cast<int64_t>(sizeof(int64_t));  // the count
-    for (const AggSpec& a : aggs) {
-      if (a.kind == AggKind::kCount) {
-        col_of_spec_.push_back(-1);
-      } else {
-        col_of_spec_.push_back(static_cast<int>(cols_.size()));
-        cols_.push_back(make_column(a.kind, a.params));
-        cols_.back()->set_offset(offset);
-        offset += static_cast<int64_t>((cols_.back()->state_bytes() + 7) / 8 * 8);
-      }
-    }
-    row_bytes_ = offset;
-    init_row_.assign(static_cast<size_t>(row_bytes_), 0);
-    count_.init(init_row_.data());
-    for (const auto& c : cols_) c->init(init_row_.data());
   }
 
   bool has_watermark() const { return wm_.has(); }
@@ -86,9 +72,9 @@ class SessionEngine {
     by_slot_.resize(static_cast<size_t>(keyed_ ? keys_.size() : 1));
     // This batch's partition rejoins if idle; the other active partitions cap the watermark
     // (the same rule as the time-window engine).
-    const size_t p = partition_index(partition);
+    const size_t p = parts_.index(partition);
     parts_[p].idle = false;
-    const int64_t cap = others_min(p);
+    const int64_t cap = parts_.others_min(p, wm_);
     int64_t pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
@@ -110,18 +96,12 @@ class SessionEngine {
 
   void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {
     prepare(out);
-    parts_[partition_index(partition)].idle = idle;
-    int64_t w = kEndWatermark;
-    bool any = false;
-    for (const auto& q : parts_) {
-      if (q.idle) continue;
-      any = true;
-      w = std::min(w, q.has_max ? wm_.candidate(q.max_ts) : kNoWatermark);
-    }
-    if (any && w > kNoWatermark && !flushed_ && (!wm_.has() || w > wm_.value())) advance(w, out);
+    parts_[parts_.index(partition)].idle = idle;
+    int64_t w;
+    if (parts_.active_min(wm_, w) && w > kNoWatermark && !flushed_ && (!wm_.has() || w > wm_.value())) advance(w, out);
   }
 
-  const std::vector<PartitionState>& partitions() const { return parts_; }
+  const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
   void flush(EmitBuffer& out) {
     prepare(out);
@@ -149,7 +129,7 @@ class SessionEngine {
 
   State snapshot() const {
     State s;
-    s.partitions = parts_;
+    s.partitions = parts_.all();
     s.keys = keys_.keys();
     s.row_bytes = row_bytes_;
     s.has_wm = wm_.has();
@@ -181,7 +161,7 @@ class SessionEngine {
     wm_ = Watermark(ooo_);
     if (s.has_wm) wm_.set(s.wm);
     flushed_ = s.flushed;
-    parts_ = s.partitions;
+    parts_.assign(s.partitions);
     if (s.rows.size() != s.start.size() * static_cast<size_t>(row_bytes_)) fail("corrupt snapshot: session state size");
     for (size_t i = 0; i < s.start.size(); ++i) {
       // Sessions the watermark has passed already fired: they wait only for cleanup.
@@ -214,23 +194,6 @@ class SessionEngine {
   uint8_t* row(int32_t id) { return rows_.data() + static_cast<size_t>(id) * static_cast<size_t>(row_bytes_); }
   const uint8_t* row(int32_t id) const { return rows_.data() + static_cast<size_t>(id) * static_cast<size_t>(row_bytes_); }
   int64_t end_of(const Sess& s) const { return s.last + gap_; }
-
-  size_t partition_index(int64_t id) {
-    for (size_t p = 0; p < parts_.size(); ++p) {
-      if (parts_[p].id == id) return p;
-    }
-    parts_.push_back(PartitionState{id, 0, false, false});
-    return parts_.size() - 1;
-  }
-
-  int64_t others_min(size_t self) const {
-    int64_t w = kEndWatermark;
-    for (size_t p = 0; p < parts_.size(); ++p) {
-      if (p == self || parts_[p].idle) continue;
-      w = std::min(w, parts_[p].has_max ? wm_.candidate(parts_[p].max_ts) : kNoWatermark);
-    }
-    return w;
-  }
 
   void prepare(EmitBuffer& out) const {
     if (out.cols.size() != col_of_spec_.size()) out.cols.resize(col_of_spec_.size());
@@ -408,8 +371,7 @@ class SessionEngine {
     const int64_t pos = id;  // key-major table with one position per row: row(id, 0)
     const int32_t zero = 0;
     for (size_t k = 0; k < col_of_spec_.size(); ++k) {
-      const AggColumn& col = col_of_spec_[k] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[k]];
-      col.emit(t, &pos, 1, &zero, 1, out.cols[k]);
+      layout_.column_of_spec(k).emit(t, &pos, 1, &zero, 1, out.cols[k]);
     }
   }
 
@@ -418,11 +380,13 @@ class SessionEngine {
   int64_t out_div_;
   Watermark wm_;
   KeyIndex keys_;
-  AggColumnImpl<CountAgg> count_{AggParams{}};
-  std::vector<std::unique_ptr<AggColumn>> cols_;
-  std::vector<int> col_of_spec_;
-  int64_t row_bytes_ = 0;
-  std::vector<uint8_t> init_row_;
+  RowLayout layout_;
+  // Short names for the layout's parts.
+  AggColumnImpl<CountAgg>& count_ = layout_.count;
+  std::vector<std::unique_ptr<AggColumn>>& cols_ = layout_.cols;
+  std::vector<int>& col_of_spec_ = layout_.col_of_spec;
+  const int64_t& row_bytes_ = layout_.row_bytes;
+  const std::vector<uint8_t>& init_row_ = layout_.init_row;
   std::vector<Sess> pool_;
   std::vector<uint8_t> rows_;
   std::vector<int32_t> free_;
@@ -432,7 +396,7 @@ class SessionEngine {
   std::vector<int32_t> slots_;
   int64_t live_ = 0;
   bool flushed_ = false;
-  std::vector<PartitionState> parts_;
+  PartitionSet parts_;
 };
 
 }  // namespace pystream

@@ -6,7 +6,9 @@
 /// is judged against no watermark at all.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "common.h"
 
@@ -30,6 +32,57 @@ class Watermark {
   int64_t ooo_;
   int64_t w_ = kNoWatermark;
   bool has_ = false;
+};
+
+/// One input partition (a source split, a Kafka partition): its own max event time.
+struct PartitionState {
+  int64_t id = 0;
+  int64_t max_ts = 0;
+  bool has_max = false;
+  bool idle = false;
+};
+
+/// The operator's input partitions; its watermark is the minimum over the active ones of
+/// max_ts - ooo - 1 (Flink's rule). An idle partition stops holding the watermark back and
+/// rejoins, without regressing it, when it sends again. Partitions are few: linear scans.
+class PartitionSet {
+ public:
+  size_t index(int64_t id) {
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      if (parts_[p].id == id) return p;
+    }
+    parts_.push_back(PartitionState{id, 0, false, false});
+    return parts_.size() - 1;
+  }
+  PartitionState& operator[](size_t p) { return parts_[p]; }
+  const std::vector<PartitionState>& all() const { return parts_; }
+  void assign(const std::vector<PartitionState>& parts) { parts_ = parts; }
+
+  /// Min over the active partitions other than `self` of the watermark each allows
+  /// (kEndWatermark if there are none; kNoWatermark if one has no data yet).
+  int64_t others_min(size_t self, const Watermark& wm) const {
+    int64_t w = kEndWatermark;
+    for (size_t p = 0; p < parts_.size(); ++p) {
+      if (p == self || parts_[p].idle) continue;
+      w = std::min(w, parts_[p].has_max ? wm.candidate(parts_[p].max_ts) : kNoWatermark);
+    }
+    return w;
+  }
+
+  /// The watermark all active partitions allow; false when none is active.
+  bool active_min(const Watermark& wm, int64_t& w) const {
+    bool any = false;
+    w = kEndWatermark;
+    for (const auto& q : parts_) {
+      if (q.idle) continue;
+      any = true;
+      w = std::min(w, q.has_max ? wm.candidate(q.max_ts) : kNoWatermark);
+    }
+    return any;
+  }
+
+ private:
+  std::vector<PartitionState> parts_;
 };
 
 }  // namespace pystream

@@ -51,11 +51,6 @@ struct WindowSpec {
   int64_t early_every = 0;  // > 0: speculative firings of open windows at this event-time interval
 };
 
-struct AggSpec {
-  AggKind kind;
-  AggParams params;
-};
-
 /// What one call produced: fired rows (columnar) and the batch rows that went to side outputs.
 struct EmitBuffer {
   OutBuf<int64_t> key, start, end;
@@ -63,16 +58,6 @@ struct EmitBuffer {
   OutBuf<uint8_t> early;  // speculative (final=False) rows; only filled with early_every
   std::vector<OutColumn> cols;  // one per aggregation spec, in spec order
   OutBuf<int64_t> late_rows, invalid_rows;
-};
-
-/// One input partition (a source split, a Kafka partition): its own max event time; the
-/// operator's watermark is the minimum over active partitions (Flink's rule). An idle partition
-/// stops holding the watermark back and rejoins, without regressing it, when it sends again.
-struct PartitionState {
-  int64_t id = 0;
-  int64_t max_ts = 0;
-  bool has_max = false;
-  bool idle = false;
 };
 
 struct EngineState {
@@ -89,7 +74,8 @@ enum : uint8_t { kAccepted = 0, kLate = 1, kInvalid = 2 };
 
 class WindowEngine {
  public:
-  WindowEngine(const WindowSpec& spec, const std::vector<AggSpec>& aggs) : spec_(spec), wm_(spec.ooo) {
+  WindowEngine(const WindowSpec& spec, const std::vector<AggSpec>& aggs)
+      : spec_(spec), wm_(spec.ooo), layout_(aggs, 0) {
     if (spec.size <= 0 || spec.size > kMaxDuration) fail("window size must be > 0 and <= 2^60 ns, got " + std::to_string(spec.size));
     if (spec.slide <= 0 || spec.slide > spec.size) {
       fail("slide must be > 0 and <= size, got slide=" + std::to_string(spec.slide) + " size=" + std::to_string(spec.size));
@@ -117,21 +103,6 @@ class WindowEngine {
     }
     slicer_ = SliceIndexer(g_, spec_.offset);
     windower_ = SliceIndexer(spec.slide, spec_.offset);
-    int64_t offset = static_cast<int64_t>(sizeof(int64_t));  // the count is at offset 0
-    for (const AggSpec& a : aggs) {
-      if (a.kind == AggKind::kCount) {
-        col_of_spec_.push_back(-1);
-      } else {
-        col_of_spec_.push_back(static_cast<int>(cols_.size()));
-        cols_.push_back(make_column(a.kind, a.params));
-        cols_.back()->set_offset(offset);
-        offset += static_cast<int64_t>((cols_.back()->state_bytes() + 7) / 8 * 8);
-      }
-    }
-    row_bytes_ = offset;
-    init_row_.assign(static_cast<size_t>(row_bytes_), 0);
-    count_.init(init_row_.data());
-    for (const auto& c : cols_) c->init(init_row_.data());
     nslots_ = spec.keyed ? 0 : 1;
     reshape(kInitialRing, spec.keyed ? 0 : 1);
   }
@@ -184,9 +155,9 @@ class WindowEngine {
     values_ = &values;
     ts_ = ts;
     // This batch's partition: it rejoins if it was idle; the others cap the watermark.
-    part_ = partition_index(partition);
+    part_ = parts_.index(partition);
     parts_[part_].idle = false;
-    cap_ = others_min(part_);
+    cap_ = parts_.others_min(part_, wm_);
     int64_t pmax = parts_[part_].has_max ? parts_[part_].max_ts : kNoWatermark;
 
     int64_t a = 0;  // start of the current segment
@@ -332,20 +303,13 @@ class WindowEngine {
   /// back, so this may advance it and fire windows. Unknown partitions are registered.
   void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {
     prepare_out(out);
-    const size_t p = partition_index(partition);
-    parts_[p].idle = idle;
+    parts_[parts_.index(partition)].idle = idle;
     // The watermark the active partitions now allow; with no active partition it stays.
-    int64_t w = kEndWatermark;
-    bool any = false;
-    for (const auto& q : parts_) {
-      if (q.idle) continue;
-      any = true;
-      w = std::min(w, q.has_max ? wm_.candidate(q.max_ts) : kNoWatermark);
-    }
-    if (any && w > kNoWatermark) advance_watermark(w, out);
+    int64_t w;
+    if (parts_.active_min(wm_, w) && w > kNoWatermark) advance_watermark(w, out);
   }
 
-  const std::vector<PartitionState>& partitions() const { return parts_; }
+  const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
   /// End of input: the watermark jumps to the end of time, firing every window and purging
   /// all state. Further events are refused.
@@ -364,7 +328,7 @@ class WindowEngine {
   EngineState snapshot() const {
     EngineState s;
     s.keys = keys_.keys();
-    s.partitions = parts_;
+    s.partitions = parts_.all();
     s.has_wm = wm_.has();
     s.flushed = flushed_;
     s.wm = wm_.value();
@@ -402,7 +366,7 @@ class WindowEngine {
     wm_ = Watermark(spec_.ooo);
     if (s.has_wm) wm_.set(s.wm);
     flushed_ = s.flushed;
-    parts_ = s.partitions;
+    parts_.assign(s.partitions);
     next_fire_ = s.next_fire;
     next_boundary_ = s.next_boundary;
     next_early_ = s.has_wm ? next_early_after(s.wm) : kNever;
@@ -449,24 +413,6 @@ class WindowEngine {
         out.cols[s].f.reserve(want);
       }
     }
-  }
-
-  size_t partition_index(int64_t id) {
-    for (size_t p = 0; p < parts_.size(); ++p) {
-      if (parts_[p].id == id) return p;
-    }
-    parts_.push_back(PartitionState{id, 0, false, false});
-    return parts_.size() - 1;
-  }
-
-  /// Min over the other active partitions of the watermark each allows (kEndWatermark if none).
-  int64_t others_min(size_t self) const {
-    int64_t w = kEndWatermark;
-    for (size_t p = 0; p < parts_.size(); ++p) {
-      if (p == self || parts_[p].idle) continue;
-      w = std::min(w, parts_[p].has_max ? wm_.candidate(parts_[p].max_ts) : kNoWatermark);
-    }
-    return w;
   }
 
   /// The first watermark. With no data yet, windows count from w on; with data already in the
@@ -693,8 +639,7 @@ class WindowEngine {
     out.update.append(static_cast<size_t>(nr), update ? 1 : 0);
     out.early.append(static_cast<size_t>(nr), 0);
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
-      const AggColumn& col = col_of_spec_[s] < 0 ? static_cast<const AggColumn&>(count_) : *cols_[col_of_spec_[s]];
-      col.emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
+      layout_.column_of_spec(s).emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
     }
   }
 
@@ -722,12 +667,14 @@ class WindowEngine {
   KeyIndex keys_;
   int64_t nslots_ = 0;
 
-  AggColumnImpl<CountAgg> count_{AggParams{}};
-  std::vector<std::unique_ptr<AggColumn>> cols_;
-  std::vector<int> col_of_spec_;  // aggregation spec -> column (-1: the count column)
+  RowLayout layout_;
+  // Short names for the layout's parts.
+  AggColumnImpl<CountAgg>& count_ = layout_.count;
+  std::vector<std::unique_ptr<AggColumn>>& cols_ = layout_.cols;
+  std::vector<int>& col_of_spec_ = layout_.col_of_spec;  // aggregation spec -> column (-1: the count)
+  const int64_t& row_bytes_ = layout_.row_bytes;
+  const std::vector<uint8_t>& init_row_ = layout_.init_row;
 
-  int64_t row_bytes_ = 0;
-  std::vector<uint8_t> init_row_;
   HugeBuffer storage_;  // the state rows
   StateTable table_;
   int64_t ring_cap_ = 0, slot_cap_ = 0;
@@ -738,7 +685,7 @@ class WindowEngine {
   int64_t next_early_ = kNever;
   bool flushed_ = false;
   bool early_pending_ = false;
-  std::vector<PartitionState> parts_;
+  PartitionSet parts_;
   size_t part_ = 0;              // the current batch's partition
   int64_t cap_ = kEndWatermark;  // min watermark the other active partitions allow
   double rows_per_event_ = 0.0;  // recent output rows per input event, to size outputs

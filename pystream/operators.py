@@ -275,15 +275,6 @@ class CountWindowOperator(WindowAggregateOperator):
     def max_event_time(self):
         return None
 
-    def restore(self, state: dict) -> None:
-        if state["config"] != self.fingerprint():
-            raise ValueError(f"snapshot is from a different window operator: {state['config']} != {self.fingerprint()}")
-        if state["repr"] is not None:
-            self._build(TimeRepr(*state["repr"]))
-            self._engine.restore(state["engine"])
-        if self._encoder is not None and state["keys"] is not None:
-            self._encoder.restore(state["keys"])
-        self._value_dtypes = {k: np.dtype(v) for k, v in state["value_dtypes"].items()}
 
 
 class SessionWindowOperator(WindowAggregateOperator):

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pystream as ps
+from test_checkpoints import Flaky  # an Arrays source that fails after N batches
 from reference import aggregate
 from test_engine_model import canon
 
@@ -112,15 +113,8 @@ def test_count_windows_restore_exactly_in_a_checkpointed_flow(tmp_path):
     data = {"m": rng.integers(0, 50, 20_000), "t": np.arange(20_000) * 1000, "kwh": rng.random(20_000)}
 
     def flow_into(out, fail_after=None):
-        class Flaky(ps.sources.Arrays):
-            def read(self, position=None):
-                for i, item in enumerate(super().read(position)):
-                    if fail_after is not None and i == fail_after:
-                        raise ConnectionError("gone")
-                    yield item
-
         flow = ps.Flow("count-ckpt")
-        src = flow.source(Flaky(data, batch_size=700), time=ps.EventTime("t", unit="ms"))
+        src = flow.source(Flaky(data, fail_after=fail_after, batch_size=700), time=ps.EventTime("t", unit="ms"))
         src.key_by("m").window(ps.windows.CountSliding(96, 4)).aggregate(kwh=ps.agg.sum("kwh")).sink(
             ps.sinks.Files(os.path.join(out, "o")))
         return flow

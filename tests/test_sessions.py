@@ -184,6 +184,7 @@ def test_session_flow_matches_pandas_gaps_and_restores_exactly(tmp_path):
     import pytest
 
     import pystream as ps
+    from test_checkpoints import Flaky  # an Arrays source that fails after N batches
 
     rng = np.random.default_rng(3)
     n = 6000
@@ -193,15 +194,8 @@ def test_session_flow_matches_pandas_gaps_and_restores_exactly(tmp_path):
     data = {"device": dev, "t": t, "watts": rng.random(n) * 2000}
 
     def flow_into(out, fail_after=None):
-        class Flaky(ps.sources.Arrays):
-            def read(self, position=None):
-                for i, item in enumerate(super().read(position)):
-                    if fail_after is not None and i == fail_after:
-                        raise ConnectionError("gone")
-                    yield item
-
         flow = ps.Flow("sessions")
-        src = flow.source(Flaky(data, batch_size=250), time=ps.EventTime("t", unit="ms"))
+        src = flow.source(Flaky(data, fail_after=fail_after, batch_size=250), time=ps.EventTime("t", unit="ms"))
         src.key_by("device").window(ps.windows.Session("30m")).aggregate(
             readings=ps.agg.count(), energy=ps.agg.sum("watts")).sink(ps.sinks.Files(os.path.join(out, "o")))
         return flow
