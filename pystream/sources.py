@@ -71,4 +71,6 @@ class Arrays(Source):
         return f"Arrays({len(self.data)} rows, batch_size={self.batch_size})"
 
 
-__all__ = ["Source", "Arrays"]
+from .simulator import MeterSimulator  # noqa: E402  (re-exported as ps.sources.MeterSimulator)
+
+__all__ = ["Source", "Arrays", "MeterSimulator"]
