@@ -26,19 +26,15 @@ from pystream.datagen import meter_readings
 HOUR_MS = 3_600_000
 
 
-def fleet(n_readings: int, n_meters: int, seed: int) -> dict[str, np.ndarray]:
-    data = meter_readings(n_readings, n_meters, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    n = len(data["ts"])
-    # Backlog: 0.5% of readings were held by offline devices and arrive 20-180 minutes late.
-    held = rng.random(n) < 0.005
-    arrival = data["ts"] + np.where(held, rng.integers(20, 180, n) * 60_000, rng.integers(0, 60_000, n))
-    # Poison clocks: a handful of readings stamped ~75 years ahead.
-    poison = rng.choice(n, size=max(1, n // 200_000), replace=False)
-    ts = data["ts"].copy()
-    ts[poison] += 75 * 365 * 24 * HOUR_MS
-    order = np.argsort(arrival, kind="stable")
-    return {"meter_id": data["meter_id"][order], "ts": ts[order], "kwh": data["kwh"][order]}
+def fleet(n_readings: int, n_meters: int, seed: int) -> ps.sources.MeterSimulator:
+    """A simulated fleet of about `n_readings` readings: whole 15-minute blocks of `n_meters`
+    meters (20% commercial), 0.5% of readings held by offline devices for up to 3 h, 0.1%
+    re-sent, a few clocks decades ahead."""
+    per_block = int(n_meters * 0.2) * 3 + (n_meters - int(n_meters * 0.2))
+    blocks = max(1, -(-n_readings // per_block))
+    return ps.sources.MeterSimulator(n_meters, commercial_share=0.2, duration=f"{blocks * 15}m", seed=seed,
+                                     offline_share=0.005, max_backlog="3h", duplicate_share=0.001,
+                                     future_share=0.000005)
 
 
 RESULTS = ("usage_15m", "late", "invalid", "usage_1h", "system_5m", "system_rolling_1h", "outage_alerts")
@@ -69,7 +65,7 @@ def _file_format() -> str:
     return "parquet"
 
 
-def build(data: dict[str, np.ndarray], batch_size: int = 65_536, out: str | None = None) -> ps.Flow:
+def build(source: ps.sources.Source, out: str | None = None) -> ps.Flow:
     """The demo flow; results go to Collect sinks, or to exactly-once part files under `out`."""
     fmt = _file_format()
 
@@ -78,7 +74,7 @@ def build(data: dict[str, np.ndarray], batch_size: int = 65_536, out: str | None
 
     flow = ps.Flow("smart-meters")
     readings = flow.source(
-        ps.sources.Arrays(data, batch_size=batch_size),
+        source,
         time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s", max_future="1d"),
     )
     per_meter = readings.key_by("meter_id")
@@ -116,12 +112,14 @@ def final_rows(batch: ps.Batch, keys: list[str]) -> ps.Batch:
 
 def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool = False,
         guarantee: str = "exactly_once") -> dict:
-    print(f"pystream demo: simulating {n_readings:,} readings from {n_meters:,} meters (seed {seed}) ...")
-    data = fleet(n_readings, n_meters, seed)
+    sim = fleet(n_readings, n_meters, seed)
+    print(f"pystream demo: simulating {n_meters:,} meters for {sim.blocks * 15 // 60} h {sim.blocks * 15 % 60} min "
+          f"of event time (seed {seed}) ...")
+    data = ps.Batch.concat(list(sim.batches())).to_dict()  # the same readings, for the summary and checks
     if out and not resume:
         for name in (*RESULTS, "checkpoints"):
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    flow = build(data, out=out)
+    flow = build(sim, out=out)
     t0 = time.perf_counter()
     if out:
         result = flow.run(checkpoints=os.path.join(out, "checkpoints"), resume=resume, guarantee=guarantee,

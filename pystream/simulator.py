@@ -32,8 +32,9 @@ class MeterSimulator(Source):
             (None: unbounded).
         time_zones: IANA zones assigned to meters round-robin (a `tz` column).
         max_delay: transmission delay of normal readings (uniform up to it).
-        offline_share / max_backlog: share of readings held by offline devices and sent
-            later, up to `max_backlog` late.
+        offline_share / max_backlog: share of meter-hours in which a meter is offline: it holds
+            that hour's readings and sends them as one late burst after the hour, at most
+            `max_backlog` after the first of them (so outages are real: no reading for an hour).
         duplicate_share: share of readings sent twice. future_share: share stamped by a clock
             about 75 years ahead (poison timestamps).
         pace: None runs as fast as possible; a number replays that many times faster than real
@@ -73,7 +74,16 @@ class MeterSimulator(Source):
                 f"{self.seed}:{self.blocks}")
 
     def _generated(self, b: int) -> dict[str, np.ndarray]:
-        """The readings whose event time falls in block b, with their send times."""
+        """The readings whose event time falls in block b, with their send times (cached for
+        the look-back window: each block is needed by the next `lookback` blocks too)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if b not in cache:
+            cache[b] = self._generate(b)
+            for old in [k for k in cache if k < b - self._lookback]:
+                del cache[old]
+        return cache[b]
+
+    def _generate(self, b: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, b])
         n_com = int(self.meters * self.commercial_share)
         t0 = self.start_ms + b * self.block_ms
@@ -92,8 +102,18 @@ class MeterSimulator(Source):
         load = 0.3 + 0.7 * np.exp(-((hour - 19) ** 2) / 8.0) + 0.3 * np.exp(-((hour - 8) ** 2) / 4.0)
         kwh = np.round(load * np.where(ids < n_com, 5 / 12, 1 / 4) * rng.gamma(4.0, 0.25, len(ids)), 4)
         sent = ts + rng.integers(0, self.max_delay_ms + 1, len(ids))
-        held = rng.random(len(ids)) < self.offline_share
-        sent[held] = ts[held] + rng.integers(self.max_delay_ms + 1, self.max_backlog_ms + 1, int(held.sum()))
+        # Offline meter-hours: decided per (seed, hour) so every block agrees; the hour's readings
+        # go out together after it ends, within max_backlog of the hour's start.
+        hour = (ts - self.start_ms) // 3_600_000
+        held = np.zeros(len(ids), dtype=bool)
+        for h in np.unique(hour):
+            offline = np.random.default_rng([self.seed, 1_000_003, int(h)]).random(self.meters) < self.offline_share
+            held |= (hour == h) & offline[ids]
+        if held.any():
+            hour_end = self.start_ms + (hour[held] + 1) * 3_600_000
+            slack = max(0, self.max_backlog_ms - 3_600_000)
+            burst = np.random.default_rng([self.seed, 2_000_003, b]).integers(0, slack + 1, int(held.sum()))
+            sent[held] = hour_end + burst
         poison = rng.random(len(ids)) < self.future_share
         ts = np.where(poison, ts + 75 * 365 * 86_400_000, ts)
         dup = rng.random(len(ids)) < self.duplicate_share

@@ -178,3 +178,20 @@ def test_array_state_per_key_keeps_the_last_readings():
     last = {k: (a, b, c) for k, a, b, c in zip(o["k"].tolist(), o["a"].tolist(), o["b"].tolist(), o["c"].tolist())}
     assert last[1] == (30.0, 40.0, 60.0)
     assert np.isnan(last[2][0]) and last[2][1:] == (20.0, 50.0)
+
+
+def test_future_clocks_do_not_reach_process_or_its_watermark():
+    fired = []
+
+    def arm(batch, ctx):
+        ctx.set_event_timer(ctx.ts + 10**9)
+
+    def ring(timers, ctx):
+        fired.append(len(timers))
+
+    data = {"k": np.array([1, 2, 3, 1]), "t": np.array([0, 1, 10**9, 2])}  # key 3's clock is far ahead
+    flow = ps.Flow("guard")
+    src = flow.source(ps.sources.Arrays(data, batch_size=2), time=ps.EventTime("t", unit="s", max_future="1h"))
+    src.key_by("k").process(arm, on_timer=ring).sink(ps.sinks.Collect("o"))
+    flow.run()
+    assert fired[:-1] == [] and fired[-1] == 2  # nothing fired early; at end of input keys 1 and 2 only

@@ -25,6 +25,7 @@ def test_simulator_is_deterministic_complete_and_realistic():
     lag = data["sent_ts"] - data["ts"]
     assert (lag[data["ts"] < data["sent_ts"] + 86_400_000] >= 0).all()  # sent after it was measured
     assert ((lag > 60_000) & (lag <= 3 * 3_600_000)).sum() > 0.005 * len(data)  # offline backlog
+    assert lag[data["ts"] < data["sent_ts"] + 86_400_000].max() <= 3 * 3_600_000
     assert (data["ts"] > data["sent_ts"] + 50 * 365 * 86_400_000).sum() > 0  # clocks decades ahead
     assert set(np.unique(data["tz"])) == {"Europe/Berlin", "Europe/London", "America/New_York"}
     for b in batches:  # arrival order within each batch
@@ -80,3 +81,16 @@ def test_simulator_validates_its_options(kw, match):
     args = {"meters": 10, **kw}
     with pytest.raises(ValueError, match=match):
         ps.sources.MeterSimulator(**args)
+
+
+def test_offline_meters_go_silent_for_their_hour():
+    sim = ps.sources.MeterSimulator(300, duration="6h", seed=5, offline_share=0.05)
+    d = ps.Batch.concat(list(sim.batches())).to_pandas()
+    d = d[(d.ts < d.sent_ts + 86_400_000) & ~d.duplicated(["meter_id", "ts", "kwh"])]  # no poison, no re-sends
+    held = d[d.sent_ts - d.ts > 60_000]
+    assert len(held) > 0
+    hours = ((held.ts - sim.start_ms) // 3_600_000).astype(int)
+    # A held reading's whole meter-hour is held, and it is sent after the hour ends.
+    for (meter, h), _ in held.groupby([held.meter_id, hours]):
+        in_hour = d[(d.meter_id == meter) & ((d.ts - sim.start_ms) // 3_600_000 == h)]
+        assert (in_hour.sent_ts >= sim.start_ms + (h + 1) * 3_600_000).all()
