@@ -127,6 +127,19 @@ py::list partitions_to_list(const std::vector<PartitionState>& parts) {
   return l;
 }
 
+/// Pointers to the value columns of one batch (null for count), checked against its length.
+std::vector<const double*> value_pointers(const std::vector<std::optional<F64Array>>& values, int64_t n, size_t naggs) {
+  if (values.size() != naggs) fail("expected " + std::to_string(naggs) + " value columns, got " + std::to_string(values.size()));
+  std::vector<const double*> vptr;
+  for (const auto& v : values) {
+    if (v && v->size() != n) {
+      fail("value and timestamp columns differ in length: " + std::to_string(v->size()) + " != " + std::to_string(n));
+    }
+    vptr.push_back(v ? v->data() : nullptr);
+  }
+  return vptr;
+}
+
 class PyEngine {
  public:
   PyEngine(int64_t size, int64_t slide, int64_t offset, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
@@ -155,14 +168,7 @@ class PyEngine {
     if (keyed && keys->size() != n) {
       fail("key and timestamp columns differ in length: " + std::to_string(keys->size()) + " != " + std::to_string(n));
     }
-    if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns, got " + std::to_string(values.size()));
-    std::vector<const double*> vptr;
-    for (const auto& v : values) {
-      if (v && v->size() != n) {
-        fail("value and timestamp columns differ in length: " + std::to_string(v->size()) + " != " + std::to_string(n));
-      }
-      vptr.push_back(v ? v->data() : nullptr);
-    }
+    const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     EmitBuffer out;
     {
       py::gil_scoped_release release;
@@ -260,12 +266,7 @@ class PyCountEngine {
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values) {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed count window needs a key column as long as the batch");
-    if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns");
-    std::vector<const double*> vptr;
-    for (const auto& v : values) {
-      if (v && v->size() != n) fail("value and timestamp columns differ in length");
-      vptr.push_back(v ? v->data() : nullptr);
-    }
+    const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     EmitBuffer out;
     {
       py::gil_scoped_release release;
@@ -316,12 +317,7 @@ class PySessionEngine {
                    int64_t unit_ns, int64_t partition) {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed session window needs a key column as long as the batch");
-    if (values.size() != naggs_) fail("expected " + std::to_string(naggs_) + " value columns");
-    std::vector<const double*> vptr;
-    for (const auto& v : values) {
-      if (v && v->size() != n) fail("value and timestamp columns differ in length");
-      vptr.push_back(v ? v->data() : nullptr);
-    }
+    const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     EmitBuffer out;
     {
       py::gil_scoped_release release;

@@ -292,17 +292,6 @@ class SessionWindowOperator(WindowAggregateOperator):
         for p in self._declared:
             self._engine.set_partition_idle(p, False)
 
-    def process(self, batch: Batch, partition: int = 0):
-        ts, rep = self.time.extract(batch)
-        values = self._values(batch)
-        keys = self._encoder.encode(batch) if self._encoder is not None else None
-        if self._engine is None:
-            self._build(rep)
-        try:
-            out = self._engine.process(keys, ts, values, rep.factor, partition)
-        except ValueError as e:
-            raise ValueError(f"time column {self.time.column!r}: {e}") from None
-        return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
 
 
 def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
