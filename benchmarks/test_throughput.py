@@ -210,3 +210,70 @@ def test_kernel_sessions(benchmark, gap_s):
     assert session_run(d, gap_s) == len(d["ts"])  # every reading lands in exactly one session
     benchmark.pedantic(session_run, args=(d, gap_s), rounds=3, iterations=1)
     record(benchmark, f"kernel sessions gap={gap_s // 60}m sum/count/max keys=100000", len(d["ts"]))
+
+
+# -- calendar days with a zone per meter (issue 3) -----------------------------------------------
+
+CAL_ZONES = ["Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Sydney"]
+
+
+def calendar_zone_ids(d):
+    return (d["meter_id"] % len(CAL_ZONES)).astype(np.int32)
+
+
+def numpy_calendar_ids(d, meters):
+    """Local-day window ids per reading: searchsorted in each meter's zone's day bounds."""
+    from pystream import _calendar
+
+    zone = calendar_zone_ids(d)
+    ts_ns = d["ts"] * 10**6
+    wid = np.empty(len(ts_ns), dtype=np.int64)
+    for z, name in enumerate(CAL_ZONES):
+        sel = zone == z
+        wid[sel] = np.searchsorted(_calendar.bounds(name, "day"), ts_ns[sel], side="right")
+    return (wid - wid.min()) * meters + d["meter_id"]
+
+
+def calendar_run(d, zones):
+    from pystream import _calendar
+
+    e = _core.CalendarEngine(60 * 10**9, 0, -1, True, [(c, 1) for c, _ in TUMBLING_AGGS], 10**6)
+    for name in zones:
+        e.add_zone(_calendar.bounds(name, "day"))
+    ids, ts, kwh = d["meter_id"], d["ts"], d["kwh"]
+    zone = calendar_zone_ids(d) if len(zones) > 1 else None
+    n_rows, n = 0, 0
+    for a in range(0, len(ts), BATCH):
+        out = e.process(ids[a:a + BATCH], ts[a:a + BATCH], [None if c == 0 else kwh[a:a + BATCH] for c, _ in TUMBLING_AGGS],
+                        None if zone is None else zone[a:a + BATCH], 10**6)
+        n_rows += len(out["start"])
+        n += int(out["cols"][0].sum())
+    out = e.flush()
+    return n_rows + len(out["start"]), n + int(out["cols"][0].sum())
+
+
+def test_numpy_calendar_days(benchmark):
+    d = readings(100_000)
+    wid = numpy_calendar_ids(d, 100_000)
+    n, _, _ = benchmark.pedantic(numpy_tumbling, args=(wid, d["kwh"]), rounds=3, iterations=1)
+    assert n.sum() == len(wid)
+    record(benchmark, "numpy calendar day per-key zones sum/count/max keys=100000", len(wid))
+
+
+def test_numpy_calendar_days_incl_window_ids(benchmark):
+    d = readings(100_000)
+    benchmark.pedantic(lambda: numpy_tumbling(numpy_calendar_ids(d, 100_000), d["kwh"]), rounds=3, iterations=1)
+    record(benchmark, "numpy+ids calendar day per-key zones sum/count/max keys=100000", len(d["ts"]))
+
+
+@pytest.mark.parametrize("zones", [CAL_ZONES[:1], CAL_ZONES], ids=["one-zone", "four-zones"])
+def test_kernel_calendar_days(benchmark, zones):
+    """Local days (sum/count/max per meter); with four zones each meter has its own."""
+    d = readings(100_000)
+    rows, n = calendar_run(d, zones)
+    assert n == len(d["ts"])
+    if len(zones) > 1:
+        assert rows == len(np.unique(numpy_calendar_ids(d, 100_000)))
+    benchmark.pedantic(calendar_run, args=(d, zones), rounds=3, iterations=1)
+    label = "per-key zones" if len(zones) > 1 else "one zone"
+    record(benchmark, f"kernel calendar day {label} sum/count/max keys=100000", len(d["ts"]))

@@ -12,6 +12,7 @@
 #include <optional>
 #include <vector>
 
+#include "calendar_engine.h"
 #include "count_engine.h"
 #include "session_engine.h"
 #include "tuple_interner.h"
@@ -24,6 +25,8 @@ namespace {
 
 using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
 template <class T>
 py::array_t<T> to_numpy(std::vector<T>&& v) {
@@ -68,7 +71,9 @@ py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
   }
   d["cols"] = cols;
   d["late"] = to_numpy(std::move(b.late_rows));
+  const bool reasons = b.invalid_reason.size() == b.invalid_rows.size() && b.invalid_reason.size() > 0;
   d["invalid"] = to_numpy(std::move(b.invalid_rows));
+  d["invalid_reason"] = reasons ? py::object(to_numpy(std::move(b.invalid_reason))) : py::object(py::none());
   return d;
 }
 
@@ -102,7 +107,6 @@ void partitions_to_dict(const std::vector<PartitionState>& parts, py::dict& d) {
 }
 
 std::vector<PartitionState> partitions_from_dict(const py::dict& d) {
-  using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
   auto pid = from_numpy(d["part_id"].cast<I64Array>());
   auto pmax = from_numpy(d["part_max"].cast<I64Array>());
   auto phas = from_numpy(d["part_has"].cast<U8Array>());
@@ -375,8 +379,6 @@ class PySessionEngine {
   }
 
   void restore(const py::dict& d) {
-    using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-    using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
     SessionEngine::State s;
     s.keys = from_numpy(d["keys"].cast<I64Array>());
     s.start = from_numpy(d["start"].cast<I64Array>());
@@ -405,6 +407,104 @@ class PySessionEngine {
 
  private:
   std::unique_ptr<SessionEngine> engine_;
+  bool keyed_;
+  size_t naggs_ = 0;
+};
+
+class PyCalendarEngine {
+ public:
+  PyCalendarEngine(int64_t ooo, int64_t lateness, int64_t max_future, bool keyed, const std::vector<std::pair<int, int>>& aggs,
+                   int64_t out_div, int64_t early_every)
+      : keyed_(keyed) {
+    CalendarSpec spec;
+    spec.ooo = ooo;
+    spec.lateness = lateness;
+    spec.max_future = max_future;
+    spec.keyed = keyed;
+    spec.out_div = out_div;
+    spec.early_every = early_every;
+    std::vector<AggSpec> specs = parse_aggs(aggs);
+    naggs_ = specs.size();
+    engine_ = std::make_unique<CalendarEngine>(spec, specs);
+  }
+
+  int32_t add_zone(const I64Array& bounds) { return engine_->add_zone(from_numpy(bounds)); }
+
+  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
+                   std::optional<I32Array> zones, int64_t unit_ns, int64_t partition) {
+    const int64_t n = ts.size();
+    if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
+    if (keyed_ && (!keys || keys->size() != n)) fail("a keyed calendar window needs a key column as long as the batch");
+    if (zones && zones->size() != n) fail("zone and timestamp columns differ in length");
+    const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, zones ? zones->data() : nullptr, vptr, n, out,
+                       partition);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  template <class F>
+  py::dict call(F&& f) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      f(*engine_, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+
+  py::dict snapshot() const {
+    CalendarEngine::State s = engine_->snapshot();
+    py::dict d;
+    d["keys"] = to_numpy(std::move(s.keys));
+    d["zone_of_slot"] = to_numpy(std::move(s.zone_of_slot));
+    partitions_to_dict(s.partitions, d);
+    d["has_wm"] = s.has_wm;
+    d["flushed"] = s.flushed;
+    d["wm"] = s.wm;
+    d["ring_cap"] = s.ring_cap;
+    d["row_bytes"] = s.row_bytes;
+    d["zones"] = s.zones;
+    d["base"] = to_numpy(std::move(s.base));
+    d["top"] = to_numpy(std::move(s.top));
+    d["next_fire"] = to_numpy(std::move(s.next_fire));
+    d["used"] = to_numpy(std::move(s.used));
+    d["rows"] = py::bytes(reinterpret_cast<const char*>(s.rows.data()), s.rows.size());
+    return d;
+  }
+
+  void restore(const py::dict& d) {
+    CalendarEngine::State s;
+    s.keys = from_numpy(d["keys"].cast<I64Array>());
+    s.zone_of_slot = from_numpy(d["zone_of_slot"].cast<I32Array>());
+    s.partitions = partitions_from_dict(d);
+    s.has_wm = d["has_wm"].cast<bool>();
+    s.flushed = d["flushed"].cast<bool>();
+    s.wm = d["wm"].cast<int64_t>();
+    s.ring_cap = d["ring_cap"].cast<int64_t>();
+    s.row_bytes = d["row_bytes"].cast<int64_t>();
+    s.zones = d["zones"].cast<int64_t>();
+    s.base = from_numpy(d["base"].cast<I64Array>());
+    s.top = from_numpy(d["top"].cast<I64Array>());
+    s.next_fire = from_numpy(d["next_fire"].cast<I64Array>());
+    s.used = from_numpy(d["used"].cast<U8Array>());
+    std::string_view rows = d["rows"].cast<std::string_view>();
+    s.rows.assign(rows.begin(), rows.end());
+    engine_->restore(s);
+  }
+
+  std::optional<int64_t> watermark() const {
+    if (!engine_->has_watermark()) return std::nullopt;
+    return engine_->watermark();
+  }
+  const CalendarEngine& engine() const { return *engine_; }
+  py::list partitions() const { return partitions_to_list(engine_->partitions()); }
+
+ private:
+  std::unique_ptr<CalendarEngine> engine_;
   bool keyed_;
   size_t naggs_ = 0;
 };
@@ -517,6 +617,31 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("watermark", &PySessionEngine::watermark)
       .def_property_readonly("num_keys", &PySessionEngine::num_keys)
       .def_property_readonly("live_sessions", &PySessionEngine::live_sessions);
+
+  py::class_<PyCalendarEngine>(m, "CalendarEngine")
+      .def(py::init<int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t, int64_t>(), py::arg("ooo"),
+           py::arg("lateness"), py::arg("max_future"), py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1,
+           py::arg("early_every") = 0)
+      .def("add_zone", &PyCalendarEngine::add_zone, py::arg("bounds"))
+      .def("process", &PyCalendarEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("zones") = py::none(),
+           py::arg("unit_ns") = 1, py::arg("partition") = 0)
+      .def("advance_watermark",
+           [](PyCalendarEngine& e, int64_t w) { return e.call([w](CalendarEngine& c, EmitBuffer& o) { c.advance_watermark(w, o); }); },
+           py::arg("watermark"))
+      .def("set_partition_idle",
+           [](PyCalendarEngine& e, int64_t p, bool idle) {
+             return e.call([p, idle](CalendarEngine& c, EmitBuffer& o) { c.set_partition_idle(p, idle, o); });
+           },
+           py::arg("partition"), py::arg("idle"))
+      .def("flush", [](PyCalendarEngine& e) { return e.call([](CalendarEngine& c, EmitBuffer& o) { c.flush(o); }); })
+      .def_property_readonly("partitions", &PyCalendarEngine::partitions)
+      .def("snapshot", &PyCalendarEngine::snapshot)
+      .def("restore", &PyCalendarEngine::restore, py::arg("state"))
+      .def_property_readonly("watermark", &PyCalendarEngine::watermark)
+      .def_property_readonly("num_keys", [](const PyCalendarEngine& e) { return e.engine().num_keys(); })
+      .def_property_readonly("num_zones", [](const PyCalendarEngine& e) { return e.engine().num_zones(); })
+      .def_property_readonly("state_bytes", [](const PyCalendarEngine& e) { return e.engine().state_bytes(); })
+      .def_property_readonly("ring_capacity", [](const PyCalendarEngine& e) { return e.engine().ring_capacity(); });
 
   py::class_<PyKeyIndex>(m, "KeyIndex")
       .def(py::init<>())

@@ -58,6 +58,7 @@ struct EmitBuffer {
   OutBuf<uint8_t> early;  // speculative (final=False) rows; only filled with early_every
   std::vector<OutColumn> cols;  // one per aggregation spec, in spec order
   OutBuf<int64_t> late_rows, invalid_rows;
+  OutBuf<uint8_t> invalid_reason;  // per invalid row, where an engine has several reasons
 };
 
 struct EngineState {

@@ -15,6 +15,7 @@ class Emitted(TypedDict):
     cols: list[np.ndarray]  # one per aggregation: int64 (count) or float64
     late: np.ndarray  # int64: batch row indices late for all their windows
     invalid: np.ndarray  # int64: batch row indices refused by the max_future guard
+    invalid_reason: Optional[np.ndarray]  # uint8 per invalid row (CalendarEngine: 0 future, 1 zone), else None
 
 class WindowEngine:
     def __init__(
@@ -60,6 +61,47 @@ class WindowEngine:
     def slice_width(self) -> int: ...
     @property
     def flushed(self) -> bool: ...
+
+class CalendarEngine:
+    """Tumbling windows with per-zone bounds (local days, weeks, months); one zone per key."""
+
+    def __init__(
+        self,
+        ooo: int,
+        lateness: int,
+        max_future: int,
+        keyed: bool,
+        aggs: Sequence[tuple[int, int]],
+        out_div: int = 1,
+        early_every: int = 0,
+    ) -> None: ...
+    def add_zone(self, bounds: np.ndarray) -> int: ...  # int64 UTC ns, increasing by > 2**45
+    def process(
+        self,
+        keys: Optional[np.ndarray],
+        ts: np.ndarray,
+        values: Sequence[Optional[np.ndarray]],
+        zones: Optional[np.ndarray] = None,  # int32 zone id per row; None: all in zone 0
+        unit_ns: int = 1,
+        partition: int = 0,
+    ) -> Emitted: ...
+    def flush(self) -> Emitted: ...
+    def advance_watermark(self, watermark: int) -> Emitted: ...
+    def set_partition_idle(self, partition: int, idle: bool) -> Emitted: ...
+    @property
+    def partitions(self) -> list[dict]: ...
+    def snapshot(self) -> dict: ...
+    def restore(self, state: dict) -> None: ...
+    @property
+    def watermark(self) -> Optional[int]: ...
+    @property
+    def num_keys(self) -> int: ...
+    @property
+    def num_zones(self) -> int: ...
+    @property
+    def state_bytes(self) -> int: ...
+    @property
+    def ring_capacity(self) -> int: ...
 
 class KeyIndex:
     """int64 key -> dense int32 slot, first-seen order (csrc/key_index.h)."""

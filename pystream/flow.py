@@ -148,7 +148,8 @@ class Stream:
         `early_every="15m"` adds speculative results of open windows each time the watermark
         passes a multiple of 15 minutes, marked final=False (time windows only)."""
         if not isinstance(window, Window):
-            raise TypeError(f"window() expects ps.windows.Tumbling(...) or Sliding(...), got {type(window).__name__}")
+            raise TypeError(f"window() expects a ps.windows assigner such as Tumbling('15m') or Calendar('day', tz=...), "
+                            f"got {type(window).__name__}")
         if self._time is None:
             raise ValueError("window() needs event time: give the source a time, e.g. "
                              "flow.source(src, time=ps.EventTime('ts', unit='ms'))")

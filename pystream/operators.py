@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._intern import ObjectInterner
 from ._keys import KeyEncoder
 from .agg import Agg
 from .batch import Batch
@@ -16,6 +17,7 @@ WINDOW_COLUMNS = ("window_start", "window_end")
 UPDATE_COLUMN = "update"
 FINAL_COLUMN = "final"
 REASON_FUTURE = "timestamp more than max_future ahead of the watermark"
+REASON_ZONE = "time zone differs from the zone of the key's first row"
 
 
 class WindowAggregateOperator:
@@ -106,11 +108,17 @@ class WindowAggregateOperator:
             self._build(rep)
         elif rep != self._repr:
             raise TypeError(f"time column {self.time.column!r} changed representation from {self._repr} to {rep}")
+        extra = self._extra_columns(batch)
         try:
-            out = self._engine.process(keys, ts, values, rep.factor, partition)
+            out = self._engine.process(keys, ts, values, *extra, rep.factor, partition)
         except ValueError as e:
             raise ValueError(f"time column {self.time.column!r}: {e}") from None
-        return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"])
+        return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"],
+                                                                                    out.get("invalid_reason"))
+
+    def _extra_columns(self, batch) -> tuple:
+        """Engine inputs besides keys, times and values (none here; per-row zones for calendars)."""
+        return ()
 
     def advance_watermark(self, watermark_ns: int) -> Batch:
         """Moves the watermark (int64 ns) forward, firing what it passes; never back."""
@@ -173,12 +181,16 @@ class WindowAggregateOperator:
     def _late(batch, ts, rows):
         return batch.take(rows) if len(rows) else None
 
-    @staticmethod
-    def _invalid(batch, ts, rows):
+    #: Reason texts by the engine's reason code (csrc/calendar_engine.h).
+    REASONS = np.array([REASON_FUTURE, REASON_ZONE], dtype=object)
+
+    @classmethod
+    def _invalid(cls, batch, ts, rows, codes=None):
         if not len(rows):
             return None
         bad = batch.take(rows)
-        return bad.with_columns(reason=np.full(len(rows), REASON_FUTURE, dtype=object))
+        reason = np.full(len(rows), REASON_FUTURE, dtype=object) if codes is None else cls.REASONS[codes]
+        return bad.with_columns(reason=reason)
 
     # -- state ----------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -294,8 +306,88 @@ class SessionWindowOperator(WindowAggregateOperator):
 
 
 
+class CalendarWindowOperator(WindowAggregateOperator):
+    """Calendar windows (ps.windows.Calendar) over the native calendar engine
+    (csrc/calendar_engine.h): bounds are precomputed per zone from the IANA database, so no
+    Python runs per event; with `tz_column` each key gets the zone of its first row, and rows
+    whose zone differs from their key's go to the invalid output."""
+
+    def __init__(self, window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
+        if window.tz_column is not None:
+            if not keys:
+                raise ValueError(f"{window!r} takes a zone per key: key the stream first, e.g. .key_by('meter_id')")
+            if window.tz_column in keys:
+                raise ValueError(f"tz_column {window.tz_column!r} cannot also be a key column")
+        super().__init__(window, aggs, time, keys, allowed_lateness, early_every)
+        self._zones: list[str] = []  # zone names in engine id order
+        self._tz_ids = ObjectInterner(window.tz_column or "tz")
+        self._zone_of_id = np.empty(0, dtype=np.int32)  # interned tz value -> engine zone id (-1: unknown)
+
+    def _build(self, rep: TimeRepr):
+        div = rep.output_divisor(1_000_000_000)  # bounds are whole seconds
+        mf = -1 if self.time.max_future is None else self.time.max_future
+        self._engine = _core.CalendarEngine(self.time.max_out_of_orderness, self.allowed_lateness, mf, bool(self.keys),
+                                            [(a.code, a.ddof) for a in self.aggs.values()], div, self.early_every or 0)
+        self._repr = rep
+        self._div = div
+        zones, self._zones = self._zones, []
+        for name in zones or ([self.window.tz] if self.window.tz else []):
+            self._add_zone(name)
+        for p in self._declared:
+            self._engine.set_partition_idle(p, False)
+
+    def _add_zone(self, name: str) -> int:
+        self._engine.add_zone(self.window.bounds(name))
+        self._zones.append(name)
+        return len(self._zones) - 1
+
+    def _zone_column(self, batch: Batch):
+        """Engine zone id per row of the tz column, registering zones seen for the first time."""
+        col = self.window.tz_column
+        if col not in batch:
+            raise KeyError(f"{self.window!r}: unknown column {col!r}; the batch has {batch.columns}")
+        arr = batch[col]
+        if arr.dtype.kind not in "OUS":
+            raise TypeError(f"tz_column {col!r} must hold IANA zone names (strings), got dtype {arr.dtype}")
+        ids = self._tz_ids.intern(arr)
+        known = len(self._zone_of_id)
+        names = self._tz_ids.values()
+        if len(names) > known:
+            fresh = np.full(len(names) - known, -1, dtype=np.int32)
+            for k, name in enumerate(names[known:]):
+                try:
+                    fresh[k] = self._zones.index(name) if name in self._zones else self._add_zone(name)
+                except ValueError:
+                    pass  # an unknown name: rows carrying it are refused below
+            self._zone_of_id = np.concatenate([self._zone_of_id, fresh])
+        zones = self._zone_of_id[ids]
+        if len(zones) and zones.min() < 0:
+            bad = int(np.flatnonzero(zones < 0)[0])
+            raise ValueError(f"tz_column {col!r} row {bad}: unknown time zone {arr[bad]!r}; expected an IANA name such "
+                             f"as 'Europe/Berlin'")
+        return zones
+
+    def _extra_columns(self, batch) -> tuple:
+        return (self._zone_column(batch) if self.window.tz_column else None,)
+
+    def snapshot(self) -> dict:
+        state = super().snapshot()
+        state["zones"] = list(self._zones)
+        state["tz_ids"] = self._tz_ids.snapshot()
+        state["zone_of_id"] = self._zone_of_id.copy()
+        return state
+
+    def restore(self, state: dict) -> None:
+        self._zones = list(state["zones"])
+        self._tz_ids = ObjectInterner.restore(state["tz_ids"])
+        self._zone_of_id = np.asarray(state["zone_of_id"], dtype=np.int32).copy()
+        super().restore(state)
+
+
 def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
     """The operator for a window kind."""
+    if getattr(window, "calendar", False):
+        return CalendarWindowOperator(window, aggs, time, keys, allowed_lateness, early_every)
     if early_every:
         return WindowAggregateOperator(window, aggs, time, keys, allowed_lateness, early_every)
     if getattr(window, "counted", False):

@@ -153,4 +153,59 @@ class CountSliding(CountWindow):
         return f"CountSliding({self.size}, {self.slide})"
 
 
-__all__ = ["Window", "Tumbling", "Sliding", "Session", "CountWindow", "CountTumbling", "CountSliding"]
+class Calendar(Window):
+    """Local calendar days, weeks, months or years in an IANA time zone: windows run from one
+    local start of day to the next, so a day is 23 h or 25 h across DST and a month has its
+    real length. `tz_column` takes each key's zone from a column instead (meters in several
+    zones, each with its own local days, in one operator; a key keeps the zone of its first
+    row). Weeks start on `week_start` (default Monday). See pystream._calendar for the exact
+    start-of-day rule (gaps at midnight, skipped days).
+
+    >>> Calendar("day", tz="Europe/Berlin")
+    Calendar('day', tz='Europe/Berlin')
+    >>> Calendar("month", tz_column="tz")
+    Calendar('month', tz_column='tz')
+    """
+
+    calendar = True
+    _NOMINAL = {"day": 86_400, "week": 7 * 86_400, "month": 31 * 86_400, "year": 366 * 86_400}
+
+    def __init__(self, unit: str = "day", tz: str | None = None, tz_column: str | None = None, week_start="monday"):
+        from . import _calendar
+
+        if unit not in _calendar.UNITS:
+            raise ValueError(f"calendar unit must be one of {_calendar.UNITS}, got {unit!r}")
+        if tz is not None and tz_column is not None:
+            raise ValueError("give either tz= (one zone) or tz_column= (a zone per key), not both")
+        if tz_column is not None and (not isinstance(tz_column, str) or not tz_column):
+            raise ValueError(f"tz_column must be a column name, got {tz_column!r}")
+        if isinstance(week_start, str) and week_start.lower() in _calendar.WEEKDAYS:
+            week_start = _calendar.WEEKDAYS.index(week_start.lower())
+        if isinstance(week_start, bool) or not isinstance(week_start, int) or not 0 <= week_start <= 6:
+            raise ValueError(f"week_start must be a weekday name or 0 (Monday) .. 6 (Sunday), got {week_start!r}")
+        self.unit = unit
+        self.tz = None if tz_column is not None else (tz or "UTC")
+        if self.tz is not None:
+            _calendar.zone(self.tz)  # unknown names fail here, at build time
+        self.tz_column = tz_column
+        self.week_start = week_start
+        self.size = self.slide = self._NOMINAL[unit] * 1_000_000_000  # nominal, for display only
+        self.offset = 0
+        self._frozen = True
+
+    def _params(self):
+        return ("Calendar", self.unit, self.tz, self.tz_column, self.week_start)
+
+    def bounds(self, tz: str):
+        """Window bounds (UTC ns) of zone `tz`: window j is [b[j], b[j + 1])."""
+        from . import _calendar
+
+        return _calendar.bounds(tz, self.unit, self.week_start)
+
+    def __repr__(self):
+        where = f"tz_column={self.tz_column!r}" if self.tz_column else f"tz={self.tz!r}"
+        ws = f", week_start={self.week_start}" if self.week_start else ""
+        return f"Calendar({self.unit!r}, {where}{ws})"
+
+
+__all__ = ["Window", "Tumbling", "Sliding", "Session", "CountWindow", "CountTumbling", "CountSliding", "Calendar"]

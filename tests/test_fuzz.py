@@ -120,3 +120,51 @@ def test_a_fine_grained_but_legitimate_sliding_window_works():
     e = _core.WindowEngine(86_400 * 10**9, 10**9, 0, 0, 0, -1, False, [(0, 1)])
     out = e.process(None, np.array([0, 10**9 * 3600]), [None])
     assert len(out["start"]) == 3600  # the windows containing only the first event fired
+
+
+@SETTINGS
+@given(ts=st.lists(EXTREME_T, max_size=20), zones=st.lists(st.integers(-2, 3), min_size=20, max_size=20),
+       ooo=st.sampled_from([0, 5, 2**50]), lateness=st.sampled_from([0, 3, 2**50]), max_future=st.sampled_from([-1, 0, 2**59]))
+def test_calendar_engine_extreme_events_never_crash(ts, zones, ooo, lateness, max_future):
+    from pystream import _calendar
+
+    e = _core.CalendarEngine(ooo, lateness, max_future, True, [(0, 1), (1, 1), (5, 1)])
+    e.add_zone(_calendar.bounds("Europe/Berlin", "day"))
+    e.add_zone(_calendar.bounds("Pacific/Apia", "week"))
+    t = np.array(ts, dtype=np.int64)
+    z = np.array(zones[:len(t)], dtype=np.int32)
+    keys = np.arange(len(t), dtype=np.int64) % 4
+    before = e.snapshot()
+    try:
+        out = e.process(keys, t, [None, np.ones(len(t)), np.ones(len(t))], z)
+    except ValueError as err:
+        assert any(k in str(err) for k in ("outside the supported range", "outside the calendar table", "not registered",
+                                           "open calendar windows")), err
+        after = e.snapshot()
+        assert after["keys"].tolist() == before["keys"].tolist() and after["rows"] == before["rows"]
+        return
+    flushed = e.flush()
+    final = {}
+    for o in (out, flushed):
+        for k, s, c in zip(o["key"].tolist(), o["start"].tolist(), o["cols"][0].tolist()):
+            final[(k, s)] = c
+    assert sum(final.values()) == len(t) - len(out["late"]) - len(out["invalid"])
+
+
+def test_calendar_bounds_and_snapshots_are_validated():
+    e = _core.CalendarEngine(0, 0, -1, True, [(0, 1)])
+    with pytest.raises(ValueError, match="increase by more than"):
+        e.add_zone(np.array([0, 10, 20], dtype=np.int64))
+    with pytest.raises(ValueError, match="no time zone"):
+        e.process(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), [None])
+    from pystream import _calendar
+
+    e.add_zone(_calendar.bounds("UTC", "day"))
+    e.process(np.arange(3, dtype=np.int64), np.arange(3, dtype=np.int64), [None])
+    state = e.snapshot()
+    for field, bad in [("rows", b"xx"), ("ring_cap", 3), ("zones", 2), ("zone_of_slot", np.array([0, 0], dtype=np.int32)),
+                       ("base", np.zeros(3, dtype=np.int64))]:
+        fresh = _core.CalendarEngine(0, 0, -1, True, [(0, 1)])
+        fresh.add_zone(_calendar.bounds("UTC", "day"))
+        with pytest.raises(ValueError, match="snapshot"):
+            fresh.restore({**state, field: bad})
