@@ -277,3 +277,26 @@ def test_kernel_calendar_days(benchmark, zones):
     benchmark.pedantic(calendar_run, args=(d, zones), rounds=3, iterations=1)
     label = "per-key zones" if len(zones) > 1 else "one zone"
     record(benchmark, f"kernel calendar day {label} sum/count/max keys=100000", len(d["ts"]))
+
+
+# -- global windows with triggers (issue 3) ------------------------------------------------------
+
+def global_run(d, trigger, value, purge):
+    e = _core.GlobalEngine(trigger, value, value, purge, 60 * 10**9, -1, True, [(0, 1), (1, 1), (3, 1)])
+    ids, ts, kwh = d["meter_id"], d["ts"], d["kwh"]
+    rows = 0
+    for a in range(0, len(ts), BATCH):
+        rows += len(e.process(ids[a:a + BATCH], ts[a:a + BATCH], [None, kwh[a:a + BATCH], kwh[a:a + BATCH]], 10**6)["start"])
+    return rows + len(e.flush()["start"])
+
+
+@pytest.mark.parametrize("trigger, value, purge", [(0, 4, True), (1, 15 * 60 * 10**9, False)],
+                         ids=["count-4-purging", "event-time-15m-accumulating"])
+def test_kernel_global_windows(benchmark, trigger, value, purge):
+    d = readings(100_000)
+    rows = global_run(d, trigger, value, purge)
+    if trigger == 0:
+        assert rows == int((np.bincount(d["meter_id"]) // value).sum())
+    benchmark.pedantic(global_run, args=(d, trigger, value, purge), rounds=3, iterations=1)
+    name = "count(4) purging" if trigger == 0 else "event-time 15m accumulating"
+    record(benchmark, f"kernel global {name} sum/count/max keys=100000", len(d["ts"]))

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -231,6 +232,25 @@ inline RowLayout::RowLayout(const std::vector<AggSpec>& aggs, int64_t header) {
   init_row.assign(static_cast<size_t>(row_bytes), 0);
   count.init(init_row.data());
   for (const auto& c : cols) c->init(init_row.data());
+}
+
+/// The checks every engine makes before a batch changes any state: not flushed, one value
+/// column per aggregation (null only for counts), a valid unit, every timestamp in range.
+inline void check_batch(const RowLayout& layout, bool flushed, const std::vector<const double*>& values, const int64_t* ts,
+                        int64_t n, int64_t unit_ns) {
+  if (flushed) fail("this window operator has been flushed at end of input and accepts no more events");
+  if (values.size() != layout.col_of_spec.size()) fail("expected one value column per aggregation");
+  for (size_t s = 0; s < layout.col_of_spec.size(); ++s) {
+    if (layout.col_of_spec[s] >= 0 && values[s] == nullptr && n > 0) fail("missing value column for an aggregation");
+  }
+  if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
+  const int64_t limit = kMaxAbsTime / unit_ns;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ts[i] < -limit || ts[i] > limit) {
+      fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
+           " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
+    }
+  }
 }
 
 }  // namespace pystream

@@ -14,6 +14,7 @@
 
 #include "calendar_engine.h"
 #include "count_engine.h"
+#include "global_engine.h"
 #include "session_engine.h"
 #include "tuple_interner.h"
 #include "window_engine.h"
@@ -411,11 +412,38 @@ class PySessionEngine {
   size_t naggs_ = 0;
 };
 
-class PyCalendarEngine {
+/// What the engine wrappers share: running an engine call without the GIL and handing its
+/// output to Python, and the watermark and partitions as Python values.
+template <class E>
+class PyEngineBase {
+ public:
+  template <class F>
+  py::dict call(F&& f) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      f(*engine_, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+  std::optional<int64_t> watermark() const {
+    if (!engine_->has_watermark()) return std::nullopt;
+    return engine_->watermark();
+  }
+  py::list partitions() const { return partitions_to_list(engine_->partitions()); }
+  const E& engine() const { return *engine_; }
+
+ protected:
+  std::unique_ptr<E> engine_;
+  bool keyed_ = true;
+  size_t naggs_ = 0;
+};
+
+class PyCalendarEngine : public PyEngineBase<CalendarEngine> {
  public:
   PyCalendarEngine(int64_t ooo, int64_t lateness, int64_t max_future, bool keyed, const std::vector<std::pair<int, int>>& aggs,
-                   int64_t out_div, int64_t early_every)
-      : keyed_(keyed) {
+                   int64_t out_div, int64_t early_every) {
+    keyed_ = keyed;
     CalendarSpec spec;
     spec.ooo = ooo;
     spec.lateness = lateness;
@@ -437,23 +465,9 @@ class PyCalendarEngine {
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed calendar window needs a key column as long as the batch");
     if (zones && zones->size() != n) fail("zone and timestamp columns differ in length");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, zones ? zones->data() : nullptr, vptr, n, out,
-                       partition);
-    }
-    return emit_to_dict(std::move(out), keyed_);
-  }
-
-  template <class F>
-  py::dict call(F&& f) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      f(*engine_, out);
-    }
-    return emit_to_dict(std::move(out), keyed_);
+    return call([&](CalendarEngine& e, EmitBuffer& o) {
+      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, zones ? zones->data() : nullptr, vptr, n, o, partition);
+    });
   }
 
   py::dict snapshot() const {
@@ -495,18 +509,64 @@ class PyCalendarEngine {
     s.rows.assign(rows.begin(), rows.end());
     engine_->restore(s);
   }
+};
 
-  std::optional<int64_t> watermark() const {
-    if (!engine_->has_watermark()) return std::nullopt;
-    return engine_->watermark();
+class PyGlobalEngine : public PyEngineBase<GlobalEngine> {
+ public:
+  PyGlobalEngine(int trigger, int64_t count, int64_t interval, bool purge, int64_t ooo, int64_t max_future, bool keyed,
+                 const std::vector<std::pair<int, int>>& aggs) {
+    keyed_ = keyed;
+    GlobalSpec spec;
+    spec.trigger = trigger;
+    spec.count = count;
+    spec.interval = interval;
+    spec.purge = purge;
+    spec.ooo = ooo;
+    spec.max_future = max_future;
+    spec.keyed = keyed;
+    std::vector<AggSpec> specs = parse_aggs(aggs);
+    naggs_ = specs.size();
+    engine_ = std::make_unique<GlobalEngine>(spec, specs);
   }
-  const CalendarEngine& engine() const { return *engine_; }
-  py::list partitions() const { return partitions_to_list(engine_->partitions()); }
 
- private:
-  std::unique_ptr<CalendarEngine> engine_;
-  bool keyed_;
-  size_t naggs_ = 0;
+  py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
+                   int64_t unit_ns, int64_t partition) {
+    const int64_t n = ts.size();
+    if (keyed_ && (!keys || keys->size() != n)) fail("a keyed global window needs a key column as long as the batch");
+    const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
+    return call([&](GlobalEngine& e, EmitBuffer& o) { e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition); });
+  }
+
+  py::dict snapshot() const {
+    GlobalEngine::State s = engine_->snapshot();
+    py::dict d;
+    d["keys"] = to_numpy(std::move(s.keys));
+    d["pending"] = to_numpy(std::move(s.pending));
+    partitions_to_dict(s.partitions, d);
+    d["row_bytes"] = s.row_bytes;
+    d["rows"] = py::bytes(reinterpret_cast<const char*>(s.rows.data()), s.rows.size());
+    d["wm"] = s.wm;
+    d["has_wm"] = s.has_wm;
+    d["next_fire"] = s.next_fire;
+    d["flushed"] = s.flushed;
+    return d;
+  }
+
+  void restore(const py::dict& d) {
+    GlobalEngine::State s;
+    s.keys = from_numpy(d["keys"].cast<I64Array>());
+    s.pending = from_numpy(d["pending"].cast<I64Array>());
+    s.partitions = partitions_from_dict(d);
+    s.row_bytes = d["row_bytes"].cast<int64_t>();
+    std::string_view rows = d["rows"].cast<std::string_view>();
+    s.rows.assign(rows.begin(), rows.end());
+    s.wm = d["wm"].cast<int64_t>();
+    s.has_wm = d["has_wm"].cast<bool>();
+    s.next_fire = d["next_fire"].cast<int64_t>();
+    s.flushed = d["flushed"].cast<bool>();
+    engine_->restore(s);
+  }
+  int64_t num_keys() const { return engine_->num_keys(); }
 };
 
 class PyKeyIndex {
@@ -642,6 +702,28 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("num_zones", [](const PyCalendarEngine& e) { return e.engine().num_zones(); })
       .def_property_readonly("state_bytes", [](const PyCalendarEngine& e) { return e.engine().state_bytes(); })
       .def_property_readonly("ring_capacity", [](const PyCalendarEngine& e) { return e.engine().ring_capacity(); });
+
+  py::class_<PyGlobalEngine>(m, "GlobalEngine")
+      .def(py::init<int, int64_t, int64_t, bool, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&>(),
+           py::arg("trigger"), py::arg("count"), py::arg("interval"), py::arg("purge"), py::arg("ooo"), py::arg("max_future"),
+           py::arg("keyed"), py::arg("aggs"))
+      .def("process", &PyGlobalEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
+           py::arg("partition") = 0)
+      .def("advance_watermark",
+           [](PyGlobalEngine& e, int64_t w) { return e.call([w](GlobalEngine& g, EmitBuffer& o) { g.advance_watermark(w, o); }); },
+           py::arg("watermark"))
+      .def("set_partition_idle",
+           [](PyGlobalEngine& e, int64_t p, bool idle) {
+             return e.call([p, idle](GlobalEngine& g, EmitBuffer& o) { g.set_partition_idle(p, idle, o); });
+           },
+           py::arg("partition"), py::arg("idle"))
+      .def("fire", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.fire(o); }); })
+      .def("flush", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.flush(o); }); })
+      .def_property_readonly("partitions", &PyGlobalEngine::partitions)
+      .def("snapshot", &PyGlobalEngine::snapshot)
+      .def("restore", &PyGlobalEngine::restore, py::arg("state"))
+      .def_property_readonly("watermark", &PyGlobalEngine::watermark)
+      .def_property_readonly("num_keys", &PyGlobalEngine::num_keys);
 
   py::class_<PyKeyIndex>(m, "KeyIndex")
       .def(py::init<>())

@@ -133,20 +133,10 @@ class CalendarEngine {
   /// The batch is validated before any state changes.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const int32_t* zone,
                const std::vector<const double*>& values, int64_t n, EmitBuffer& out, int64_t partition = 0) {
-    if (flushed_) fail("this window operator has been flushed at end of input and accepts no more events");
     if (zones_.empty()) fail("calendar engine has no time zone");
-    if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
-    for (size_t s = 0; s < col_of_spec_.size(); ++s) {
-      if (col_of_spec_[s] >= 0 && values[s] == nullptr && n > 0) fail("missing value column for an aggregation");
-    }
-    if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
-    const int64_t limit = kMaxAbsTime / unit_ns;
+    check_batch(layout_, flushed_, values, ts, n, unit_ns);
     const int64_t nz = num_zones();
     for (int64_t i = 0; i < n; ++i) {
-      if (ts[i] < -limit || ts[i] > limit) {
-        fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
-             " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
-      }
       const int32_t z = zone ? zone[i] : 0;
       if (z < 0 || z >= nz) fail("zone id " + std::to_string(z) + " at row " + std::to_string(i) + " is not registered");
       if (!zones_[static_cast<size_t>(z)].covers(ts[i] * unit_ns)) {

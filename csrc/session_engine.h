@@ -52,16 +52,7 @@ class SessionEngine {
 
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
                EmitBuffer& out, int64_t partition = 0) {
-    if (flushed_) fail("this window operator has been flushed at end of input and accepts no more events");
-    if (values.size() != col_of_spec_.size()) fail("expected one value column per aggregation");
-    if (unit_ns < 1) fail("unit_ns must be >= 1");
-    const int64_t limit = kMaxAbsTime / unit_ns;
-    for (int64_t i = 0; i < n; ++i) {
-      if (ts[i] < -limit || ts[i] > limit) {
-        fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
-             " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
-      }
-    }
+    check_batch(layout_, flushed_, values, ts, n, unit_ns);
     prepare(out);
     slots_.resize(static_cast<size_t>(n));
     if (keyed_) {

@@ -155,7 +155,7 @@ class Stream:
                              "flow.source(src, time=ps.EventTime('ts', unit='ms'))")
         early = None
         if early_every is not None:
-            if getattr(window, "counted", False) or getattr(window, "sessions", False):
+            if getattr(window, "counted", False) or getattr(window, "sessions", False) or getattr(window, "globally", False):
                 raise ValueError(f"early_every applies to time windows (Tumbling, Sliding), not {window!r}")
             early = parse_duration(early_every, "early_every")
             if early <= 0:
@@ -424,7 +424,7 @@ class LocalRuntime:
             for nid, op in ops.items():
                 node = node_of[nid]
                 spec = node.params["time"]
-                if node.kind == "process":
+                if hasattr(op, "tick"):  # processing-time timers and triggers
                     push_fired(node, op.tick())
                 if getattr(spec, "follows_clock", False):
                     push_fired(node, op.advance_watermark(now - 1))

@@ -384,8 +384,68 @@ class CalendarWindowOperator(WindowAggregateOperator):
         super().restore(state)
 
 
+class GlobalWindowOperator(CountWindowOperator):
+    """Global windows with triggers (ps.windows.Global) over the native global engine
+    (csrc/global_engine.h). Output as count windows (first/last event time, `events`); the
+    watermark (per partition, idleness, quiet streams) drives the event-time trigger, the
+    runtime's clock the processing-time trigger (`tick`)."""
+
+    def __init__(self, window, aggs, time, keys=(), allowed_lateness=0):
+        if allowed_lateness:
+            raise ValueError(f"allowed_lateness does not apply to {window!r}: nothing is late for a global window")
+        super().__init__(window, aggs, time, keys, 0)
+        self._next_tick: int | None = None
+
+    def _build(self, rep: TimeRepr):
+        tr = self.window.trigger
+        mf = -1 if self.time.max_future is None else self.time.max_future
+        specs = [(0, 1)] + [(a.code, a.ddof) for a in self.aggs.values()]
+        self._engine = _core.GlobalEngine(tr.code, tr.value if tr.code == 0 else 0, tr.value if tr.code else 0,
+                                          self.window.mode == "purging", self.time.max_out_of_orderness, mf, bool(self.keys),
+                                          specs)
+        self._repr = rep
+        self._div = rep.factor  # bounds are event times in the input's unit
+        for p in self._declared:
+            self._engine.set_partition_idle(p, False)
+
+    def process(self, batch: Batch, partition: int = 0):
+        return WindowAggregateOperator.process(self, batch, partition)
+
+    def _values(self, batch):
+        return [None] + WindowAggregateOperator._values(self, batch)
+
+    def tick(self, now_ns: int | None = None):
+        """The runtime's wall clock moved: a processing-time trigger fires when it passes a
+        multiple of its interval (the first tick only starts the schedule)."""
+        tr = self.window.trigger
+        if tr.code != 2 or self._engine is None:
+            return None
+        from . import clock
+
+        now = clock.current().now_ns() if now_ns is None else now_ns
+        if self._next_tick is not None and now >= self._next_tick:
+            res = self._results(self._engine.fire())
+        else:
+            res = None
+        self._next_tick = (now // tr.value + 1) * tr.value
+        return res
+
+    advance_watermark = WindowAggregateOperator.advance_watermark
+    set_partition_idle = WindowAggregateOperator.set_partition_idle
+    declare_partitions = WindowAggregateOperator.declare_partitions
+    watermark = WindowAggregateOperator.watermark
+    max_event_time = WindowAggregateOperator.max_event_time
+
+    def finish(self):
+        if self._engine is None:
+            return self.empty_result()
+        return self._results(self._engine.flush())
+
+
 def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
     """The operator for a window kind."""
+    if getattr(window, "globally", False):
+        return GlobalWindowOperator(window, aggs, time, keys, allowed_lateness)
     if getattr(window, "calendar", False):
         return CalendarWindowOperator(window, aggs, time, keys, allowed_lateness, early_every)
     if early_every:

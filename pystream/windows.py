@@ -208,4 +208,39 @@ class Calendar(Window):
         return f"Calendar({self.unit!r}, {where}{ws})"
 
 
-__all__ = ["Window", "Tumbling", "Sliding", "Session", "CountWindow", "CountTumbling", "CountSliding", "Calendar"]
+class Global(Window):
+    """One window per key that never ends, fired by a trigger (ps.triggers.Count(n),
+    EventTimeInterval(d), ProcessingTimeInterval(d)). mode="accumulating" (default, as Flink)
+    emits the key's whole window so far at each firing; mode="purging" clears it after each
+    firing. Output: window_start / window_end are the first and last event time of the
+    window's contents (by arrival), `events` their number. Nothing is late for a global
+    window; a count trigger's trailing group never fires, time triggers fire once more at end
+    of input.
+
+    >>> from pystream import triggers
+    >>> Global(triggers.Count(4), mode="purging")
+    Global(Count(4), mode='purging')
+    """
+
+    globally = True
+
+    def __init__(self, trigger, mode: str = "accumulating"):
+        from .triggers import Trigger
+
+        if not isinstance(trigger, Trigger):
+            raise TypeError(f"Global(trigger=...) expects a ps.triggers trigger such as Count(96), got {trigger!r}")
+        if mode not in ("accumulating", "purging"):
+            raise ValueError(f"mode must be 'accumulating' or 'purging', got {mode!r}")
+        self.trigger = trigger
+        self.mode = mode
+        self.size = self.slide = self.offset = 0
+        self._frozen = True
+
+    def _params(self):
+        return ("Global", self.trigger._params(), self.mode)
+
+    def __repr__(self):
+        return f"Global({self.trigger!r}, mode={self.mode!r})"
+
+
+__all__ = ["Window", "Tumbling", "Sliding", "Session", "CountWindow", "CountTumbling", "CountSliding", "Calendar", "Global"]

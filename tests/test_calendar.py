@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import pystream as ps
 from pystream import _calendar, _core
+from opcheck import assert_resume_equals_whole
 from reference import RefCalendar
 from test_engine_model import assert_matches_model, collect
 
@@ -263,8 +264,6 @@ def test_early_firings_of_a_local_day():
 
 def test_operator_snapshot_with_zones_from_a_column_restores_exactly():
     """Zones registered from the tz column (and their ids) survive a pickled snapshot."""
-    import pickle
-
     from pystream.operators import make_window_operator
 
     rng = np.random.default_rng(3)
@@ -278,19 +277,5 @@ def test_operator_snapshot_with_zones_from_a_column_restores_exactly():
         return make_window_operator(ps.windows.Calendar("day", tz_column="tz"), {"kwh": ps.agg.sum("kwh"), "n": ps.agg.count()},
                                     ps.EventTime("t", unit="ms", max_out_of_orderness="2h"), ("meter",), 3 * H)
 
-    def rows(b):
-        return list(zip(*(b[c].tolist() for c in b.columns)))
+    assert_resume_equals_whole(op, batch, 500, 2_000, min_rows=100)
 
-    whole, a = [], op()
-    for lo in range(0, n, 500):
-        whole += rows(a.process(batch.slice(lo, lo + 500))[0])
-    whole += rows(a.finish())
-    resumed, b = [], op()
-    for lo in range(0, 2_000, 500):
-        resumed += rows(b.process(batch.slice(lo, lo + 500))[0])
-    c = op()
-    c.restore(pickle.loads(pickle.dumps(b.snapshot())))
-    for lo in range(2_000, n, 500):
-        resumed += rows(c.process(batch.slice(lo, lo + 500))[0])
-    resumed += rows(c.finish())
-    assert resumed == whole and len(whole) > 100

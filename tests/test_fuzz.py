@@ -168,3 +168,21 @@ def test_calendar_bounds_and_snapshots_are_validated():
         fresh.add_zone(_calendar.bounds("UTC", "day"))
         with pytest.raises(ValueError, match="snapshot"):
             fresh.restore({**state, field: bad})
+
+
+@SETTINGS
+@given(ts=st.lists(EXTREME_T, max_size=20), trigger=st.sampled_from([0, 1, 2]), value=st.sampled_from([1, 3, 2**59]),
+       max_future=st.sampled_from([-1, 0, 2**59]))
+def test_global_engine_extreme_events_never_crash(ts, trigger, value, max_future):
+    t = np.array(ts, dtype=np.int64)
+    keys = np.arange(len(t), dtype=np.int64) % 3
+    e = _core.GlobalEngine(trigger, value, value, True, 5, max_future, True, [(0, 1), (1, 1), (7, 1)])
+    try:
+        out = e.process(keys, t, [None, np.ones(len(t)), np.ones(len(t))])
+    except ValueError as err:
+        assert known_error(err), err
+        return
+    e.fire()
+    e.advance_watermark(2**62)
+    e.flush()
+    assert len(out["invalid"]) <= len(t)

@@ -1,0 +1,246 @@
+/// global_engine.h — one global window per key, fired by a trigger (Flink's GlobalWindows with
+/// CountTrigger, ContinuousEventTimeTrigger, ContinuousProcessingTimeTrigger; PurgingTrigger).
+///
+/// Triggers: kCount fires a key when `count` events arrived for it since its last firing;
+/// kEventTime fires every key that received events since its last firing whenever the
+/// watermark passes a multiple of `interval` (the first watermark passes nothing); kProcessing
+/// fires them when the runtime calls `fire` (its wall clock passed a multiple of the interval).
+/// Accumulating mode emits the key's whole window so far; purging mode clears it after each
+/// firing. Rows carry the first and last event time of the window contents (by arrival, in
+/// the input's units) and its event count. Nothing is ever late for a global window; the
+/// watermark (per partition, as for time windows) only drives the event-time trigger, and the
+/// max_future guard still refuses poison timestamps. End of input fires the time triggers
+/// once more; a count trigger's trailing group never fires (as count windows).
+/// Layout: one state row per key (count, first ts, last ts, aggregations).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "agg_column.h"
+#include "common.h"
+#include "key_index.h"
+#include "watermark.h"
+#include "window_engine.h"
+
+namespace pystream {
+
+struct GlobalSpec {
+  enum Trigger : int { kCount = 0, kEventTime = 1, kProcessing = 2 };
+  int trigger = kCount;
+  int64_t count = 0, interval = 0;
+  bool purge = false;
+  int64_t ooo = 0, max_future = -1;
+  bool keyed = true;
+};
+
+class GlobalEngine {
+ public:
+  GlobalEngine(const GlobalSpec& spec, const std::vector<AggSpec>& aggs)
+      : spec_(spec), wm_(spec.ooo), layout_(aggs, 2 * static_cast<int64_t>(sizeof(int64_t))) {
+    if (spec.trigger < GlobalSpec::kCount || spec.trigger > GlobalSpec::kProcessing) fail("unknown trigger kind");
+    if (spec.trigger == GlobalSpec::kCount && spec.count <= 0) fail("count trigger needs a count > 0, got " + std::to_string(spec.count));
+    if (spec.trigger != GlobalSpec::kCount && (spec.interval <= 0 || spec.interval > kMaxDuration)) {
+      fail("trigger interval must be > 0 and <= 2^60 ns, got " + std::to_string(spec.interval));
+    }
+    if (spec.ooo < 0 || spec.ooo > kMaxDuration) fail("max_out_of_orderness must be >= 0 and <= 2^60 ns");
+    if (spec.max_future > kMaxDuration) fail("max_future must be <= 2^60 ns");
+    grow(spec.keyed ? 1024 : 1);
+  }
+
+  bool has_watermark() const { return wm_.has(); }
+  int64_t watermark() const { return wm_.value(); }
+  int64_t num_keys() const { return spec_.keyed ? keys_.size() : 0; }
+  const std::vector<PartitionState>& partitions() const { return parts_.all(); }
+
+  void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
+               EmitBuffer& out, int64_t partition = 0) {
+    check_batch(layout_, flushed_, values, ts, n, unit_ns);
+    prepare(out);
+    slots_.resize(static_cast<size_t>(n));
+    if (spec_.keyed) {
+      keys_.intern(keys, n, slots_.data());
+      if (keys_.size() > slot_cap_) grow(std::max<int64_t>(keys_.size(), 2 * slot_cap_));
+    } else {
+      std::fill(slots_.begin(), slots_.end(), 0);
+    }
+    const size_t p = parts_.index(partition);
+    parts_[p].idle = false;
+    const int64_t cap = parts_.others_min(p, wm_);
+    int64_t pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
+    constexpr int64_t kAhead = 8;
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n) __builtin_prefetch(row(slots_[i + kAhead]), 1);
+      const int64_t t = ts[i] * unit_ns;
+      if (wm_.has() && spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
+        out.invalid_rows.push_back(i);
+        continue;
+      }
+      const int32_t slot = slots_[i];
+      uint8_t* r = row(slot);
+      int64_t* head = reinterpret_cast<int64_t*>(r);
+      if (head[0]++ == 0) head[1] = ts[i];  // first event time of the window contents
+      head[2] = ts[i];
+      for (size_t s = 0; s < col_of_spec_.size(); ++s) {
+        if (col_of_spec_[s] >= 0) cols_[col_of_spec_[s]]->update_one(r, values[s][i], t);
+      }
+      if (pending_[slot]++ == 0 && spec_.trigger != GlobalSpec::kCount) dirty_.push_back(slot);
+      if (spec_.trigger == GlobalSpec::kCount && pending_[slot] == spec_.count) fire_key(slot, out);
+      pmax = std::max(pmax, t);
+      const int64_t cand = std::min(wm_.candidate(pmax), cap);
+      if (cand > kNoWatermark) move_watermark(cand, out);
+    }
+    if (pmax > kNoWatermark) {
+      parts_[p].max_ts = pmax;
+      parts_[p].has_max = true;
+    }
+  }
+
+  void advance_watermark(int64_t w, EmitBuffer& out) {
+    prepare(out);
+    if (flushed_) return;
+    if (w < -kMaxAbsTime - kMaxDuration || w > kMaxAbsTime) fail("watermark " + std::to_string(w) + " ns is out of range");
+    move_watermark(w, out);
+  }
+
+  void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {
+    prepare(out);
+    parts_[parts_.index(partition)].idle = idle;
+    int64_t w;
+    if (parts_.active_min(wm_, w) && w > kNoWatermark && !flushed_) move_watermark(w, out);
+  }
+
+  /// The processing-time trigger is due: every key with events since its last firing fires.
+  void fire(EmitBuffer& out) {
+    prepare(out);
+    if (!flushed_ && spec_.trigger == GlobalSpec::kProcessing) fire_all(out);
+  }
+
+  void flush(EmitBuffer& out) {
+    prepare(out);
+    if (flushed_) return;
+    if (spec_.trigger != GlobalSpec::kCount) fire_all(out);
+    flushed_ = true;
+  }
+
+  struct State {
+    std::vector<int64_t> keys, pending;
+    std::vector<PartitionState> partitions;
+    std::vector<uint8_t> rows;
+    int64_t row_bytes = 0, wm = 0, next_fire = 0;
+    bool has_wm = false, flushed = false;
+  };
+
+  State snapshot() const {
+    State s;
+    s.keys = keys_.keys();
+    const int64_t nslots = spec_.keyed ? keys_.size() : 1;
+    s.pending.assign(pending_.begin(), pending_.begin() + nslots);
+    s.partitions = parts_.all();
+    s.row_bytes = row_bytes_;
+    s.rows.assign(rows_.begin(), rows_.begin() + static_cast<std::ptrdiff_t>(nslots * row_bytes_));
+    s.wm = wm_.value();
+    s.has_wm = wm_.has();
+    s.next_fire = next_fire_;
+    s.flushed = flushed_;
+    return s;
+  }
+
+  void restore(const State& s) {
+    if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations");
+    if (spec_.keyed) {
+      keys_.assign(s.keys);
+    } else if (!s.keys.empty()) {
+      fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
+    }
+    const int64_t nslots = spec_.keyed ? keys_.size() : 1;
+    if (static_cast<int64_t>(s.pending.size()) != nslots || s.rows.size() != static_cast<size_t>(nslots * row_bytes_)) {
+      fail("corrupt snapshot: global window state has the wrong size");
+    }
+    slot_cap_ = 0;
+    rows_.clear();
+    pending_.clear();
+    grow(std::max<int64_t>(nslots, spec_.keyed ? 1024 : 1));
+    std::copy(s.pending.begin(), s.pending.end(), pending_.begin());
+    std::memcpy(rows_.data(), s.rows.data(), s.rows.size());
+    dirty_.clear();
+    for (int64_t slot = 0; slot < nslots; ++slot) {
+      if (pending_[slot] > 0 && spec_.trigger != GlobalSpec::kCount) dirty_.push_back(static_cast<int32_t>(slot));
+    }
+    wm_ = Watermark(spec_.ooo);
+    if (s.has_wm) wm_.set(s.wm);
+    next_fire_ = s.next_fire;
+    flushed_ = s.flushed;
+    parts_.assign(s.partitions);
+  }
+
+ private:
+  uint8_t* row(int32_t slot) { return rows_.data() + static_cast<size_t>(slot) * static_cast<size_t>(row_bytes_); }
+
+  void prepare(EmitBuffer& out) const {
+    if (out.cols.size() != col_of_spec_.size()) out.cols.resize(col_of_spec_.size());
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) out.cols[s].is_int = col_of_spec_[s] < 0 || cols_[col_of_spec_[s]]->is_int();
+  }
+
+  void grow(int64_t slot_cap) {
+    rows_.resize(static_cast<size_t>(slot_cap * row_bytes_));
+    for (int64_t s = slot_cap_; s < slot_cap; ++s) std::memcpy(row(static_cast<int32_t>(s)), init_row_.data(), static_cast<size_t>(row_bytes_));
+    pending_.resize(static_cast<size_t>(slot_cap), 0);
+    slot_cap_ = slot_cap;
+  }
+
+  /// The watermark moves to w (never back); the event-time trigger fires when it passes a
+  /// multiple of the interval.
+  void move_watermark(int64_t w, EmitBuffer& out) {
+    if (wm_.has() && w <= wm_.value()) return;
+    const bool first = !wm_.has();
+    wm_.set(w);
+    if (spec_.trigger != GlobalSpec::kEventTime) return;
+    if (!first && w >= next_fire_) fire_all(out);
+    next_fire_ = (floor_div(w, spec_.interval) + 1) * spec_.interval;
+  }
+
+  void fire_all(EmitBuffer& out) {
+    std::sort(dirty_.begin(), dirty_.end());
+    for (int32_t slot : dirty_) {
+      if (pending_[slot] > 0) fire_key(slot, out);
+    }
+    dirty_.clear();
+  }
+
+  void fire_key(int32_t slot, EmitBuffer& out) {
+    const int64_t* head = reinterpret_cast<const int64_t*>(row(slot));
+    if (spec_.keyed) out.key.push_back(keys_.keys()[static_cast<size_t>(slot)]);
+    out.start.push_back(head[1]);
+    out.end.push_back(head[2]);
+    out.update.push_back(0);
+    out.early.push_back(0);
+    const StateTable t = StateTable::key_major(rows_.data(), row_bytes_, slot_cap_, 1);
+    const int64_t pos = 0;
+    for (size_t s = 0; s < col_of_spec_.size(); ++s) layout_.column_of_spec(s).emit(t, &pos, 1, &slot, 1, out.cols[s]);
+    pending_[slot] = 0;
+    if (spec_.purge) std::memcpy(row(slot), init_row_.data(), static_cast<size_t>(row_bytes_));
+  }
+
+  GlobalSpec spec_;
+  Watermark wm_;
+  KeyIndex keys_;
+  RowLayout layout_;
+  std::vector<std::unique_ptr<AggColumn>>& cols_ = layout_.cols;
+  std::vector<int>& col_of_spec_ = layout_.col_of_spec;
+  const int64_t& row_bytes_ = layout_.row_bytes;
+  const std::vector<uint8_t>& init_row_ = layout_.init_row;
+  std::vector<uint8_t> rows_;
+  std::vector<int64_t> pending_;  // events per key since its last firing
+  std::vector<int32_t> dirty_;    // keys with pending events (unsorted; may hold fired keys)
+  std::vector<int32_t> slots_;
+  int64_t slot_cap_ = 0;
+  int64_t next_fire_ = 0;
+  bool flushed_ = false;
+  PartitionSet parts_;
+};
+
+}  // namespace pystream
