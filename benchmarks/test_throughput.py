@@ -204,7 +204,7 @@ def session_run(d, gap_s):
     return n + int(e.flush()["cols"][0].sum())
 
 
-@pytest.mark.parametrize("gap_s", [6 * 3600, 20 * 60])
+@pytest.mark.parametrize("gap_s", [6 * 3600, 3600, 20 * 60])
 def test_kernel_sessions(benchmark, gap_s):
     d = readings(100_000)
     assert session_run(d, gap_s) == len(d["ts"])  # every reading lands in exactly one session

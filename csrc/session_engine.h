@@ -28,6 +28,7 @@
 #include "agg_column.h"
 #include "common.h"
 #include "key_index.h"
+#include "timer_queue.h"
 #include "watermark.h"
 #include "window_engine.h"
 
@@ -146,8 +147,8 @@ class SessionEngine {
     pool_.clear();
     free_.clear();
     rows_.clear();
-    fire_heap_ = {};
-    clean_heap_ = {};
+    fire_heap_.clear();
+    clean_heap_.clear();
     live_ = 0;
     wm_ = Watermark(ooo_);
     if (s.has_wm) wm_.set(s.wm);
@@ -180,7 +181,13 @@ class SessionEngine {
     uint32_t version;
     bool operator>(const Due& o) const { return time != o.time ? time > o.time : (slot != o.slot ? slot > o.slot : id > o.id); }
   };
-  using Heap = std::priority_queue<Due, std::vector<Due>, std::greater<Due>>;
+  using Heap = TimerQueue<Due>;
+
+  int bucket_shift() const {
+    int shift = 0;
+    while (shift < 60 && (int64_t{1} << (shift + 1)) <= gap_ / 32) ++shift;
+    return shift;
+  }
 
   uint8_t* row(int32_t id) { return rows_.data() + static_cast<size_t>(id) * static_cast<size_t>(row_bytes_); }
   const uint8_t* row(int32_t id) const { return rows_.data() + static_cast<size_t>(id) * static_cast<size_t>(row_bytes_); }
@@ -223,10 +230,18 @@ class SessionEngine {
   /// One entry per session in each heap (at creation). Ends only grow, so an entry popped
   /// before the session's current time is pushed again instead of acting: heaps stay at one
   /// entry per live session, not one per event.
+  /// Without allowed lateness an armed session is dropped as it fires (its cleanup time is its
+  /// firing time), so it needs no cleanup entry: half the timer traffic of short gaps.
   void schedule(int32_t id, bool arm = true) {
     Sess& s = pool_[id];
     if (arm) arm_fire(id);
-    clean_heap_.push(Due{end_of(s) - 1 + lateness_, s.slot, id, s.version});
+    if (lateness_ > 0 || !arm) clean_heap_.push(Due{end_of(s) - 1 + lateness_, s.slot, id, s.version});
+  }
+
+  void drop(int32_t id) {
+    std::vector<int32_t>& list = by_slot_[static_cast<size_t>(pool_[id].slot)];
+    list.erase(std::find(list.begin(), list.end(), id));
+    kill(id);
   }
 
   void arm_fire(int32_t id) {
@@ -318,6 +333,7 @@ class SessionEngine {
         emit(d.id, s.emitted, out);
         s.emitted = true;
         s.armed = false;
+        if (lateness_ == 0) drop(d.id);
       }
     }
     while (!clean_heap_.empty() && clean_heap_.top().time <= w) {
@@ -330,9 +346,7 @@ class SessionEngine {
         continue;
       }
       if (s.dirty) emit_dirty(out);
-      std::vector<int32_t>& list = by_slot_[static_cast<size_t>(s.slot)];
-      list.erase(std::find(list.begin(), list.end(), d.id));
-      kill(d.id);
+      drop(d.id);
     }
   }
 
@@ -382,7 +396,9 @@ class SessionEngine {
   std::vector<uint8_t> rows_;
   std::vector<int32_t> free_;
   std::vector<std::vector<int32_t>> by_slot_;
-  Heap fire_heap_, clean_heap_;
+  // Buckets of about gap/32: a live session's timers lie within gap + out-of-orderness of
+  // the watermark, so they spread over a few dozen buckets.
+  Heap fire_heap_{bucket_shift()}, clean_heap_{bucket_shift()};
   std::vector<int32_t> dirty_;
   std::vector<int32_t> slots_;
   int64_t live_ = 0;
