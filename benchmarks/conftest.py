@@ -35,7 +35,10 @@ def pytest_terminal_summary(terminalreporter):
     tr.section(f"pystream throughput ({ROWS:,} events, best of rounds)")
     for name, rate in RESULTS.items():
         if name.endswith(", s"):
-            tr.write_line(f"{name:52s} {rate:8.3f} s")
+            tr.write_line(f"{name[:-3]:52s} {rate * 1e3:8.3f} ms")
+            continue
+        if name.endswith(", %"):
+            tr.write_line(f"{name[:-3]:52s} {rate:8.2f} %")
             continue
         ratios = []
         for key, other in RESULTS.items():

@@ -213,6 +213,15 @@ class PyEngine {
     return emit_to_dict(std::move(out), engine_->spec().keyed);
   }
 
+  py::dict peek(std::optional<int64_t> key) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->peek(key.has_value(), key.value_or(0), out);
+    }
+    return emit_to_dict(std::move(out), engine_->spec().keyed);
+  }
+
   py::dict snapshot() const {
     EngineState s = engine_->snapshot();
     py::dict d;
@@ -301,6 +310,7 @@ class PyCountEngine {
   }
 
   int64_t num_keys() const { return engine_->num_keys(); }
+  bool has_key(int64_t k) const { return engine_->has_key(k); }
 
  private:
   std::unique_ptr<CountWindowEngine> engine_;
@@ -404,6 +414,7 @@ class PySessionEngine {
     return engine_->watermark();
   }
   int64_t num_keys() const { return engine_->num_keys(); }
+  bool has_key(int64_t k) const { return engine_->has_key(k); }
   int64_t live_sessions() const { return engine_->live_sessions(); }
 
  private:
@@ -618,6 +629,10 @@ class PyTupleInterner {
     }
     return to_numpy(std::move(out));
   }
+  int64_t find(const std::vector<int64_t>& row) const {
+    if (static_cast<int>(row.size()) != t_.width()) fail("composite key: expected " + std::to_string(t_.width()) + " values");
+    return t_.find(row.data());
+  }
   I64Array rows() const { return to_numpy(std::vector<int64_t>(t_.rows())); }
   void assign(const I64Array& rows) { t_.assign(from_numpy(rows)); }
   int64_t size() const { return t_.size(); }
@@ -643,14 +658,17 @@ PYBIND11_MODULE(_core, m) {
       .def("set_partition_idle", &PyEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
       .def_property_readonly("partitions", &PyEngine::partitions)
       .def("flush", &PyEngine::flush)
+      .def("peek", &PyEngine::peek, py::arg("key") = py::none())
       .def("snapshot", &PyEngine::snapshot)
       .def("restore", &PyEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyEngine::watermark)
       .def_property_readonly("num_keys", [](const PyEngine& e) { return e.engine().num_keys(); })
+      .def("has_key", [](const PyEngine& e, int64_t k) { return e.engine().has_key(k); }, py::arg("key"))
       .def_property_readonly("state_bytes", [](const PyEngine& e) { return e.engine().state_bytes(); })
       .def_property_readonly("row_bytes", [](const PyEngine& e) { return e.engine().row_bytes(); })
       .def_property_readonly("ring_capacity", [](const PyEngine& e) { return e.engine().ring_capacity(); })
       .def_property_readonly("live_slices", [](const PyEngine& e) { return e.engine().live_slices(); })
+      .def_property_readonly("open_windows", [](const PyEngine& e) { return e.engine().open_windows(); })
       .def_property_readonly("slice_width", [](const PyEngine& e) { return e.engine().slice_width(); })
       .def_property_readonly("flushed", [](const PyEngine& e) { return e.engine().flushed(); });
 
@@ -660,7 +678,8 @@ PYBIND11_MODULE(_core, m) {
       .def("process", &PyCountEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"))
       .def("snapshot", &PyCountEngine::snapshot)
       .def("restore", &PyCountEngine::restore, py::arg("state"))
-      .def_property_readonly("num_keys", &PyCountEngine::num_keys);
+      .def_property_readonly("num_keys", &PyCountEngine::num_keys)
+      .def("has_key", &PyCountEngine::has_key, py::arg("key"));
 
   py::class_<PySessionEngine>(m, "SessionEngine")
       .def(py::init<int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
@@ -676,6 +695,7 @@ PYBIND11_MODULE(_core, m) {
       .def("restore", &PySessionEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PySessionEngine::watermark)
       .def_property_readonly("num_keys", &PySessionEngine::num_keys)
+      .def("has_key", &PySessionEngine::has_key, py::arg("key"))
       .def_property_readonly("live_sessions", &PySessionEngine::live_sessions);
 
   py::class_<PyCalendarEngine>(m, "CalendarEngine")
@@ -694,14 +714,21 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("partition"), py::arg("idle"))
       .def("flush", [](PyCalendarEngine& e) { return e.call([](CalendarEngine& c, EmitBuffer& o) { c.flush(o); }); })
+      .def("peek",
+           [](PyCalendarEngine& e, std::optional<int64_t> key) {
+             return e.call([key](CalendarEngine& c, EmitBuffer& o) { c.peek(key.has_value(), key.value_or(0), o); });
+           },
+           py::arg("key") = py::none())
       .def_property_readonly("partitions", &PyCalendarEngine::partitions)
       .def("snapshot", &PyCalendarEngine::snapshot)
       .def("restore", &PyCalendarEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyCalendarEngine::watermark)
       .def_property_readonly("num_keys", [](const PyCalendarEngine& e) { return e.engine().num_keys(); })
+      .def("has_key", [](const PyCalendarEngine& e, int64_t k) { return e.engine().has_key(k); }, py::arg("key"))
       .def_property_readonly("num_zones", [](const PyCalendarEngine& e) { return e.engine().num_zones(); })
       .def_property_readonly("state_bytes", [](const PyCalendarEngine& e) { return e.engine().state_bytes(); })
-      .def_property_readonly("ring_capacity", [](const PyCalendarEngine& e) { return e.engine().ring_capacity(); });
+      .def_property_readonly("ring_capacity", [](const PyCalendarEngine& e) { return e.engine().ring_capacity(); })
+      .def_property_readonly("open_windows", [](const PyCalendarEngine& e) { return e.engine().open_windows(); });
 
   py::class_<PyGlobalEngine>(m, "GlobalEngine")
       .def(py::init<int, int64_t, int64_t, bool, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&>(),
@@ -723,7 +750,8 @@ PYBIND11_MODULE(_core, m) {
       .def("snapshot", &PyGlobalEngine::snapshot)
       .def("restore", &PyGlobalEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyGlobalEngine::watermark)
-      .def_property_readonly("num_keys", &PyGlobalEngine::num_keys);
+      .def_property_readonly("num_keys", &PyGlobalEngine::num_keys)
+      .def("has_key", [](const PyGlobalEngine& e, int64_t k) { return e.engine().has_key(k); }, py::arg("key"));
 
   py::class_<PyKeyIndex>(m, "KeyIndex")
       .def(py::init<>())
@@ -737,6 +765,7 @@ PYBIND11_MODULE(_core, m) {
       .def("intern", &PyTupleInterner::intern, py::arg("cols"))
       .def("column", &PyTupleInterner::column, py::arg("ids"), py::arg("c"))
       .def("rows", &PyTupleInterner::rows)
+      .def("find", &PyTupleInterner::find, py::arg("row"))
       .def("assign", &PyTupleInterner::assign, py::arg("rows"))
       .def("__len__", &PyTupleInterner::size);
 }

@@ -125,8 +125,16 @@ class CalendarEngine {
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }
   int64_t num_keys() const { return spec_.keyed ? keys_.size() : 0; }
+  /// Whether key k has state here (for queries; never adds it).
+  bool has_key(int64_t k) const { return keys_.contains(k); }
   int64_t ring_capacity() const { return ring_cap_; }
   int64_t state_bytes() const { return row_bytes_ * ring_cap_ * slot_cap_; }
+  /// Windows (per zone) that hold data and have not fired on time yet.
+  int64_t open_windows() const {
+    int64_t n = 0;
+    for (const Ring& r : rings_) n += std::max<int64_t>(0, r.top - std::max(wm_.has() ? r.next_fire : r.base, r.base));
+    return n;
+  }
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
   /// One batch in arrival order. zone[i] is the zone of row i (null: every row in zone 0).
@@ -295,6 +303,30 @@ class CalendarEngine {
     parts_[parts_.index(partition)].idle = idle;
     int64_t w;
     if (parts_.active_min(wm_, w) && w > kNoWatermark) advance_watermark(w, out);
+  }
+
+  /// Partial results of open windows holding data (of one key, or of all keys), marked early;
+  /// for queries. Changes nothing but scratch buffers.
+  void peek(bool one, int64_t key, EmitBuffer& out) {
+    prepare_out(out);
+    int32_t slot = 0;
+    if (one && spec_.keyed) {
+      slot = keys_.find(key);
+      if (slot < 0) return;
+    }
+    if (!one) {
+      emit_open(true, out);
+      return;
+    }
+    const int32_t z = zone_of_slot_[static_cast<size_t>(slot)];
+    if (z < 0) return;
+    const Ring& r = rings_[static_cast<size_t>(z)];
+    rows_.clear();
+    for (int64_t j = std::max(wm_.has() ? r.next_fire : std::numeric_limits<int64_t>::min(), r.base); j < r.top; ++j) {
+      const int64_t flat = static_cast<int64_t>(slot) * ring_cap_ + (j & (ring_cap_ - 1));
+      if (count_at(flat) > 0) rows_.push_back(OutRow{static_cast<int32_t>(flat), z, j});
+    }
+    emit_rows(false, true, out);
   }
 
   void flush(EmitBuffer& out) {
@@ -634,13 +666,18 @@ class CalendarEngine {
     emit_rows(true, false, out);
   }
 
-  /// Speculative results of every open window holding data, in order of window end.
   void emit_early(EmitBuffer& out) {
     early_pending_ = false;
+    emit_open(false, out);
+  }
+
+  /// Speculative results of every open window holding data, in order of window end.
+  void emit_open(bool any_watermark, EmitBuffer& out) {
     std::vector<std::pair<int64_t, std::pair<int32_t, int64_t>>> open;  // (end, (zone, window))
     for (size_t z = 0; z < zones_.size(); ++z) {
       const Ring& r = rings_[z];
-      for (int64_t j = std::max(r.next_fire, r.base); j < r.top; ++j) {
+      const int64_t from = any_watermark && !wm_.has() ? r.base : std::max(r.next_fire, r.base);
+      for (int64_t j = from; j < r.top; ++j) {
         if (used_[z][static_cast<size_t>(j & (ring_cap_ - 1))] != 0) open.push_back({zones_[z].end(j), {static_cast<int32_t>(z), j}});
       }
     }

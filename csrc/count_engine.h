@@ -40,6 +40,8 @@ class CountWindowEngine {
   }
 
   int64_t num_keys() const { return keyed_ ? keys_.size() : 0; }
+  /// Whether key k has state here (for queries; never adds it).
+  bool has_key(int64_t k) const { return keys_.contains(k); }
 
   /// One batch in arrival order; firings are appended to `out` in the order they happen.
   /// start/end columns hold the window's first and last event time (in the input's units).

@@ -54,6 +54,8 @@ class GlobalEngine {
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }
   int64_t num_keys() const { return spec_.keyed ? keys_.size() : 0; }
+  /// Whether key k has state here (for queries; never adds it).
+  bool has_key(int64_t k) const { return keys_.contains(k); }
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,

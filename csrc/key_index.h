@@ -80,6 +80,16 @@ class KeyIndex {
     }
   }
 
+  bool contains(int64_t k) const { return find(k) >= 0; }
+
+  /// The slot of key k, or -1 (never inserts: for queries).
+  int32_t find(int64_t k) const {
+    for (uint64_t b = hash(k) & mask_; slots_[b] >= 0; b = (b + 1) & mask_) {
+      if (table_keys_[b] == k) return slots_[b];
+    }
+    return -1;
+  }
+
  private:
   static uint64_t hash(int64_t k) {
     // splitmix64 finalizer: full avalanche, so sequential ids spread over the table.
@@ -101,12 +111,6 @@ class KeyIndex {
     return static_cast<int64_t>(fresh.size());
   }
 
-  bool contains(int64_t k) const {
-    for (uint64_t b = hash(k) & mask_; slots_[b] >= 0; b = (b + 1) & mask_) {
-      if (table_keys_[b] == k) return true;
-    }
-    return false;
-  }
 
   int32_t find_or_insert(int64_t k) {
     uint64_t b = hash(k) & mask_;

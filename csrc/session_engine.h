@@ -49,6 +49,8 @@ class SessionEngine {
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }
   int64_t num_keys() const { return keyed_ ? keys_.size() : 0; }
+  /// Whether key k has state here (for queries; never adds it).
+  bool has_key(int64_t k) const { return keys_.contains(k); }
   int64_t live_sessions() const { return live_; }
 
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,

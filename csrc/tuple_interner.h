@@ -40,6 +40,15 @@ class TupleInterner {
     for (size_t r = 0; r < rows.size(); r += static_cast<size_t>(width_)) find_or_insert(rows.data() + r);
   }
 
+  /// The id of a row of width() values, or -1 (never inserts: for queries).
+  int64_t find(const int64_t* row) const {
+    if (ids_.empty()) return -1;
+    for (uint64_t b = hash(row) & mask_; ids_[b] >= 0; b = (b + 1) & mask_) {
+      if (equal(ids_[b], row)) return ids_[b];
+    }
+    return -1;
+  }
+
  private:
   uint64_t hash(const int64_t* row) const {
     uint64_t h = 0x9e3779b97f4a7c15ULL;

@@ -113,8 +113,16 @@ class WindowEngine {
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }
   int64_t num_keys() const { return spec_.keyed ? keys_.size() : 0; }
+  /// Whether key k has state here (for queries; never adds it).
+  bool has_key(int64_t k) const { return keys_.contains(k); }
   int64_t ring_capacity() const { return ring_cap_; }
   int64_t live_slices() const { return top_ - base_; }
+  /// Windows that hold data and have not fired on time yet.
+  int64_t open_windows() const {
+    if (base_ >= top_) return 0;
+    const int64_t first = std::max(wm_.has() ? next_fire_ : std::numeric_limits<int64_t>::min(), floor_div(base_ - m_, r_) + 1);
+    return std::max<int64_t>(0, floor_div(top_ - 1, r_) - first + 1);
+  }
   bool flushed() const { return flushed_; }
   /// Bytes of window state currently allocated (all aggregations, including the count).
   int64_t state_bytes() const { return row_bytes_ * ring_cap_ * slot_cap_; }
@@ -299,6 +307,33 @@ class WindowEngine {
   }
 
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }
+
+  /// Partial results of the open windows (not yet fired on time) holding data, for queries:
+  /// of one key (`one`) or of every key, marked early. Changes nothing but scratch buffers.
+  void peek(bool one, int64_t key, EmitBuffer& out) {
+    prepare_out(out);
+    if (base_ >= top_) return;
+    int32_t slot = 0;
+    if (one && spec_.keyed) {
+      slot = keys_.find(key);
+      if (slot < 0) return;
+    }
+    const size_t before = out.start.size();
+    const int64_t first = std::max(wm_.has() ? next_fire_ : std::numeric_limits<int64_t>::min(), floor_div(base_ - m_, r_) + 1);
+    for (int64_t j = first; j <= floor_div(top_ - 1, r_); ++j) {
+      if (!one) {
+        fire_window(j, rows_, false, out);
+        continue;
+      }
+      window_positions(j);
+      int64_t c = 0;
+      for (int64_t p : pos_) c += count_.at(table_, p, slot);
+      if (c == 0) continue;
+      rows_.assign(1, slot);
+      emit_rows(j, rows_, false, out);
+    }
+    for (size_t r = before; r < out.start.size(); ++r) out.early[r] = 1;
+  }
 
   /// End of input: the watermark jumps to the end of time, firing every window and purging
   /// all state. Further events are refused.

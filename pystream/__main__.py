@@ -10,9 +10,11 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: pystream demo [--readings N] [--meters N] [--seed N] [--out DIR]\n"
               "       pystream run APP.py [--checkpoints DIR] [--guarantee G] [--resume] [--checkpoint-every N]\n"
+              "       pystream serve [--address HOST:PORT] [--meters N] [--hours H] [--pace X] [--token T]\n"
               "       pystream checkpoints list|show DIR [EPOCH]\n\n"
               "commands:\n  demo          run the smart-meter pipeline on synthetic data (embedded defaults)\n"
               "  run           run the flow defined in a Python file (a `flow` variable or a `build()` function)\n"
+              "  serve         run the smart-meter pipeline live with queryable state, /metrics and a dashboard\n"
               "  checkpoints   list a checkpoint directory's epochs, or show one in detail")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
@@ -22,6 +24,10 @@ def main(argv=None) -> int:
         return demo_main(rest)
     if cmd == "checkpoints":
         return checkpoints_cmd(rest)
+    if cmd == "serve":
+        from .demo import serve_main
+
+        return serve_main(rest)
     if cmd == "run":
         return run_cmd(rest)
     print(f"pystream: unknown command {cmd!r}; try 'pystream demo'", file=sys.stderr)

@@ -90,6 +90,10 @@ cdef class ObjectInterner:
     def values(self):
         return list(self._values)
 
+    def find(self, value):
+        """The id of `value`, or -1 when it was never interned (never adds: for queries)."""
+        return self._ids.get(value, -1)
+
     def snapshot(self):
         return {"column": self.column, "values": list(self._values)}
 

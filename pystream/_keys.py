@@ -85,6 +85,31 @@ class KeyEncoder:
             return parts[0]
         return self._tuples.intern(parts)
 
+    def lookup(self, key) -> int | None:
+        """The int64 key of one key value (a tuple for several key columns), or None when the
+        operator has never seen it. Never adds keys: for queries."""
+        values = key if isinstance(key, tuple) else (key,)
+        if len(values) != len(self.columns):
+            raise ValueError(f"a key of {self.columns} needs {len(self.columns)} value(s), got {key!r}")
+        if self._codecs is None:
+            return None
+        parts = []
+        for codec, v in zip(self._codecs, values):
+            if isinstance(codec, _IntColumn):
+                try:
+                    parts.append(int(v))
+                except (TypeError, ValueError):
+                    raise ValueError(f"key column {codec.name!r} holds integers; {v!r} is not one") from None
+            else:
+                found = codec.interner.find(v)
+                if found < 0:
+                    return None
+                parts.append(found)
+        if self._tuples is None:
+            return parts[0]
+        found = self._tuples.find(parts)
+        return None if found < 0 else found
+
     def decode(self, keys: np.ndarray) -> dict[str, np.ndarray]:
         if self._codecs is None:
             return {c: np.empty(0, dtype=np.int64) for c in self.columns}

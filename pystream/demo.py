@@ -65,12 +65,15 @@ def _file_format() -> str:
     return "parquet"
 
 
-def build(source: ps.sources.Source, out: str | None = None) -> ps.Flow:
-    """The demo flow; results go to Collect sinks, or to exactly-once part files under `out`."""
+def build(source: ps.sources.Source, out: str | None = None, sink=None) -> ps.Flow:
+    """The demo flow; results go to Collect sinks, to exactly-once part files under `out`, or
+    to `sink(name)`. Per-meter 15-minute and hourly usage and the 5-minute system load are
+    queryable live ("usage", "usage_1h", "load")."""
     fmt = _file_format()
 
-    def sink(name):
-        return ps.sinks.Files(os.path.join(out, name), format=fmt, name=name) if out else ps.sinks.Collect(name)
+    if sink is None:
+        def sink(name):
+            return ps.sinks.Files(os.path.join(out, name), format=fmt, name=name) if out else ps.sinks.Collect(name)
 
     flow = ps.Flow("smart-meters")
     readings = flow.source(
@@ -80,13 +83,14 @@ def build(source: ps.sources.Source, out: str | None = None) -> ps.Flow:
     per_meter = readings.key_by("meter_id")
     usage = per_meter.window(ps.windows.Tumbling("15m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh"), readings=ps.agg.count(), peak=ps.agg.max("kwh"))
+    usage.queryable("usage")
     usage.sink(sink("usage_15m"))
     usage.late().sink(sink("late"))
     usage.invalid().sink(sink("invalid"))
     per_meter.window(ps.windows.Tumbling("1h"), allowed_lateness="2h").aggregate(
-        kwh=ps.agg.sum("kwh")).sink(sink("usage_1h"))
+        kwh=ps.agg.sum("kwh")).queryable("usage_1h").sink(sink("usage_1h"))
     readings.window(ps.windows.Tumbling("5m"), allowed_lateness="2h").aggregate(
-        kwh=ps.agg.sum("kwh"), readings=ps.agg.count()).sink(sink("system_5m"))
+        kwh=ps.agg.sum("kwh"), readings=ps.agg.count()).queryable("load").sink(sink("system_5m"))
     readings.window(ps.windows.Sliding("1h", "15m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh")).sink(sink("system_rolling_1h"))
     per_meter.process(_arm_outage_timer, state={"last_reading": np.int64(0)}, on_timer=_outage,
@@ -166,6 +170,39 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
     if accounted != len(data["ts"]):
         raise SystemExit("error: readings were lost")
     return {"result": result, "outputs": outputs, "data": data, "usage": usage, "load": load, "alerts": alerts}
+
+
+def serve_main(argv=None) -> int:
+    """`pystream serve`: the demo pipeline live, paced like a real fleet, with its queryable
+    state, /metrics and the dashboard served over HTTP."""
+    p = argparse.ArgumentParser(prog="pystream serve", description="Run the smart-meter pipeline live with a dashboard.")
+    p.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to serve on (default 127.0.0.1:8080)")
+    p.add_argument("--token", default=os.environ.get("PYSTREAM_TOKEN"), help="require this bearer token "
+                   "(default: $PYSTREAM_TOKEN)")
+    p.add_argument("--meters", type=int, default=20_000)
+    p.add_argument("--hours", type=float, default=24.0, help="hours of event time to simulate")
+    p.add_argument("--pace", type=float, default=600.0, help="times faster than real time (default 600)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--linger", action="store_true", help="keep serving after the simulation ends (until Ctrl-C)")
+    a = p.parse_args(argv)
+    sim = ps.sources.MeterSimulator(a.meters, commercial_share=0.2, duration=f"{int(a.hours * 60)}m", seed=a.seed,
+                                    offline_share=0.005, max_backlog="3h", duplicate_share=0.001, pace=a.pace)
+    flow = build(sim, sink=ps.sinks.Discard)
+    server = flow.serve(a.address, token=a.token)
+    print(f"pystream serve: {a.meters:,} meters, {a.hours:g} h of event time at {a.pace:g}x real time\n"
+          f"  dashboard  {server.url}/" + (f"?token={a.token}" if a.token else "") + "\n"
+          f"  state      {server.url}/api/state/usage?key=42\n  metrics    {server.url}/metrics", flush=True)
+    try:
+        flow.run(progress=True)
+        if a.linger:
+            print("simulation finished; still serving (Ctrl-C to stop)", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
+import time as _wall
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,6 +39,7 @@ class Flow:
         self.name = name
         self._nodes: list[_Node] = []
         self._ids = itertools.count()
+        self.live = LiveState()
 
     def _add(self, kind, inputs, **params) -> _Node:
         node = _Node(kind, list(inputs), params, next(self._ids))
@@ -53,7 +57,8 @@ class Flow:
         return Stream(self, node, "out", time)
 
     def run(self, checkpoints: str | None = None, *, resume: bool = False, guarantee: str | None = None,
-            checkpoint_every=64, keep: int = 3, clock=None) -> "RunResult":
+            checkpoint_every=64, keep: int = 3, clock=None, serve: str | None = None,
+            serve_token: str | None = None, progress: bool = False) -> "RunResult":
         """Runs the flow with the local runtime. Bounded sources run to their end, then every
         window fires (the watermark jumps to the end of time).
 
@@ -66,15 +71,58 @@ class Flow:
             keep: how many checkpoints to keep.
             clock: the wall clock for processing time, idleness and quiet streams
                 (default: the system clock; ps.testing.ManualClock in tests).
+            serve: serve queryable state, /metrics and the dashboard over HTTP while the flow
+                runs, e.g. ":8080" (binds 127.0.0.1 unless a host is given); see `serve()`.
+            serve_token: require this bearer token from HTTP clients.
+            progress: show events/s, watermark, late count and checkpoint age on stderr while
+                it runs (a rich live panel when rich is installed).
         """
         from . import clock as _clock
 
+        server = self.serve(serve, token=serve_token) if serve is not None else None
+        if progress:
+            from .progress import Progress
+
+            reporter = Progress(self)
         previous = _clock.use(clock or _clock.SystemClock())
         try:
             return LocalRuntime(self).run(checkpoints=checkpoints, resume=resume, guarantee=guarantee,
                                           checkpoint_every=checkpoint_every, keep=keep)
         finally:
             _clock.use(previous)
+            self.live.running = False
+            if progress:
+                reporter.close()
+            if server is not None:
+                server.close()
+
+    # -- live state -------------------------------------------------------------------------------
+    def state(self, name: str):
+        """The queryable state `name` (see `.queryable()`): partial(key), last(key, n),
+        top(by, k), watermark. Available once the flow has started, and after it ends."""
+        from .query import NotStarted, QueryError
+
+        declared = [n.params["queryable"][0] for n in self._nodes if n.params.get("queryable")]
+        if name not in declared:
+            raise QueryError(f"no queryable state named {name!r}; declared: {declared}")
+        st = self.live.states.get(name)
+        if st is None:
+            raise NotStarted(f"queryable state {name!r} exists once the flow has started")
+        return st
+
+    def query(self, name: str, key=None, last: int = 10) -> dict:
+        """A consistent view of queryable state `name`: {"watermark", "partial", "last"} for one
+        key (a tuple for several key columns) or, without a key, for all keys."""
+        st = self.state(name)
+        with st.live.reading():
+            return {"watermark": st.watermark, "partial": st.partial(key), "last": st.last(key, last)}
+
+    def serve(self, address: str = ":8080", token: str | None = None):
+        """Starts an HTTP server for this flow's queryable state, Prometheus /metrics and the
+        live dashboard in a background thread; returns it (`.url`, `.close()`)."""
+        from .serve import Server
+
+        return Server(self, address, token)
 
     def fingerprint(self) -> str:
         """Identifies the flow's structure; a checkpoint only restores into the same structure."""
@@ -212,6 +260,20 @@ class WindowedStream:
 class WindowResultStream(Stream):
     """Window results; `.late()` and `.invalid()` are this operator's side outputs."""
 
+    def queryable(self, name: str, history_rows: int = 1_000_000) -> "WindowResultStream":
+        """Exposes this window operator's live state as `name`: flow.query(name, key=...),
+        flow.state(name) and HTTP (flow.run(serve=...)). Keeps the last `history_rows` fired
+        rows for "last results" queries. A queryable result needs no sink."""
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-." for c in name):
+            raise ValueError(f"queryable name must be a non-empty string of letters, digits, '_', '-' or '.', got {name!r}")
+        taken = [n.params["queryable"][0] for n in self._flow._nodes if n.params.get("queryable")]
+        if name in taken:
+            raise ValueError(f"queryable name {name!r} is already used in this flow")
+        if history_rows < 1:
+            raise ValueError(f"history_rows must be >= 1, got {history_rows}")
+        self._node.params["queryable"] = (name, int(history_rows))
+        return self
+
     def late(self) -> Stream:
         """Input rows that arrived after every window they belong to was purged."""
         return Stream(self._flow, self._node, "late", self._node.params["time"])
@@ -231,6 +293,86 @@ class RunResult(dict):
     metrics: dict
     checkpoints: list
     resumed_from: int | None
+
+
+BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class LiveState:
+    """What a running (or finished) flow shows to queries and metrics. The runtime holds
+    `lock` while a batch moves through the graph; readers take it too, so they see the state
+    between batches."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self._count = threading.Lock()
+        self._tickets = [0, 0]  # readers announced, readers that got `lock`
+        self.states: dict = {}  # queryable name -> QueryableState
+        self.ops: dict = {}  # node id -> operator
+        self.metrics: dict = {}  # node id -> counters
+        self.running = False
+        self.started_at: float | None = None
+        self.batches = 0
+        self.batch_buckets = [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
+        self.batch_seconds = 0.0
+        self.checkpoints = 0
+        self.checkpoint_seconds = 0.0
+        self.checkpoint_bytes = 0
+
+    def reset(self) -> None:
+        """A new run: everything but the lock (readers may be waiting on it)."""
+        lock, tickets = self.lock, self._tickets
+        self.__init__()
+        self.lock, self._tickets = lock, tickets
+
+    @contextlib.contextmanager
+    def reading(self):
+        """Holds the lock for a reader. Readers announce themselves first, and the runtime lets
+        announced readers in between two batches (`let_readers_in`): Python's lock is not fair,
+        and a runtime re-taking it at once for the next batch would starve queries."""
+        with self._count:
+            self._tickets[0] += 1
+        try:
+            self.lock.acquire()
+        finally:
+            with self._count:
+                self._tickets[1] += 1
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def let_readers_in(self) -> None:
+        """Called by the runtime with the lock released: waits until the readers announced so far
+        have taken the lock (each holds it for one query; later arrivals wait for the next gap)."""
+        with self._count:
+            target = self._tickets[0]
+        while self._tickets[1] < target:
+            _wall.sleep(0)
+
+    def observe_batch(self, seconds: float) -> None:
+        self.batches += 1
+        self.batch_seconds += seconds
+        i = 0
+        while i < len(BATCH_SECONDS_BUCKETS) and seconds > BATCH_SECONDS_BUCKETS[i]:
+            i += 1
+        self.batch_buckets[i] += 1
+
+    def snapshot(self) -> dict:
+        """Counters and gauges, consistent at a batch boundary (for /metrics and the dashboard)."""
+        with self.reading():
+            ops = []
+            for nid, m in self.metrics.items():
+                op = self.ops[nid]
+                stats = op.stats() if hasattr(op, "stats") else {"watermark": getattr(op, "watermark", None)}
+                ops.append({"id": nid, **m, **stats, "max_event_time": getattr(op, "max_event_time", None)})
+            return {
+                "running": self.running, "uptime_s": 0.0 if self.started_at is None else _wall.time() - self.started_at,
+                "now_ns": _wall.time_ns(), "operators": ops, "queryable": sorted(self.states),
+                "batches": self.batches, "batch_buckets": list(zip(BATCH_SECONDS_BUCKETS + ("+Inf",), self.batch_buckets)),
+                "batch_seconds": self.batch_seconds, "checkpoints": self.checkpoints,
+                "checkpoint_seconds": self.checkpoint_seconds, "checkpoint_bytes": self.checkpoint_bytes,
+            }
 
 
 class LocalRuntime:
@@ -303,6 +445,16 @@ class LocalRuntime:
                           "events_in": 0, "rows_out": 0, "late": 0, "invalid": 0}
                    for n in nodes if n.kind in ("window", "process")}
         emitted: dict[tuple[int, str], bool] = {}
+        live = self.flow.live
+        from .query import QueryableState
+
+        with live.lock:
+            live.reset()
+            live.ops, live.metrics = ops, metrics
+            live.states = {n.params["queryable"][0]: QueryableState(n.params["queryable"][0], ops[n.id], live,
+                                                                    n.params["queryable"][1])
+                           for n in nodes if n.kind == "window" and n.params.get("queryable")}
+            live.running, live.started_at = True, _wall.time()
         last_input: dict[int, Batch] = {}
         for s in sinks:
             s.params["sink"].open()
@@ -440,6 +592,12 @@ class LocalRuntime:
                         push_fired(node, op.advance_watermark(top + (now - last_data[nid]) - spec.max_out_of_orderness - 1))
 
         def checkpoint(epoch: int, done: bool) -> None:
+            t0 = _wall.perf_counter()
+            write_checkpoint(epoch, done)
+            live.checkpoints += 1
+            live.checkpoint_seconds = _wall.perf_counter() - t0
+
+        def write_checkpoint(epoch: int, done: bool) -> None:
             sink_objs = {n.id: n.params["sink"] for n in sinks}
             payload = {
                 "positions": dict(positions),
@@ -457,16 +615,16 @@ class LocalRuntime:
             if guarantee == "exactly_once":
                 payload["sinks"] = {nid: s.pre_commit(epoch) for nid, s in sink_objs.items()}
                 _faults.maybe_crash("precommit")
-                store.write(epoch, payload, fingerprint)
+                live.checkpoint_bytes = store.write(epoch, payload, fingerprint)
                 _faults.maybe_crash("commit")
                 for nid, s in sink_objs.items():
                     s.commit(payload["sinks"][nid])
             elif guarantee == "at_least_once":
                 for s in sink_objs.values():
                     s.flush_epoch(epoch)
-                store.write(epoch, payload, fingerprint)
+                live.checkpoint_bytes = store.write(epoch, payload, fingerprint)
             else:  # at_most_once: positions are durable before the output goes out
-                store.write(epoch, payload, fingerprint)
+                live.checkpoint_bytes = store.write(epoch, payload, fingerprint)
                 for s in sink_objs.values():
                     s.flush_epoch(epoch)
             written.append(epoch)
@@ -483,14 +641,22 @@ class LocalRuntime:
                     alive.append((node, it))
                     batch, positions[node.id] = item[0], item[1]
                     if batch is None:  # the source has nothing right now
-                        idle_checks()
+                        with live.lock:
+                            idle_checks()
+                        live.let_readers_in()
                         continue
                     label = item[2] if len(item) > 2 else None
                     part = part_ids.setdefault((node.id, label), len(part_ids))
-                    push(node, "out", batch, part)
+                    t0 = _wall.perf_counter()
+                    with live.lock:  # queries see the state between batches, never inside one
+                        push(node, "out", batch, part)
+                    live.observe_batch(_wall.perf_counter() - t0)
+                    live.let_readers_in()
                     _faults.maybe_crash("batch")
                 iters = alive
-                idle_checks()
+                with live.lock:
+                    idle_checks()
+                live.let_readers_in()
                 rounds += 1
                 if store is not None and iters and (
                         (every_batches and rounds % every_batches == 0)
@@ -500,24 +666,26 @@ class LocalRuntime:
                     last_ckpt = _time.monotonic()
 
             # End of input: fire every window, in graph order so downstream windows see upstream output.
-            for n in nodes:
-                if n.kind == "process":
-                    push_fired(n, ops[n.id].finish())
-                if n.kind != "window":
-                    continue
-                res = ops[n.id].finish()
-                metrics[n.id]["rows_out"] += len(res)
-                push(n, "out", res)
-                # Side outputs that never fired still tell their sinks their columns.
-                if n.id in last_input:
-                    empty = last_input[n.id].take(np.empty(0, dtype=np.int64))
-                    if not emitted.get((n.id, "late")):
-                        push(n, "late", empty)
-                    if not emitted.get((n.id, "invalid")):
-                        push(n, "invalid", empty.with_columns(reason=np.empty(0, dtype=object)))
+            with live.lock:
+                for n in nodes:
+                    if n.kind == "process":
+                        push_fired(n, ops[n.id].finish())
+                    if n.kind != "window":
+                        continue
+                    res = ops[n.id].finish()
+                    metrics[n.id]["rows_out"] += len(res)
+                    push(n, "out", res)
+                    # Side outputs that never fired still tell their sinks their columns.
+                    if n.id in last_input:
+                        empty = last_input[n.id].take(np.empty(0, dtype=np.int64))
+                        if not emitted.get((n.id, "late")):
+                            push(n, "late", empty)
+                        if not emitted.get((n.id, "invalid")):
+                            push(n, "invalid", empty.with_columns(reason=np.empty(0, dtype=object)))
             if store is not None:
                 checkpoint(epoch, True)
 
+        live.running = False
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()
@@ -534,11 +702,12 @@ _DESCRIBE = {"map": "map()", "filter": "filter()", "flat_map": "flat_map()", "un
 def _check_graph(nodes, children) -> None:
     """Refuses graphs that cannot do useful work. Cycles cannot be built (a stream only takes
     earlier streams as input); what can go wrong is work whose output reaches no sink."""
-    if not any(n.kind == "sink" for n in nodes):
+    if not any(n.kind == "sink" or n.params.get("queryable") for n in nodes):
         raise ValueError("the flow has no sink: add one, e.g. stream.sink(ps.sinks.Collect('out'))")
     reaches: dict[int, bool] = {}
     for n in reversed(nodes):  # children always come after their parents
-        reaches[n.id] = n.kind == "sink" or any(reaches[c.id] for c, _ in children[n.id])
+        reaches[n.id] = (n.kind == "sink" or bool(n.params.get("queryable"))
+                         or any(reaches[c.id] for c, _ in children[n.id]))
     for n in nodes:
         if not reaches[n.id]:
             what = f"source {n.params['source'].name!r}" if n.kind == "source" else _DESCRIBE.get(n.kind, n.kind)

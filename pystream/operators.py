@@ -146,7 +146,17 @@ class WindowAggregateOperator:
         return self._results(self._engine.flush())
 
     # -- output ---------------------------------------------------------------------------------
+    #: Fired rows kept for queries (pystream.query.History), when the operator is queryable.
+    history = None
+
     def _results(self, out) -> Batch:
+        """Fired rows as a Batch; recorded in the query history when there is one."""
+        batch = self._build_results(out)
+        if self.history is not None and len(batch):
+            self.history.add(out["key"], batch)
+        return batch
+
+    def _build_results(self, out) -> Batch:
         cols: dict[str, np.ndarray] = {}
         if self._encoder is not None:
             cols.update(self._encoder.decode(out["key"]))
@@ -191,6 +201,35 @@ class WindowAggregateOperator:
         bad = batch.take(rows)
         reason = np.full(len(rows), REASON_FUTURE, dtype=object) if codes is None else cls.REASONS[codes]
         return bad.with_columns(reason=reason)
+
+    # -- queries --------------------------------------------------------------------------------
+    def key_id(self, key):
+        """The engine's int64 key for a key value (a tuple for several key columns); KeyError
+        when the operator has not seen it."""
+        if self._encoder is None:
+            raise ValueError("this window operator is not keyed: query it without a key")
+        kid = None if self._engine is None else self._encoder.lookup(key)
+        if kid is None or not self._engine.has_key(kid):
+            raise KeyError(key)
+        return kid
+
+    def peek(self, key=None) -> Batch:
+        """Partial results of the windows that have not fired yet (of one key, or all keys)."""
+        if self._engine is None:
+            return self.empty_result()
+        if not hasattr(self._engine, "peek"):
+            raise NotImplementedError(f"partial windows of {self.window!r} are not queryable (fired results are)")
+        out = self._engine.peek(None if key is None else self.key_id(key))
+        return self._build_results(out)
+
+    def stats(self) -> dict:
+        """Gauges for metrics: watermark (ns or None), keys, state bytes, open windows."""
+        e = self._engine
+        if e is None:
+            return {"watermark": None, "num_keys": 0, "state_bytes": 0, "open_windows": 0}
+        open_windows = next((getattr(e, a) for a in ("open_windows", "live_sessions") if hasattr(e, a)), e.num_keys)
+        return {"watermark": getattr(e, "watermark", None), "num_keys": e.num_keys,
+                "state_bytes": getattr(e, "state_bytes", 0), "open_windows": open_windows}
 
     # -- state ----------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -248,9 +287,9 @@ class CountWindowOperator(WindowAggregateOperator):
         out = self._engine.process(keys, ts, values)
         return self._results(out), None, None
 
-    def _results(self, out) -> Batch:
+    def _build_results(self, out) -> Batch:
         events, *cols = out["cols"]
-        res = super()._results({**out, "cols": cols})
+        res = super()._build_results({**out, "cols": cols})
         named = {}
         for name in res.columns:
             named[name] = res[name]

@@ -81,6 +81,24 @@ class Collect(Sink):
         return self._batches[0] if self._batches else Batch()
 
 
+class Discard(Sink):
+    """Counts rows and drops them: for flows whose results are read live through queryable
+    state (`.queryable(...)`) rather than stored. `flow.run()` returns the row count."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.rows = 0
+
+    def open(self) -> None:
+        self.rows = 0
+
+    def write(self, batch: Batch) -> None:
+        self.rows += len(batch)
+
+    def close(self) -> int:
+        return self.rows
+
+
 class Print(Sink):
     """Prints each non-empty batch (for exploring a flow)."""
 
@@ -257,4 +275,4 @@ def _read_csv(path: str) -> Batch:
     return Batch.from_arrow(pacsv.read_csv(path))
 
 
-__all__ = ["Sink", "Collect", "Print", "Files"]
+__all__ = ["Sink", "Collect", "Discard", "Print", "Files"]
