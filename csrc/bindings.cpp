@@ -16,6 +16,7 @@
 #include "count_engine.h"
 #include "global_engine.h"
 #include "session_engine.h"
+#include "stream_ops.h"
 #include "tuple_interner.h"
 #include "window_engine.h"
 
@@ -641,6 +642,26 @@ class PyTupleInterner {
   TupleInterner t_;
 };
 
+py::tuple classify_events(EventClock& c, const I64Array& ts, int64_t unit_ns, int64_t partition) {
+  std::vector<uint8_t> status(static_cast<size_t>(ts.size()));
+  std::vector<int64_t> before(static_cast<size_t>(ts.size()));
+  {
+    py::gil_scoped_release release;
+    c.classify(ts.data(), unit_ns, ts.size(), partition, status.data(), before.data());
+  }
+  return py::make_tuple(to_numpy(std::move(status)), to_numpy(std::move(before)));
+}
+
+py::array_t<uint8_t> insert_pairs(PairSet& s, const I64Array& a, const I64Array& b) {
+  if (a.size() != b.size()) fail("pair columns differ in length");
+  std::vector<uint8_t> dup(static_cast<size_t>(a.size()));
+  {
+    py::gil_scoped_release release;
+    s.insert(a.data(), b.data(), a.size(), dup.data());
+  }
+  return to_numpy(std::move(dup));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -752,6 +773,48 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("watermark", &PyGlobalEngine::watermark)
       .def_property_readonly("num_keys", &PyGlobalEngine::num_keys)
       .def("has_key", [](const PyGlobalEngine& e, int64_t k) { return e.engine().has_key(k); }, py::arg("key"));
+
+  py::class_<EventClock>(m, "EventClock")
+      .def(py::init<int64_t, int64_t>(), py::arg("ooo"), py::arg("max_future"))
+      .def("classify", &classify_events, py::arg("ts"), py::arg("unit_ns") = 1, py::arg("partition") = 0)
+      .def("set_partition_idle", &EventClock::set_partition_idle, py::arg("partition"), py::arg("idle"))
+      .def("advance", &EventClock::advance, py::arg("watermark"))
+      .def_property_readonly("watermark",
+                             [](const EventClock& c) -> std::optional<int64_t> {
+                               if (!c.has_watermark()) return std::nullopt;
+                               return c.watermark();
+                             })
+      .def("snapshot",
+           [](const EventClock& c) {
+             py::dict d;
+             d["has_wm"] = c.has_watermark();
+             d["wm"] = c.watermark();
+             partitions_to_dict(c.partitions(), d);
+             return d;
+           })
+      .def("restore", [](EventClock& c, const py::dict& d) {
+        c.restore(d["has_wm"].cast<bool>(), d["wm"].cast<int64_t>(), partitions_from_dict(d));
+      });
+
+  py::class_<PairSet>(m, "PairSet")
+      .def(py::init<>())
+      .def("insert", &insert_pairs, py::arg("a"), py::arg("b"))
+      .def("expire", &PairSet::expire, py::arg("cutoff"))
+      .def("__len__", &PairSet::size)
+      .def_property_readonly("capacity", &PairSet::capacity)
+      .def("snapshot",
+           [](const PairSet& s) {
+             std::vector<int64_t> a, b;
+             s.items(a, b);
+             py::dict d;
+             d["a"] = to_numpy(std::move(a));
+             d["b"] = to_numpy(std::move(b));
+             d["expired_before"] = s.expired_before();
+             return d;
+           })
+      .def("restore", [](PairSet& s, const py::dict& d) {
+        s.assign(from_numpy(d["a"].cast<I64Array>()), from_numpy(d["b"].cast<I64Array>()), d["expired_before"].cast<int64_t>());
+      });
 
   py::class_<PyKeyIndex>(m, "KeyIndex")
       .def(py::init<>())

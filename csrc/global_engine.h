@@ -69,10 +69,8 @@ class GlobalEngine {
     } else {
       std::fill(slots_.begin(), slots_.end(), 0);
     }
-    const size_t p = parts_.index(partition);
-    parts_[p].idle = false;
-    const int64_t cap = parts_.others_min(p, wm_);
-    int64_t pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
+    int64_t cap, pmax;
+    const size_t p = parts_.begin_batch(partition, wm_, cap, pmax);
     constexpr int64_t kAhead = 8;
     for (int64_t i = 0; i < n; ++i) {
       if (i + kAhead < n) __builtin_prefetch(row(slots_[i + kAhead]), 1);
@@ -95,10 +93,7 @@ class GlobalEngine {
       const int64_t cand = std::min(wm_.candidate(pmax), cap);
       if (cand > kNoWatermark) move_watermark(cand, out);
     }
-    if (pmax > kNoWatermark) {
-      parts_[p].max_ts = pmax;
-      parts_[p].has_max = true;
-    }
+    parts_.end_batch(p, pmax);
   }
 
   void advance_watermark(int64_t w, EmitBuffer& out) {

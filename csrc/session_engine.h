@@ -64,12 +64,9 @@ class SessionEngine {
       std::fill(slots_.begin(), slots_.end(), 0);
     }
     by_slot_.resize(static_cast<size_t>(keyed_ ? keys_.size() : 1));
-    // This batch's partition rejoins if idle; the other active partitions cap the watermark
-    // (the same rule as the time-window engine).
-    const size_t p = parts_.index(partition);
-    parts_[p].idle = false;
-    const int64_t cap = parts_.others_min(p, wm_);
-    int64_t pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
+    // This batch's partition rejoins if idle; the other active partitions cap the watermark.
+    int64_t cap, pmax;
+    const size_t p = parts_.begin_batch(partition, wm_, cap, pmax);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
       if (wm_.has() && max_future_ >= 0 && t > wm_.value() + max_future_) {
@@ -81,10 +78,7 @@ class SessionEngine {
       const int64_t cand = std::min(wm_.candidate(pmax), cap);
       if (cand > kNoWatermark && (!wm_.has() || cand > wm_.value())) advance(cand, out);
     }
-    if (pmax > kNoWatermark) {
-      parts_[p].max_ts = pmax;
-      parts_[p].has_max = true;
-    }
+    parts_.end_batch(p, pmax);
     emit_dirty(out);
   }
 

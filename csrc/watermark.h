@@ -69,6 +69,23 @@ class PartitionSet {
     return w;
   }
 
+  /// A batch from partition `id` begins: the partition rejoins if it was idle. Returns its
+  /// index; `cap` is the watermark the other active partitions allow, `pmax` its max event
+  /// time so far (kNoWatermark if none). `end_batch` records the new max.
+  size_t begin_batch(int64_t id, const Watermark& wm, int64_t& cap, int64_t& pmax) {
+    const size_t p = index(id);
+    parts_[p].idle = false;
+    cap = others_min(p, wm);
+    pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
+    return p;
+  }
+  void end_batch(size_t p, int64_t pmax) {
+    if (pmax > kNoWatermark) {
+      parts_[p].max_ts = pmax;
+      parts_[p].has_max = true;
+    }
+  }
+
   /// The watermark all active partitions allow; false when none is active.
   bool active_min(const Watermark& wm, int64_t& w) const {
     bool any = false;

@@ -143,6 +143,8 @@ class Flow:
             elif n.kind == "process":
                 desc = (getattr(p["fn"], "__qualname__", "fn"), getattr(p["on_timer"], "__qualname__", None), p["keys"],
                         tuple((k, repr(v)) for k, v in p["state"].items()), p["ttl"], repr(p["time"]))
+            elif n.kind == "op":
+                desc = (p["describe"], p["keys"], repr(p["time"]))
             else:
                 desc = ()
             parts.append((n.id, n.kind, desc, tuple((i.id, port) for i, port in n.inputs)))
@@ -241,6 +243,58 @@ class KeyedStream(Stream):
         node = self._flow._add("process", [(self._node, self._port)], fn=fn, on_timer=on_timer, state=dict(state or {}),
                                ttl=ttl_ns, keys=self._keys, time=self._time)
         return Stream(self._flow, node, "out", self._time, ())
+
+
+    # -- smart-meter operators (pystream.meters) -------------------------------------------------
+    def _meter_op(self, describe: str, make, time_out=True) -> "OperatorStream":
+        if self._time is None or not isinstance(self._time, EventTime):
+            raise ValueError(f"{describe} needs event time: give the source one, e.g. "
+                             f"flow.source(src, time=ps.EventTime('ts', unit='ms'))")
+        make()  # validates the arguments now, at build time
+        node = self._flow._add("op", [(self._node, self._port)], make=make, describe=describe, keys=self._keys,
+                               time=self._time)
+        return OperatorStream(self._flow, node, "out", self._time if time_out else None, self._keys)
+
+    def dedupe(self, horizon="1h") -> "OperatorStream":
+        """Drops re-sent readings: rows whose (key, event time) was already seen within
+        `horizon` go to `.side("duplicates")` (see pystream.meters.Dedupe)."""
+        from .meters import Dedupe
+
+        return self._meter_op(f"dedupe({horizon})", lambda: Dedupe(self._keys, self._time, horizon))
+
+    def register_deltas(self, column: str, out: str = "usage", modulus=None, max_delta=None) -> "OperatorStream":
+        """Cumulative register reads -> usage between consecutive readings, in event-time order,
+        with rollover at `modulus`; resets and implausible jumps go to `.side("anomalies")`
+        (see pystream.meters.RegisterDeltas)."""
+        from .meters import RegisterDeltas
+
+        return self._meter_op(f"register_deltas({column})",
+                              lambda: RegisterDeltas(self._keys, self._time, column, out, modulus, max_delta))
+
+    def gaps(self, every, tolerance="0s") -> "OperatorStream":
+        """Missing readings per key: one record per gap longer than `every` + `tolerance`
+        (see pystream.meters.Gaps)."""
+        from .meters import Gaps
+
+        return self._meter_op(f"gaps({every})", lambda: Gaps(self._keys, self._time, every, tolerance), time_out=False)
+
+
+class OperatorStream(KeyedStream):
+    """The main output of a keyed operator; its side outputs by name."""
+
+    def side(self, port: str) -> Stream:
+        """A side output: "late", "invalid", "duplicates" (dedupe), "anomalies" (register_deltas)."""
+        ports = self._node.params["make"]().ports
+        if port == "out" or port not in ports:
+            raise ValueError(f"{self._node.params['describe']} has side outputs {[p for p in ports if p != 'out']}, "
+                             f"not {port!r}")
+        return Stream(self._flow, self._node, port, self._node.params["time"])
+
+    def late(self) -> Stream:
+        return self.side("late")
+
+    def invalid(self) -> Stream:
+        return self.side("invalid")
 
 
 class WindowedStream:
@@ -439,11 +493,15 @@ class LocalRuntime:
         ops.update({n.id: KeyedProcessOperator(n.params["fn"], n.params["keys"], n.params["time"], n.params["state"],
                                                n.params["on_timer"], n.params["ttl"])
                     for n in nodes if n.kind == "process"})
-        metrics = {n.id: {"name": (f"{n.params['window']!r} " if n.kind == "window" else
-                                   f"process({getattr(n.params['fn'], '__name__', 'fn')}) ")
-                                  + (f"by {', '.join(n.params['keys'])}" if n.params["keys"] else "over all keys"),
-                          "events_in": 0, "rows_out": 0, "late": 0, "invalid": 0}
-                   for n in nodes if n.kind in ("window", "process")}
+        ops.update({n.id: n.params["make"]() for n in nodes if n.kind == "op"})
+
+        def op_name(n):
+            what = {"window": lambda: f"{n.params['window']!r} ", "op": lambda: f"{n.params['describe']} ",
+                    "process": lambda: f"process({getattr(n.params['fn'], '__name__', 'fn')}) "}[n.kind]()
+            return what + (f"by {', '.join(n.params['keys'])}" if n.params["keys"] else "over all keys")
+
+        metrics = {n.id: {"name": op_name(n), "events_in": 0, "rows_out": 0, "late": 0, "invalid": 0}
+                   for n in nodes if n.kind in ("window", "process", "op")}
         emitted: dict[tuple[int, str], bool] = {}
         live = self.flow.live
         from .query import QueryableState
@@ -519,7 +577,15 @@ class LocalRuntime:
                     deliver(child, batch, part)
 
         def push_fired(node: _Node, res):
-            if res is not None and len(res):
+            """An operator's output: one batch (port "out"), or a dict port -> batch."""
+            if isinstance(res, dict):
+                for port, b in res.items():
+                    if port in ("late", "invalid"):
+                        metrics[node.id][port] += len(b)
+                    elif port == "out":
+                        metrics[node.id]["rows_out"] += len(b)
+                    push(node, port, b)
+            elif res is not None and len(res):
                 metrics[node.id]["rows_out"] += len(res)
                 push(node, "out", res)
 
@@ -550,7 +616,7 @@ class LocalRuntime:
                     push(node, "out", Batch.from_any(item), part)
             elif kind == "union":
                 push(node, "out", batch, part)
-            elif kind == "process":
+            elif kind in ("process", "op"):
                 note_input(node, batch, part)
                 push_fired(node, ops[node.id].process(batch, part))
             elif kind == "window":
@@ -668,7 +734,7 @@ class LocalRuntime:
             # End of input: fire every window, in graph order so downstream windows see upstream output.
             with live.lock:
                 for n in nodes:
-                    if n.kind == "process":
+                    if n.kind in ("process", "op"):
                         push_fired(n, ops[n.id].finish())
                     if n.kind != "window":
                         continue
@@ -696,7 +762,7 @@ class LocalRuntime:
 
 
 _DESCRIBE = {"map": "map()", "filter": "filter()", "flat_map": "flat_map()", "union": "union()",
-             "window": "window().aggregate()", "process": "process()"}
+             "window": "window().aggregate()", "process": "process()", "op": "a keyed operator"}
 
 
 def _check_graph(nodes, children) -> None:
