@@ -4,7 +4,7 @@
 >>> flow = ps.Flow("meters")
 """
 
-from . import agg, sinks, sources, testing, triggers, windows
+from . import agg, meters, sinks, sources, testing, triggers, tz, windows
 from ._duration import parse_duration
 from .batch import Batch
 from .flow import Flow, KeyedStream, RunResult, Stream, WindowedStream, WindowResultStream
@@ -15,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "EventTime", "Flow", "IngestionTime", "ProcessingTime", "KeyedStream", "RunResult", "Stream", "WindowAggregateOperator",
-    "WindowResultStream", "WindowedStream", "agg", "parse_duration", "sinks", "sources", "testing", "triggers", "windows",
+    "WindowResultStream", "WindowedStream", "agg", "parse_duration", "meters", "sinks", "sources", "testing", "triggers", "tz", "windows",
 ]

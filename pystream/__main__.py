@@ -8,8 +8,9 @@ import sys
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: pystream demo [--readings N] [--meters N] [--seed N] [--out DIR]\n"
+        print("usage: pystream demo [--readings N] [--meters N] [--seed N] [--out DIR] [--serve HOST:PORT]\n"
               "       pystream run APP.py [--checkpoints DIR] [--guarantee G] [--resume] [--checkpoint-every N]\n"
+              "                           [--serve HOST:PORT] [--token T] [--progress]\n"
               "       pystream serve [--address HOST:PORT] [--meters N] [--hours H] [--pace X] [--token T]\n"
               "       pystream checkpoints list|show DIR [EPOCH]\n\n"
               "commands:\n  demo          run the smart-meter pipeline on synthetic data (embedded defaults)\n"
@@ -47,6 +48,10 @@ def run_cmd(args) -> int:
     p.add_argument("--guarantee", default=None, choices=["at_most_once", "at_least_once", "exactly_once"])
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--checkpoint-every", default="64", help="batches (an int) or a duration such as 10s")
+    p.add_argument("--serve", default=None, metavar="HOST:PORT", help="serve queryable state, /metrics and the "
+                   "dashboard while it runs (e.g. 127.0.0.1:8080)")
+    p.add_argument("--token", default=None, help="bearer token the server requires")
+    p.add_argument("--progress", action="store_true", help="events/s, watermark and late counts on stderr")
     a = p.parse_args(args)
     namespace = runpy.run_path(a.app, run_name="__pystream_app__")
     flow = namespace.get("flow")
@@ -58,7 +63,8 @@ def run_cmd(args) -> int:
         return 2
     every = int(a.checkpoint_every) if a.checkpoint_every.isdigit() else a.checkpoint_every
     t0 = time.perf_counter()
-    result = flow.run(checkpoints=a.checkpoints, resume=a.resume, guarantee=a.guarantee, checkpoint_every=every)
+    result = flow.run(checkpoints=a.checkpoints, resume=a.resume, guarantee=a.guarantee, checkpoint_every=every,
+                      serve=a.serve, serve_token=a.token, progress=a.progress)
     elapsed = time.perf_counter() - t0
     print(f"flow {flow.name!r} finished in {elapsed:.2f} s"
           + (f", resumed from epoch {result.resumed_from}" if result.resumed_from is not None else "")

@@ -21,6 +21,7 @@ LAST_DAY = dt.date(2116, 2, 19)
 UNITS = ("day", "week", "month", "year")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _NS = 1_000_000_000
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 
 
 def zone(name: str):
@@ -35,32 +36,54 @@ def zone(name: str):
         raise ValueError(f"unknown time zone {name!r}: expected an IANA name such as 'Europe/Berlin' or 'UTC'") from None
 
 
-def _day_start(day: dt.date, tz) -> int:
-    """UTC seconds of the first instant whose local date is `day` or later."""
-    s = int(dt.datetime(day.year, day.month, day.day, tzinfo=tz).timestamp())
-    local = dt.datetime.fromtimestamp(s, tz)
-    if local.date() == day and local.time() == dt.time(0):
-        return s
-    # Midnight falls in a gap: fold=0 resolved it past the gap's start; search back for the
-    # transition (the first instant on this date or later).
-    lo, hi = s - 86_400 * 2, s
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if dt.datetime.fromtimestamp(mid, tz).date() >= day:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+@functools.lru_cache(maxsize=128)
+def transitions(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(UTC seconds where the zone's offset changes, the offset in seconds from each on). The
+    first entry stands for everything before the table. Found by probing the offset every 7
+    days and bisecting each change to the second (offset changes less than a week apart would
+    be missed; the IANA database has none since 1900)."""
+    tz = zone(tz_name)
+    lo = int(dt.datetime(FIRST_DAY.year, 1, 1, tzinfo=dt.timezone.utc).timestamp()) - 86_400
+    hi = int(dt.datetime(LAST_DAY.year, LAST_DAY.month, LAST_DAY.day, tzinfo=dt.timezone.utc).timestamp()) + 2 * 86_400
+
+    def offset_at(s: int) -> int:  # at a UTC instant: never ambiguous
+        return int(dt.datetime.fromtimestamp(s, tz).utcoffset().total_seconds())
+
+    probes = np.arange(lo, hi + 7 * 86_400, 7 * 86_400)
+    offs = np.fromiter((offset_at(int(p)) for p in probes), dtype=np.int64, count=len(probes))
+    at, values = [np.iinfo(np.int64).min // 2], [int(offs[0])]
+    for i in np.flatnonzero(offs[1:] != offs[:-1]):
+        a, b = int(probes[i]), int(probes[i + 1])  # the offset changes in (a, b]
+        while b - a > 1:
+            mid = (a + b) // 2
+            if offset_at(mid) == offs[i]:
+                a = mid
+            else:
+                b = mid
+        at.append(b)
+        values.append(offset_at(b))
+    out = np.array(at, dtype=np.int64), np.array(values, dtype=np.int64)
+    out[0].flags.writeable = out[1].flags.writeable = False
+    return out
 
 
 @functools.lru_cache(maxsize=128)
 def day_starts(tz_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ordinal of each local day, its start in UTC ns), skipped days removed."""
-    tz = zone(tz_name)
+    """(ordinal of each local day, its start in UTC ns), skipped days removed. Vectorized from
+    the zone's transitions: the instants whose wall clock reads local midnight W are W - O_k
+    for the offset intervals k that contain them; the earliest wins (a repeated midnight), and
+    when there is none (midnight in a gap) the day starts at the transition ending the gap."""
+    at, off = transitions(tz_name)
     first, last = FIRST_DAY.toordinal(), LAST_DAY.toordinal()
     ords = np.arange(first, last + 1, dtype=np.int64)
-    starts = np.fromiter((_day_start(dt.date.fromordinal(o), tz) for o in range(first, last + 1)), dtype=np.int64,
-                         count=len(ords))
+    wall = (ords - _EPOCH_ORDINAL) * 86_400  # local midnight as seconds on the local "epoch"
+    nxt = np.append(at[1:], np.iinfo(np.int64).max // 2)  # where each interval ends
+    local_start, local_end = at + off, nxt + off
+    k = np.searchsorted(local_start, wall, side="right") - 1  # last interval starting (locally) by W
+    prev = np.maximum(k - 1, 0)
+    in_prev = (k > 0) & (wall < local_end[prev])  # a repeated midnight: the earlier one
+    in_k = wall < local_end[k]
+    starts = np.where(in_prev, wall - off[prev], np.where(in_k, wall - off[k], nxt[k]))
     # A skipped day starts where the next one does: keep the later day.
     keep = np.ones(len(starts), dtype=bool)
     keep[:-1] = starts[:-1] < starts[1:]

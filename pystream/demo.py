@@ -1,10 +1,13 @@
 """`pystream demo`: a smart-meter pipeline on embedded defaults.
 
 A synthetic fleet (commercial meters every 5 min, residential every 15 min, daily load
-curves, transmission delays) plus the trouble real fleets have: a few meters that were
-offline and send their backlog late, and a few with clocks far in the future. The flow
-computes per-meter 15-minute and hourly usage, system load every 5 minutes and a rolling
-hour, reports late and invalid readings, and checks that every reading is accounted for.
+curves, transmission delays, three time zones, cumulative registers) plus the trouble real
+fleets have: meters that were offline and send their backlog late, re-sent duplicates and a
+few clocks far in the future. The flow drops duplicates, computes per-meter 15-minute, hourly
+and local-day usage with a time-of-use bill (peak/shoulder/off-peak by local time, DST
+correct), usage from the registers, system load every 5 minutes and a rolling hour, outage
+alerts, reports late, invalid and duplicate readings, and checks that every reading is
+accounted for.
 
 Embedded defaults: checkpoints in OUT/checkpoints and exactly-once output as part files in
 OUT/<result>/ (Parquet when pyarrow is installed, else CSV); `--resume` continues an
@@ -37,7 +40,10 @@ def fleet(n_readings: int, n_meters: int, seed: int) -> ps.sources.MeterSimulato
                                      future_share=0.000005)
 
 
-RESULTS = ("usage_15m", "late", "invalid", "usage_1h", "system_5m", "system_rolling_1h", "outage_alerts")
+RESULTS = ("usage_15m", "late", "invalid", "duplicates", "usage_1h", "daily_bill", "register_usage_1h",
+           "register_anomalies", "register_late", "system_5m", "system_rolling_1h", "outage_alerts")
+#: The demo's tariff: weekday peak 17-21 h, shoulder 7-17 h, off-peak otherwise (local time).
+TARIFF = ps.meters.TimeOfUse(peak_hours=(17, 21), peak=0.40, shoulder_hours=(7, 17), shoulder=0.25, offpeak=0.15)
 OUTAGE_AFTER = ps.parse_duration("1h")
 
 
@@ -55,6 +61,14 @@ def _outage(timers, ctx):
         return None
     return {"meter_id": timers["meter_id"], "silent_since_ms": ctx.state["last_reading"] // 1_000_000,
             "alert_at_ms": timers["timer"] // 1_000_000}
+
+
+def price_readings(batch: ps.Batch) -> ps.Batch:
+    """Each reading's cost under the time-of-use tariff in its meter's local time."""
+    ts_ns = batch["ts"] * 1_000_000
+    period = TARIFF.periods(ts_ns, batch["tz"])
+    prices = np.array([TARIFF.offpeak, TARIFF.shoulder, TARIFF.peak])
+    return batch.with_columns(cost=batch["kwh"] * prices[period], peak_kwh=np.where(period == 2, batch["kwh"], 0.0))
 
 
 def _file_format() -> str:
@@ -80,21 +94,34 @@ def build(source: ps.sources.Source, out: str | None = None, sink=None) -> ps.Fl
         source,
         time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s", max_future="1d"),
     )
-    per_meter = readings.key_by("meter_id")
+    clean = readings.key_by("meter_id").dedupe(horizon="6h")  # re-sends would count twice
+    clean.side("duplicates").sink(sink("duplicates"))
+    clean.invalid().sink(sink("invalid"))  # clocks more than a day ahead of the watermark
+    priced = clean.map(price_readings)
+    per_meter = priced.key_by("meter_id")
     usage = per_meter.window(ps.windows.Tumbling("15m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh"), readings=ps.agg.count(), peak=ps.agg.max("kwh"))
     usage.queryable("usage")
     usage.sink(sink("usage_15m"))
     usage.late().sink(sink("late"))
-    usage.invalid().sink(sink("invalid"))
     per_meter.window(ps.windows.Tumbling("1h"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh")).queryable("usage_1h").sink(sink("usage_1h"))
-    readings.window(ps.windows.Tumbling("5m"), allowed_lateness="2h").aggregate(
+    daily = per_meter.window(ps.windows.Calendar("day", tz_column="tz"), allowed_lateness="2h").aggregate(
+        kwh=ps.agg.sum("kwh"), peak_kwh=ps.agg.sum("peak_kwh"), cost=ps.agg.sum("cost"))
+    daily.queryable("daily_bill").sink(sink("daily_bill"))
+    # The same energy from the cumulative registers (which wrap at 100,000 kWh).
+    registers = clean.register_deltas("register", out="kwh", modulus=100_000)
+    registers.side("anomalies").sink(sink("register_anomalies"))
+    registers.late().sink(sink("register_late"))  # behind the watermark: cannot be put in order
+    registers.window(ps.windows.Tumbling("1h"), allowed_lateness="2h").aggregate(
+        kwh=ps.agg.sum("kwh")).sink(sink("register_usage_1h"))
+    system = priced.unkeyed()
+    system.window(ps.windows.Tumbling("5m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh"), readings=ps.agg.count()).queryable("load").sink(sink("system_5m"))
-    readings.window(ps.windows.Sliding("1h", "15m"), allowed_lateness="2h").aggregate(
+    system.window(ps.windows.Sliding("1h", "15m"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh")).sink(sink("system_rolling_1h"))
-    per_meter.process(_arm_outage_timer, state={"last_reading": np.int64(0)}, on_timer=_outage,
-                      ttl="1d").sink(sink("outage_alerts"))
+    clean.process(_arm_outage_timer, state={"last_reading": np.int64(0)}, on_timer=_outage,
+                  ttl="1d").sink(sink("outage_alerts"))
     return flow
 
 
@@ -114,8 +141,17 @@ def final_rows(batch: ps.Batch, keys: list[str]) -> ps.Batch:
     return batch.take(order[last])
 
 
+def _server(flow, address):
+    """Serves the flow at `address`, or on a free port when that one is taken."""
+    try:
+        return flow.serve(address)
+    except OSError:
+        host = address.rpartition(":")[0] or "127.0.0.1"
+        return flow.serve(f"{host}:0")
+
+
 def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool = False,
-        guarantee: str = "exactly_once") -> dict:
+        guarantee: str = "exactly_once", serve: str | None = None, progress: bool = False) -> dict:
     sim = fleet(n_readings, n_meters, seed)
     print(f"pystream demo: simulating {n_meters:,} meters for {sim.blocks * 15 // 60} h {sim.blocks * 15 % 60} min "
           f"of event time (seed {seed}) ...")
@@ -124,26 +160,31 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
         for name in (*RESULTS, "checkpoints"):
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
     flow = build(sim, out=out)
+    server = _server(flow, serve) if serve else None
+    if server is not None:
+        print(f"live state while it runs: dashboard {server.url}/  query {server.url}/api/state/usage?key=42  "
+              f"metrics {server.url}/metrics")
     t0 = time.perf_counter()
     if out:
         result = flow.run(checkpoints=os.path.join(out, "checkpoints"), resume=resume, guarantee=guarantee,
-                          checkpoint_every=4)
+                          checkpoint_every=4, progress=progress)
         elapsed = time.perf_counter() - t0
         outputs = {name: ps.sinks.Files.read(os.path.join(out, name)) for name in RESULTS}
     else:
-        result = flow.run()
+        result = flow.run(progress=progress)
         elapsed = time.perf_counter() - t0
         outputs = dict(result)
     usage = final_rows(outputs["usage_15m"], ["meter_id"])
     hourly = final_rows(outputs["usage_1h"], ["meter_id"])
     load = final_rows(outputs["system_5m"], [])
-    late, invalid = outputs["late"], outputs["invalid"]
-    accounted = int(usage["readings"].sum()) + len(late) + len(invalid)
+    late, invalid, dups = outputs["late"], outputs["invalid"], outputs["duplicates"]
+    bills = final_rows(outputs["daily_bill"], ["meter_id"])
+    accounted = int(usage["readings"].sum()) + len(late) + len(invalid) + len(dups)
 
     durable = (f", including {len(result.checkpoints)} checkpoints and {guarantee} commits of fsynced part files"
                if out else "")
-    print(f"\nran {len(data['ts']):,} readings through 4 windowed aggregations and outage detection in {elapsed:.2f} s "
-          f"({len(data['ts']) / elapsed / 1e6:.1f} M readings/s{durable})")
+    print(f"\nran {len(data['ts']):,} readings through de-duplication, register deltas, 6 windowed aggregations "
+          f"and outage detection in {elapsed:.2f} s ({len(data['ts']) / elapsed / 1e6:.1f} M readings/s{durable})")
     print(f"  15-minute usage rows     {len(usage):>12,}  (updates from late data: {int(outputs['usage_15m']['update'].sum()):,})")
     print(f"  hourly usage rows        {len(hourly):>12,}")
     print(f"  late readings (side out) {len(late):>12,}  (arrived after their 15-min window closed + 2 h)")
@@ -151,6 +192,15 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
         if m["events_in"]:
             print(f"    late for {m['name']:<40s} {m['late']:>9,}")
     print(f"  invalid readings         {len(invalid):>12,}  (clock more than 1 day ahead of the watermark)")
+    print(f"  duplicate readings       {len(dups):>12,}  (re-sent; dropped before any aggregation)")
+    if len(bills):
+        peak_share = float(bills["peak_kwh"].sum() / max(bills["kwh"].sum(), 1e-12))
+        print(f"  local-day bills          {len(bills):>12,}  ({bills['kwh'].sum():,.1f} kWh, {bills['cost'].sum():,.2f} "
+              f"at {TARIFF.peak}/{TARIFF.shoulder}/{TARIFF.offpeak} per kWh; {peak_share:.1%} at peak)")
+    reg = outputs["register_usage_1h"]
+    print(f"  energy from registers    {float(reg['kwh'].sum()) if len(reg) else 0.0:>12,.1f} kWh  "
+          f"(interval readings: {float(usage['kwh'].sum()):,.1f} kWh; {len(outputs['register_anomalies']):,} "
+          f"register anomalies, {len(outputs['register_late']):,} register reads too late to order)")
     alerts = outputs["outage_alerts"]
     print(f"  outage alerts            {len(alerts):>12,}  (meters silent for 1 h of event time; "
           f"{len(np.unique(alerts['meter_id'])) if len(alerts) else 0:,} meters)")
@@ -167,9 +217,16 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
               + (f", resumed from epoch {result.resumed_from}" if result.resumed_from is not None else "") + ")")
         print(f"read them with ps.sinks.Files.read('{out}/usage_15m'); inspect checkpoints with "
               f"'pystream checkpoints list {out}/checkpoints'")
+    if server is not None:
+        import sys
+
+        if sys.stdin.isatty():
+            input(f"\nfinal state at {server.url}/ (dashboard) - press Enter to stop serving ")
+        server.close()
     if accounted != len(data["ts"]):
         raise SystemExit("error: readings were lost")
-    return {"result": result, "outputs": outputs, "data": data, "usage": usage, "load": load, "alerts": alerts}
+    return {"result": result, "outputs": outputs, "data": data, "usage": usage, "load": load, "alerts": alerts,
+            "bills": bills}
 
 
 def serve_main(argv=None) -> int:
@@ -214,6 +271,10 @@ def main(argv=None) -> int:
                    "(default ./pystream-demo); '-' keeps results in memory only")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
     p.add_argument("--guarantee", default="exactly_once", choices=["at_most_once", "at_least_once", "exactly_once"])
+    p.add_argument("--serve", default="127.0.0.1:8080", help="serve queryable state, /metrics and the dashboard here "
+                   "while it runs (default 127.0.0.1:8080; a free port if taken); '-' to not serve")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     args = p.parse_args(argv)
-    run(args.readings, args.meters, args.seed, None if args.out == "-" else args.out, args.resume, args.guarantee)
+    run(args.readings, args.meters, args.seed, None if args.out == "-" else args.out, args.resume, args.guarantee,
+        serve=None if args.serve == "-" else args.serve, progress=not args.no_progress)
     return 0

@@ -182,6 +182,10 @@ class Stream:
         node = self._flow._add("union", [(s._node, s._port) for s in streams])
         return Stream(self._flow, node, "out", self._time, ())
 
+    def unkeyed(self) -> "Stream":
+        """The same stream without its keys: windows over it aggregate all its events."""
+        return Stream(self._flow, self._node, self._port, self._time, ())
+
     def key_by(self, *columns: str) -> "KeyedStream":
         """Partitions the stream by one or more key columns (int, string/object, or several)."""
         if not columns:

@@ -107,7 +107,7 @@ class KeyedOperator:
 
     @property
     def max_event_time(self):
-        seen = [p["max_ts"] for p in _partitions(self._clock.snapshot()) if p is not None]
+        seen = [m for m in _partitions(self._clock.snapshot()) if m is not None]
         return max(seen) if seen else None
 
     def stats(self) -> dict:
@@ -222,7 +222,16 @@ class _InOrder(KeyedOperator):
         rows, ts, slots = self._buf.take(order), self._buf_ts[order], self._buf_slot[order]
         keep = np.flatnonzero(~due)
         self._buf, self._buf_ts, self._buf_slot = self._buf.take(keep), self._buf_ts[keep], self._buf_slot[keep]
-        return self._ordered(rows, ts, slots)
+        # Computed key by key; emitted in time order (keys in slot order within a time), so a
+        # downstream watermark sees the released rows in order.
+        out = {}
+        for port, b in self._ordered(rows, ts, slots).items():
+            t = b[self._time_column(port)]
+            out[port] = b.take(np.argsort(t.view(np.int64) if t.dtype.kind == "M" else t, kind="stable"))
+        return out
+
+    def _time_column(self, port: str) -> str:
+        return self.time.column
 
     @staticmethod
     def _previous(values: np.ndarray, slots: np.ndarray, last: np.ndarray):
@@ -358,6 +367,9 @@ class Gaps(_InOrder):
     def _defaults(self):
         return {"last_ts": 0, "has": False}
 
+    def _time_column(self, port: str) -> str:
+        return "gap_end"
+
     def _ordered(self, rows: Batch, ts: np.ndarray, slots: np.ndarray) -> dict[str, Batch]:
         st = self._state
         prev, first = self._previous(ts, slots, st["last_ts"])
@@ -371,3 +383,47 @@ class Gaps(_InOrder):
         cols["gap_end"] = self._times_out(ts[gap])
         cols["missing"] = (ts[gap] - prev[gap] - 1) // self.every
         return {"out": Batch(cols)}
+
+
+class TimeOfUse:
+    """A time-of-use tariff: a price per kWh by local hour, with peak hours on weekdays only
+    (weekends are off-peak) unless `weekend_peak`. Hours are [start, end) in local wall-clock
+    time of each meter's zone (pystream.tz), so a DST day's peak is still 17:00-21:00 local.
+
+    >>> import numpy as np
+    >>> tou = TimeOfUse(peak_hours=(17, 21), peak=0.40, offpeak=0.15)
+    >>> t = np.array(["2025-01-06T16:30", "2025-01-06T18:30"], dtype="datetime64[ns]").view("int64")
+    >>> tou.price(t, "UTC").tolist()
+    [0.15, 0.4]
+    """
+
+    def __init__(self, peak_hours=(17, 21), peak: float = 0.40, offpeak: float = 0.15, shoulder_hours=None,
+                 shoulder: float | None = None, weekend_peak: bool = False):
+        for name, hours in (("peak_hours", peak_hours), ("shoulder_hours", shoulder_hours)):
+            if hours is not None and not (len(hours) == 2 and 0 <= hours[0] < hours[1] <= 24):
+                raise ValueError(f"{name} must be (start, end) with 0 <= start < end <= 24, got {hours!r}")
+        if (shoulder_hours is None) != (shoulder is None):
+            raise ValueError("give both shoulder_hours and shoulder (its price), or neither")
+        self.peak_hours, self.peak, self.offpeak = tuple(peak_hours), float(peak), float(offpeak)
+        self.shoulder_hours = None if shoulder_hours is None else tuple(shoulder_hours)
+        self.shoulder, self.weekend_peak = shoulder, weekend_peak
+
+    def periods(self, ts_ns, tz) -> np.ndarray:
+        """0 off-peak, 1 shoulder, 2 peak, per reading (ts in UTC ns; tz one name or per row)."""
+        from .tz import hour_and_weekday
+
+        hour, weekday = hour_and_weekday(ts_ns, tz)
+        workday = np.ones(len(hour), dtype=bool) if self.weekend_peak else weekday < 5
+        period = np.zeros(len(hour), dtype=np.int8)
+        if self.shoulder_hours is not None:
+            period[workday & (hour >= self.shoulder_hours[0]) & (hour < self.shoulder_hours[1])] = 1
+        period[workday & (hour >= self.peak_hours[0]) & (hour < self.peak_hours[1])] = 2
+        return period
+
+    def price(self, ts_ns, tz) -> np.ndarray:
+        prices = np.array([self.offpeak, self.offpeak if self.shoulder is None else self.shoulder, self.peak])
+        return prices[self.periods(ts_ns, tz)]
+
+    def __repr__(self):
+        sh = f", shoulder_hours={self.shoulder_hours}, shoulder={self.shoulder}" if self.shoulder_hours else ""
+        return f"TimeOfUse(peak_hours={self.peak_hours}, peak={self.peak}, offpeak={self.offpeak}{sh})"

@@ -40,7 +40,8 @@ class MeterSimulator(Source):
         pace: None runs as fast as possible; a number replays that many times faster than real
             time against the runtime clock (1.0 = real time), reporting "no data yet" between blocks.
     Columns: meter_id (int64), ts (int64 ms, event time), kwh (float64 energy in the interval),
-    tz (str), sent_ts (int64 ms, when the reading was sent).
+    register (float64: the meter's cumulative kWh register at ts, starting from a random
+    reading and wrapping at `register_modulus`), tz (str), sent_ts (int64 ms, when sent).
     """
 
     replayable = True
@@ -48,7 +49,8 @@ class MeterSimulator(Source):
     def __init__(self, meters: int = 10_000, *, commercial_share: float = 0.2, start: str = "2025-01-01T00:00",
                  duration="1d", block="15m", time_zones=("Europe/Berlin", "Europe/London", "America/New_York"),
                  max_delay="60s", offline_share: float = 0.005, max_backlog="3h", duplicate_share: float = 0.001,
-                 future_share: float = 0.00005, seed: int = 0, pace: float | None = None, name: str = "meters"):
+                 future_share: float = 0.00005, seed: int = 0, pace: float | None = None, name: str = "meters",
+                 register_modulus: float = 100_000.0):
         if not isinstance(meters, int) or meters <= 0:
             raise ValueError(f"meters must be a positive int, got {meters!r}")
         for share_name, share in (("commercial_share", commercial_share), ("offline_share", offline_share),
@@ -67,6 +69,9 @@ class MeterSimulator(Source):
         self.max_backlog_ms = parse_duration(max_backlog, "max_backlog") // _MS
         self.offline_share, self.duplicate_share, self.future_share = offline_share, duplicate_share, future_share
         self.time_zones = np.array(time_zones, dtype=str)
+        if not register_modulus > 0:
+            raise ValueError(f"register_modulus must be > 0, got {register_modulus!r}")
+        self.register_modulus = float(register_modulus)
         self._lookback = 1 + (self.max_delay_ms + self.max_backlog_ms) // self.block_ms
 
     def fingerprint(self) -> str:
@@ -101,6 +106,7 @@ class MeterSimulator(Source):
         hour = ((ts // 3_600_000) % 24).astype(float)
         load = 0.3 + 0.7 * np.exp(-((hour - 19) ** 2) / 8.0) + 0.3 * np.exp(-((hour - 8) ** 2) / 4.0)
         kwh = np.round(load * np.where(ids < n_com, 5 / 12, 1 / 4) * rng.gamma(4.0, 0.25, len(ids)), 4)
+        register = self._registers(b, ids, ts, kwh)
         sent = ts + rng.integers(0, self.max_delay_ms + 1, len(ids))
         # Offline meter-hours: decided per (seed, hour) so every block agrees; the hour's readings
         # go out together after it ends, within max_backlog of the hour's start.
@@ -117,12 +123,42 @@ class MeterSimulator(Source):
         poison = rng.random(len(ids)) < self.future_share
         ts = np.where(poison, ts + 75 * 365 * 86_400_000, ts)
         dup = rng.random(len(ids)) < self.duplicate_share
-        cols = {"meter_id": ids, "ts": ts, "kwh": kwh, "sent_ts": sent}
+        cols = {"meter_id": ids, "ts": ts, "kwh": kwh, "register": register, "sent_ts": sent}
         if dup.any():  # a re-send: the same reading again, a few minutes later
             again = {k: v[dup] for k, v in cols.items()}
             again["sent_ts"] = again["sent_ts"] + rng.integers(60_000, 600_000, int(dup.sum()))
             cols = {k: np.concatenate([v, again[k]]) for k, v in cols.items()}
         return cols
+
+    def _registers(self, b: int, ids, ts, kwh) -> np.ndarray:
+        """Each reading's register: the meter's total before block b plus its energy in this
+        block up to and including the reading (in event-time order), modulo the register size.
+        Totals at block boundaries are kept, so a replay from block b regenerates 0..b-1 once."""
+        bases = self.__dict__.setdefault("_bases", {})
+        energy = self.__dict__.setdefault("_energy", {})
+        if 0 not in bases:
+            start = np.random.default_rng([self.seed, 3_000_017]).uniform(0, 0.9, self.meters)
+            bases[0] = np.round(start * self.register_modulus, 1)
+        k = max(x for x in bases if x <= b)
+        while k < b:
+            if k not in energy:
+                self._generate(k)
+            bases[k + 1] = bases[k] + energy[k]
+            k += 1
+        energy[b] = np.bincount(ids, kwh, minlength=self.meters)
+        for old in [x for x in bases if 0 < x < b - 1]:
+            del bases[old]
+        for old in [x for x in energy if x < b - 1]:
+            del energy[old]
+        order = np.lexsort((ts, ids))
+        sid, e = ids[order], kwh[order]
+        run = np.cumsum(e)
+        start = np.ones(len(sid), dtype=bool)
+        start[1:] = sid[1:] != sid[:-1]
+        within = run - np.maximum.accumulate(np.where(start, run - e, 0.0))
+        reg = np.empty(len(ids))
+        reg[order] = np.round((bases[b][sid] + within) % self.register_modulus, 4)
+        return reg
 
     def block(self, b: int) -> Batch:
         """The readings that arrive (are sent) during block b, in arrival order (the last block
@@ -139,8 +175,8 @@ class MeterSimulator(Source):
         order = np.lexsort((cols["meter_id"], cols["sent_ts"]))
         cols = {k: v[order] for k, v in cols.items()}
         tz = self.time_zones[cols["meter_id"] % len(self.time_zones)]
-        return Batch({"meter_id": cols["meter_id"], "ts": cols["ts"], "kwh": cols["kwh"], "tz": tz,
-                      "sent_ts": cols["sent_ts"]})
+        return Batch({"meter_id": cols["meter_id"], "ts": cols["ts"], "kwh": cols["kwh"], "register": cols["register"],
+                      "tz": tz, "sent_ts": cols["sent_ts"]})
 
     def read(self, position=None) -> Iterator[tuple]:
         from . import clock

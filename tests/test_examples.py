@@ -29,7 +29,15 @@ def test_example_runs(example, tmp_path):
 
 
 def test_examples_exist():
-    assert {p.name for p in EXAMPLES} >= {"tumbling_usage.py", "late_data.py", "exactly_once_parquet.py", "system_load.py"}
+    assert {p.name for p in EXAMPLES} >= {"tumbling_usage.py", "late_data.py", "exactly_once_parquet.py", "system_load.py",
+                                          "daily_bills.py", "appliance_sessions.py"}
+
+
+def test_run_serves_and_reports_progress(tmp_path):
+    example = next(p for p in EXAMPLES if p.name == "tumbling_usage.py")
+    r = pystream_cli("run", example, "--serve", "127.0.0.1:0", "--progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "events" in r.stderr and "watermark end of input" in r.stderr
 
 
 def test_run_resume_keeps_exactly_once_output(tmp_path):

@@ -309,7 +309,7 @@ def test_pystream_serve_command_serves_the_live_demo(tmp_path):
                 pass
             time.sleep(0.2)
         assert info is not None and not info["running"], info
-        assert {q["name"] for q in info["queryable"]} == {"usage", "usage_1h", "load"}
+        assert {q["name"] for q in info["queryable"]} == {"usage", "usage_1h", "daily_bill", "load"}
         status, _, body = get(url + "/api/state/usage?key=42&last=3")
         doc = json.loads(body)
         assert status == 200 and len(doc["last"]) == 3 and all(r["meter_id"] == 42 for r in doc["last"])
