@@ -147,7 +147,8 @@ class Batch:
 
     @classmethod
     def from_arrow(cls, table) -> "Batch":
-        return cls({name: table.column(name).to_numpy() for name in table.column_names})
+        """A Batch from a pyarrow Table or RecordBatch (strings become object arrays)."""
+        return cls({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})
 
     @classmethod
     def from_any(cls, data) -> "Batch":

@@ -58,6 +58,21 @@ class Sink:
         return f"{type(self).__name__}:{self.name}"
 
 
+class BufferedSink(Sink):
+    """A sink that holds an epoch's batches until the runtime publishes them (flush_epoch,
+    pre_commit or close)."""
+
+    _pending: list
+
+    def write(self, batch: Batch) -> None:
+        if len(batch):
+            self._pending.append(batch)
+
+    def _take(self) -> Batch | None:
+        batches, self._pending = self._pending, []
+        return Batch.concat(batches) if batches else None
+
+
 class Collect(Sink):
     """Keeps every batch in memory; `flow.run()` returns them concatenated under `name`.
     In-process only: its contents do not survive a crash, so it cannot be exactly-once."""
@@ -115,7 +130,7 @@ class Print(Sink):
 _PART = re.compile(r"^part-(\d{8})(?:-([0-9a-f]+))?\.(csv|parquet)$")
 
 
-class Files(Sink):
+class Files(BufferedSink):
     """Part files in a directory, one per epoch: transactional, so exactly-once works with no
     server.
 
@@ -147,14 +162,6 @@ class Files(Sink):
     def open(self) -> None:
         os.makedirs(self.path, exist_ok=True)
         self._pending = []
-
-    def write(self, batch: Batch) -> None:
-        if len(batch):
-            self._pending.append(batch)
-
-    def _take(self) -> Batch | None:
-        batches, self._pending = self._pending, []
-        return Batch.concat(batches) if batches else None
 
     def flush_epoch(self, epoch: int) -> None:
         batch = self._take()
@@ -275,4 +282,6 @@ def _read_csv(path: str) -> Batch:
     return Batch.from_arrow(pacsv.read_csv(path))
 
 
-__all__ = ["Sink", "Collect", "Discard", "Print", "Files"]
+from .connectors_postgres import Postgres  # noqa: E402  (re-exported as ps.sinks.Postgres)
+
+__all__ = ["Sink", "Collect", "Discard", "Print", "Files", "Postgres"]

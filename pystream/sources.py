@@ -71,6 +71,7 @@ class Arrays(Source):
         return f"Arrays({len(self.data)} rows, batch_size={self.batch_size})"
 
 
+from .connectors_files import Files  # noqa: E402  (re-exported as ps.sources.Files)
 from .simulator import MeterSimulator  # noqa: E402  (re-exported as ps.sources.MeterSimulator)
 
-__all__ = ["Source", "Arrays", "MeterSimulator"]
+__all__ = ["Source", "Arrays", "Files", "MeterSimulator"]
