@@ -240,11 +240,14 @@ class WindowAggregateOperator:
             "repr": None if self._repr is None else (self._repr.kind, self._repr.unit),
             "keys": None if self._encoder is None else self._encoder.snapshot(),
             "value_dtypes": {k: v.str for k, v in self._value_dtypes.items()},
+            # Partitions declared before any data reached the engine (otherwise in its state).
+            "declared": list(self._declared),
         }
 
     def restore(self, state: dict) -> None:
         if state["config"] != self.fingerprint():
             raise ValueError(f"snapshot is from a different window operator: {state['config']} != {self.fingerprint()}")
+        self._declared = [int(p) for p in state.get("declared", [])]
         if state["repr"] is not None:
             self._build(TimeRepr(*state["repr"]))
             self._engine.restore(state["engine"])

@@ -282,6 +282,17 @@ def _read_csv(path: str) -> Batch:
     return Batch.from_arrow(pacsv.read_csv(path))
 
 
-from .connectors_postgres import Postgres  # noqa: E402  (re-exported as ps.sinks.Postgres)
+__all__ = ["Sink", "BufferedSink", "Collect", "Discard", "Print", "Files", "Postgres", "Kafka"]
 
-__all__ = ["Sink", "Collect", "Discard", "Print", "Files", "Postgres"]
+
+def __getattr__(name: str):
+    """Connector sinks load on first use (their client libraries are optional extras)."""
+    if name == "Postgres":
+        from .connectors_postgres import Postgres
+
+        return Postgres
+    if name == "Kafka":
+        from .connectors_kafka import KafkaSink
+
+        return KafkaSink
+    raise AttributeError(f"module 'pystream.sinks' has no attribute {name!r}")

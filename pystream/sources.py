@@ -74,4 +74,13 @@ class Arrays(Source):
 from .connectors_files import Files  # noqa: E402  (re-exported as ps.sources.Files)
 from .simulator import MeterSimulator  # noqa: E402  (re-exported as ps.sources.MeterSimulator)
 
-__all__ = ["Source", "Arrays", "Files", "MeterSimulator"]
+__all__ = ["Source", "Arrays", "Files", "MeterSimulator", "Kafka"]
+
+
+def __getattr__(name: str):
+    """Connector sources load on first use (their client libraries are optional extras)."""
+    if name == "Kafka":
+        from .connectors_kafka import Kafka
+
+        return Kafka
+    raise AttributeError(f"module 'pystream.sources' has no attribute {name!r}")

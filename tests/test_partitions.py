@@ -143,3 +143,26 @@ def test_idle_partition_releases_the_watermark():
     # Partition 1 sends again: it rejoins, and the watermark does not go back.
     e.process(None, np.array([7]), [None], 1, 1)
     assert e.watermark == 99
+
+
+def test_declared_partitions_survive_a_snapshot_taken_before_any_data():
+    """A checkpoint before the first event must still remember the declared partitions, or a
+    restored operator would let the first partition alone drive the watermark."""
+    import pickle
+
+    import pystream as ps
+    from pystream.operators import make_window_operator
+
+    def op():
+        return make_window_operator(ps.windows.Tumbling("10s"), {"n": ps.agg.count()}, ps.EventTime("t", unit="s"), ("k",))
+
+    batch = ps.Batch({"k": np.array([1, 1]), "t": np.array([0, 100])})
+    a = op()
+    a.declare_partitions([0, 1])
+    a.process(batch, 0)
+    b = op()
+    b.declare_partitions([0, 1])
+    c = op()
+    c.restore(pickle.loads(pickle.dumps(b.snapshot())))
+    c.process(batch, 0)
+    assert a.watermark is None and c.watermark is None  # partition 1 holds it back in both
