@@ -282,7 +282,7 @@ def _read_csv(path: str) -> Batch:
     return Batch.from_arrow(pacsv.read_csv(path))
 
 
-__all__ = ["Sink", "BufferedSink", "Collect", "Discard", "Print", "Files", "Postgres", "Kafka"]
+__all__ = ["Sink", "BufferedSink", "Collect", "Discard", "Print", "Files", "Postgres", "Kafka", "Redis"]
 
 
 def __getattr__(name: str):
@@ -295,4 +295,8 @@ def __getattr__(name: str):
         from .connectors_kafka import KafkaSink
 
         return KafkaSink
+    if name == "Redis":
+        from .connectors_redis import Redis
+
+        return Redis
     raise AttributeError(f"module 'pystream.sinks' has no attribute {name!r}")

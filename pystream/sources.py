@@ -74,7 +74,7 @@ class Arrays(Source):
 from .connectors_files import Files  # noqa: E402  (re-exported as ps.sources.Files)
 from .simulator import MeterSimulator  # noqa: E402  (re-exported as ps.sources.MeterSimulator)
 
-__all__ = ["Source", "Arrays", "Files", "MeterSimulator", "Kafka"]
+__all__ = ["Source", "Arrays", "Files", "MeterSimulator", "Kafka", "MQTT", "RedisStream"]
 
 
 def __getattr__(name: str):
@@ -83,4 +83,12 @@ def __getattr__(name: str):
         from .connectors_kafka import Kafka
 
         return Kafka
+    if name == "RedisStream":
+        from .connectors_redis import RedisStream
+
+        return RedisStream
+    if name == "MQTT":
+        from .connectors_mqtt import MQTT
+
+        return MQTT
     raise AttributeError(f"module 'pystream.sources' has no attribute {name!r}")
