@@ -195,11 +195,23 @@ class Postgres(BufferedSink):
 
     @staticmethod
     def read(dsn: str, table: str, order_by: str | None = None) -> Batch:
-        """A table's rows as a Batch (for tests and checks)."""
+        """A table's rows as a Batch: COPY ... TO STDOUT as CSV, parsed by pyarrow."""
         import psycopg
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
 
         with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute(f"SELECT * FROM {table}" + (f" ORDER BY {order_by}" if order_by else ""))
-            names = [d.name for d in cur.description]
-            rows = cur.fetchall()
-        return Batch({n: np.array([r[i] for r in rows]) for i, n in enumerate(names)})
+            cur.execute(f"SELECT * FROM {table} LIMIT 0")
+            types = {d.name: d.type_code for d in cur.description}
+            buf = io.BytesIO()
+            query = f"SELECT * FROM {table}" + (f" ORDER BY {order_by}" if order_by else "")
+            with cur.copy(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)") as copy:
+                for chunk in copy:
+                    buf.write(chunk)
+        if not buf.tell():
+            return Batch({n: np.empty(0) for n in types})
+        buf.seek(0)
+        # Keep text columns text even when they look numeric; booleans come as t/f.
+        opts = pacsv.ConvertOptions(true_values=["t"], false_values=["f"],
+                                    column_types={n: pa.string() for n, oid in types.items() if oid == 25})
+        return Batch.from_arrow(pacsv.read_csv(buf, convert_options=opts))

@@ -40,6 +40,10 @@ def fleet(n_readings: int, n_meters: int, seed: int) -> ps.sources.MeterSimulato
                                      future_share=0.000005)
 
 
+#: Key columns per result when written to PostgreSQL (upserts keep each window's final row).
+PG_KEYS = {"usage_15m": ("meter_id", "window_start"), "usage_1h": ("meter_id", "window_start"),
+           "daily_bill": ("meter_id", "window_start"), "register_usage_1h": ("meter_id", "window_start"),
+           "system_5m": ("window_start",), "system_rolling_1h": ("window_start",)}
 RESULTS = ("usage_15m", "late", "invalid", "duplicates", "usage_1h", "daily_bill", "register_usage_1h",
            "register_anomalies", "register_late", "system_5m", "system_rolling_1h", "outage_alerts")
 #: The demo's tariff: weekday peak 17-21 h, shoulder 7-17 h, off-peak otherwise (local time).
@@ -79,7 +83,7 @@ def _file_format() -> str:
     return "parquet"
 
 
-def build(source: ps.sources.Source, out: str | None = None, sink=None) -> ps.Flow:
+def build(source: ps.sources.Source, out: str | None = None, sink=None, redis: str | None = None) -> ps.Flow:
     """The demo flow; results go to Collect sinks, to exactly-once part files under `out`, or
     to `sink(name)`. Per-meter 15-minute and hourly usage and the 5-minute system load are
     queryable live ("usage", "usage_1h", "load")."""
@@ -103,6 +107,9 @@ def build(source: ps.sources.Source, out: str | None = None, sink=None) -> ps.Fl
         kwh=ps.agg.sum("kwh"), readings=ps.agg.count(), peak=ps.agg.max("kwh"))
     usage.queryable("usage")
     usage.sink(sink("usage_15m"))
+    if redis:  # dashboards: hashes usage:<meter> (field = window start) and a top list per window
+        usage.sink(ps.sinks.Redis(redis, key="pystream:usage:{meter_id}", field="{window_start}", value="kwh",
+                                  zset="pystream:top:{window_start}", name="pystream-demo-usage"))
     usage.late().sink(sink("late"))
     per_meter.window(ps.windows.Tumbling("1h"), allowed_lateness="2h").aggregate(
         kwh=ps.agg.sum("kwh")).queryable("usage_1h").sink(sink("usage_1h"))
@@ -141,6 +148,24 @@ def final_rows(batch: ps.Batch, keys: list[str]) -> ps.Batch:
     return batch.take(order[last])
 
 
+def _pg_has(dsn: str, name: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT to_regclass(%s)", (f"pystream_demo_{name}",)).fetchone()[0] is not None
+
+
+def _drop_demo_tables(dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name in RESULTS:
+            conn.execute(f"DROP TABLE IF EXISTS pystream_demo_{name}")
+            conn.execute(f"DROP TABLE IF EXISTS pystream_demo_{name}__pystream_stage")
+        if conn.execute("SELECT to_regclass('pystream_epochs')").fetchone()[0] is not None:
+            conn.execute("DELETE FROM pystream_epochs WHERE sink = ANY(%s)", (list(RESULTS),))
+
+
 def _server(flow, address):
     """Serves the flow at `address`, or on a free port when that one is taken."""
     try:
@@ -151,7 +176,8 @@ def _server(flow, address):
 
 
 def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool = False,
-        guarantee: str = "exactly_once", serve: str | None = None, progress: bool = False) -> dict:
+        guarantee: str = "exactly_once", serve: str | None = None, progress: bool = False,
+        postgres: str | None = None, redis: str | None = None) -> dict:
     sim = fleet(n_readings, n_meters, seed)
     print(f"pystream demo: simulating {n_meters:,} meters for {sim.blocks * 15 // 60} h {sim.blocks * 15 % 60} min "
           f"of event time (seed {seed}) ...")
@@ -159,7 +185,17 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
     if out and not resume:
         for name in (*RESULTS, "checkpoints"):
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
-    flow = build(sim, out=out)
+    pg_sink = None
+    if postgres:
+        if not out:
+            raise SystemExit("--postgres needs --out DIR for its checkpoints")
+
+        def pg_sink(name):
+            return ps.sinks.Postgres(postgres, f"pystream_demo_{name}", key=PG_KEYS.get(name), name=name)
+
+        if not resume:
+            _drop_demo_tables(postgres)
+    flow = build(sim, out=out, sink=pg_sink, redis=redis)
     server = _server(flow, serve) if serve else None
     if server is not None:
         print(f"live state while it runs: dashboard {server.url}/  query {server.url}/api/state/usage?key=42  "
@@ -169,7 +205,11 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
         result = flow.run(checkpoints=os.path.join(out, "checkpoints"), resume=resume, guarantee=guarantee,
                           checkpoint_every=4, progress=progress)
         elapsed = time.perf_counter() - t0
-        outputs = {name: ps.sinks.Files.read(os.path.join(out, name)) for name in RESULTS}
+        if postgres:
+            outputs = {name: ps.sinks.Postgres.read(postgres, f"pystream_demo_{name}") if _pg_has(postgres, name)
+                       else ps.Batch() for name in RESULTS}
+        else:
+            outputs = {name: ps.sinks.Files.read(os.path.join(out, name)) for name in RESULTS}
     else:
         result = flow.run(progress=progress)
         elapsed = time.perf_counter() - t0
@@ -211,7 +251,10 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
     top = np.argsort(hourly["kwh"])[-3:][::-1]
     print("  top meter-hours          " + ", ".join(
         f"meter {hourly['meter_id'][i]} {hourly['kwh'][i]:.2f} kWh" for i in top))
-    if out:
+    if postgres:
+        print(f"\n{guarantee} results in PostgreSQL tables pystream_demo_* (windows upserted by key); "
+              f"{len(result.checkpoints)} checkpoints in {out}/checkpoints")
+    elif out:
         print(f"\n{guarantee} results in {out}/ ({_file_format()} part files per checkpoint epoch; "
               f"{len(result.checkpoints)} checkpoints in {out}/checkpoints"
               + (f", resumed from epoch {result.resumed_from}" if result.resumed_from is not None else "") + ")")
@@ -274,7 +317,12 @@ def main(argv=None) -> int:
     p.add_argument("--serve", default="127.0.0.1:8080", help="serve queryable state, /metrics and the dashboard here "
                    "while it runs (default 127.0.0.1:8080; a free port if taken); '-' to not serve")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("--postgres", metavar="DSN", help="write results to PostgreSQL tables pystream_demo_* instead of "
+                   "part files (exactly-once upserts), e.g. postgresql://postgres@127.0.0.1/test")
+    p.add_argument("--redis", metavar="URL", help="also write 15-minute usage to Redis hashes pystream:usage:<meter> "
+                   "and top lists pystream:top:<window>, e.g. redis://127.0.0.1:6379/0")
     args = p.parse_args(argv)
     run(args.readings, args.meters, args.seed, None if args.out == "-" else args.out, args.resume, args.guarantee,
-        serve=None if args.serve == "-" else args.serve, progress=not args.no_progress)
+        serve=None if args.serve == "-" else args.serve, progress=not args.no_progress, postgres=args.postgres,
+        redis=args.redis)
     return 0

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import pandas as pd
 
 import pystream as ps
@@ -112,3 +113,21 @@ def test_demo_in_memory_equals_checkpointed_files(tmp_path):
     files = demo.run(50_000, 500, seed=2, out=str(tmp_path))
     for name in ("usage_15m", "late", "system_5m"):
         assert files["outputs"][name].to_pandas().equals(mem["outputs"][name].to_pandas()), name
+
+
+def test_demo_into_postgres_and_redis(tmp_path):
+    """The demo's --postgres/--redis flags: results upserted into PostgreSQL (every reading
+    accounted for, read back from the tables), 15-minute usage mirrored into Redis hashes."""
+    from conftest import require_service
+
+    require_service("127.0.0.1", 5432, "PostgreSQL")
+    require_service("127.0.0.1", 6379, "Redis")
+    import redis
+
+    dsn, url = "postgresql://postgres@127.0.0.1:5432/test", "redis://127.0.0.1:6379/0"
+    out = demo.run(30_000, 300, seed=5, out=str(tmp_path), postgres=dsn, redis=url)  # raises if readings were lost
+    usage = out["outputs"]["usage_15m"]
+    assert len(usage) == len(out["usage"]) > 0  # one row per (meter, window): upserts keep the final one
+    r = redis.Redis.from_url(url)
+    m, w, k = int(usage["meter_id"][0]), int(usage["window_start"][0]), float(usage["kwh"][0])
+    assert float(r.hget(f"pystream:usage:{m}", str(w))) == pytest.approx(k)

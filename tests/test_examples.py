@@ -21,6 +21,12 @@ def pystream_cli(*args, cwd):
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(example, tmp_path):
     args = ["run", example]
+    if example.name == "kafka_to_postgres.py":
+        pytest.importorskip("confluent_kafka")
+        from conftest import require_service
+
+        require_service("127.0.0.1", 5432, "PostgreSQL")
+        args += ["--checkpoints", "state", "--guarantee", "exactly_once", "--checkpoint-every", "3"]
     if "exactly_once" in example.name:
         args += ["--checkpoints", "state", "--guarantee", "exactly_once", "--checkpoint-every", "5"]
     r = pystream_cli(*args, cwd=tmp_path)
@@ -30,7 +36,7 @@ def test_example_runs(example, tmp_path):
 
 def test_examples_exist():
     assert {p.name for p in EXAMPLES} >= {"tumbling_usage.py", "late_data.py", "exactly_once_parquet.py", "system_load.py",
-                                          "daily_bills.py", "appliance_sessions.py"}
+                                          "daily_bills.py", "appliance_sessions.py", "kafka_to_postgres.py"}
 
 
 def test_run_serves_and_reports_progress(tmp_path):
