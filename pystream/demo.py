@@ -175,9 +175,37 @@ def _server(flow, address):
         return flow.serve(f"{host}:0")
 
 
+def via_kafka(sim: ps.sources.MeterSimulator, bootstrap: str) -> ps.sources.Source:
+    """Publishes the fleet's readings to a Kafka topic (as meters would, keyed by meter) and
+    returns a source reading them back; bootstrap "mock" starts librdkafka's mock cluster."""
+    from confluent_kafka import Producer
+
+    from .connectors_kafka import encode_json
+
+    if bootstrap == "mock":
+        via_kafka.cluster = Producer({"test.mock.num.brokers": 1, "log_level": 3})  # lives with the process
+        md = via_kafka.cluster.list_topics(timeout=10)
+        bootstrap = ",".join(f"{b.host}:{b.port}" for b in md.brokers.values())
+    topic = f"pystream-demo-readings-{sim.seed}"
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "queue.buffering.max.messages": 1_000_000,
+                  "log_level": 3})
+    for batch in sim.batches():
+        keys = batch["meter_id"].astype(str).tolist()
+        for k, v in zip(keys, encode_json(batch)):
+            while True:
+                try:
+                    p.produce(topic, key=k.encode(), value=v.encode())
+                    break
+                except BufferError:
+                    p.poll(0.05)
+    p.flush(120)
+    print(f"published the readings to Kafka topic {topic!r} at {bootstrap}; reading them back from there")
+    return ps.sources.Kafka(topic, bootstrap, batch_size=20_000, stop_at_end=True)
+
+
 def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool = False,
         guarantee: str = "exactly_once", serve: str | None = None, progress: bool = False,
-        postgres: str | None = None, redis: str | None = None) -> dict:
+        postgres: str | None = None, redis: str | None = None, kafka: str | None = None) -> dict:
     sim = fleet(n_readings, n_meters, seed)
     print(f"pystream demo: simulating {n_meters:,} meters for {sim.blocks * 15 // 60} h {sim.blocks * 15 % 60} min "
           f"of event time (seed {seed}) ...")
@@ -195,7 +223,7 @@ def run(n_readings: int, n_meters: int, seed: int, out: str | None, resume: bool
 
         if not resume:
             _drop_demo_tables(postgres)
-    flow = build(sim, out=out, sink=pg_sink, redis=redis)
+    flow = build(via_kafka(sim, kafka) if kafka else sim, out=out, sink=pg_sink, redis=redis)
     server = _server(flow, serve) if serve else None
     if server is not None:
         print(f"live state while it runs: dashboard {server.url}/  query {server.url}/api/state/usage?key=42  "
@@ -321,8 +349,10 @@ def main(argv=None) -> int:
                    "part files (exactly-once upserts), e.g. postgresql://postgres@127.0.0.1/test")
     p.add_argument("--redis", metavar="URL", help="also write 15-minute usage to Redis hashes pystream:usage:<meter> "
                    "and top lists pystream:top:<window>, e.g. redis://127.0.0.1:6379/0")
+    p.add_argument("--kafka", metavar="BOOTSTRAP", help="publish the readings to Kafka and read them from there "
+                   "('mock' starts librdkafka's in-process mock cluster)")
     args = p.parse_args(argv)
     run(args.readings, args.meters, args.seed, None if args.out == "-" else args.out, args.resume, args.guarantee,
         serve=None if args.serve == "-" else args.serve, progress=not args.no_progress, postgres=args.postgres,
-        redis=args.redis)
+        redis=args.redis, kafka=args.kafka)
     return 0
