@@ -7,13 +7,14 @@
 from . import agg, meters, sinks, sources, testing, triggers, tz, windows
 from ._duration import parse_duration
 from .batch import Batch
-from .flow import Flow, KeyedStream, RunResult, Stream, WindowedStream, WindowResultStream
+from .flow import Flow, KeyedStream, ResourceLimitError, RunResult, Stream, WindowedStream, WindowResultStream
 from .operators import WindowAggregateOperator
 from .timing import EventTime, IngestionTime, ProcessingTime
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Batch", "EventTime", "Flow", "IngestionTime", "ProcessingTime", "KeyedStream", "RunResult", "Stream", "WindowAggregateOperator",
+    "Batch", "EventTime", "Flow", "IngestionTime", "ProcessingTime", "KeyedStream", "ResourceLimitError", "RunResult",
+    "Stream", "WindowAggregateOperator",
     "WindowResultStream", "WindowedStream", "agg", "parse_duration", "meters", "sinks", "sources", "testing", "triggers", "tz", "windows",
 ]

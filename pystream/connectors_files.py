@@ -93,7 +93,7 @@ class Files(Source):
         else:
             reader = self._text_reader(path)
         skipped = 0
-        for rb in reader:
+        for rb in _checked(reader, path):
             if skipped + rb.num_rows <= skip:
                 skipped += rb.num_rows
                 continue
@@ -106,13 +106,21 @@ class Files(Source):
     def _text_reader(self, path: str):
         import pyarrow as pa
 
-        if self.format == "csv":
-            import pyarrow.csv as pacsv
+        try:
+            if self.format == "csv":
+                import pyarrow.csv as pacsv
 
-            return pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22))
-        import pyarrow.json as pajson
+                return pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 22))
+            import pyarrow.json as pajson
 
-        table = pajson.read_json(path, read_options=pajson.ReadOptions(block_size=1 << 22))
+            with open(path, "rb") as f:
+                head = f.read(4096).lstrip()
+            # Every line must be an object; pyarrow 26's reader crashes the process on a leading null.
+            if head and not head.startswith(b"{"):
+                raise ValueError(f"{path}: cannot read it as jsonl: the first line is not a JSON object: {head[:40]!r}")
+            table = pajson.read_json(path, read_options=pajson.ReadOptions(block_size=1 << 22))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read it as {self.format}: {e}") from None
         return iter(table.to_batches(max_chunksize=self.batch_size)) if table.num_rows else iter(
             [pa.RecordBatch.from_pydict({})])
 
@@ -136,6 +144,21 @@ class Files(Source):
 
     def __repr__(self):
         return f"Files({self.path!r}, format={self.format!r})"
+
+
+def _checked(batches, path: str):
+    """pyarrow's parse errors, with the file they come from."""
+    import pyarrow as pa
+
+    it = iter(batches)
+    while True:
+        try:
+            rb = next(it)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read it as {os.path.splitext(path)[1].lstrip('.') or 'this format'}: {e}") from None
+        yield rb
 
 
 def _format_of(path: str) -> str | None:

@@ -41,10 +41,20 @@ def _require():
 
 
 def decode_json(values: list[bytes]) -> dict[str, np.ndarray]:
-    """JSON object values -> columns, parsed by pyarrow in one call."""
+    """JSON object values -> columns, parsed by pyarrow in one call (one object per value: a
+    value holding a line break or not an object is an error)."""
     import pyarrow.json as pajson
 
+    for i, v in enumerate(values):
+        if b"\n" in v or b"\r" in v:
+            raise ValueError(f"value {i} of the batch spans several lines; send compact JSON, one object per message")
+        s = v.strip()
+        # Also a guard: pyarrow 26's JSON reader crashes the process on a top-level null.
+        if not (s.startswith(b"{") and s.endswith(b"}")):
+            raise ValueError(f"value {i} of the batch is not a JSON object: {v[:40]!r}")
     table = pajson.read_json(io.BytesIO(b"\n".join(values)))
+    if table.num_rows != len(values):
+        raise ValueError(f"{len(values)} values decoded to {table.num_rows} JSON objects; each value must be one object")
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
@@ -141,8 +151,12 @@ class Kafka(Source):
                 part = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=len(msgs))
                 for p in np.unique(part):
                     mine = [m for m, q in zip(msgs, part) if q == p]
-                    cols = self.decoder([m.value() for m in mine])
                     offs = np.fromiter((m.offset() for m in mine), dtype=np.int64, count=len(mine))
+                    try:
+                        cols = self.decoder([m.value() or b"" for m in mine])
+                    except Exception as e:  # a poison message must name itself, not crash the run obscurely
+                        raise ValueError(f"Kafka topic {self.topic!r} partition {p} offsets {offs[0]}..{offs[-1]}: "
+                                         f"cannot decode the values: {e}") from None
                     cols["kafka_partition"] = np.full(len(mine), p, dtype=np.int64)
                     cols["kafka_offset"] = offs
                     cols["kafka_ts"] = np.fromiter((m.timestamp()[1] for m in mine), dtype=np.int64, count=len(mine))

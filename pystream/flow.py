@@ -315,8 +315,30 @@ class WindowedStream:
         return WindowResultStream(s._flow, node, "out", None, ())
 
 
+class ResourceLimitError(RuntimeError):
+    """An operator went past a limit set with `.limit(...)`; the run stops before it can take
+    the machine's memory. Checkpointed state stays as it was at the last epoch, so the run can
+    resume with a higher limit."""
+
+
+LIMITS = ("max_keys", "max_state_bytes", "max_open_windows")
+
+
 class WindowResultStream(Stream):
     """Window results; `.late()` and `.invalid()` are this operator's side outputs."""
+
+    def limit(self, max_keys: int | None = None, max_state_bytes: int | None = None,
+              max_open_windows: int | None = None) -> "WindowResultStream":
+        """Bounds this operator's state: after each batch, more distinct keys, more state bytes
+        or more open (not yet fired) windows than allowed stop the run with a ResourceLimitError
+        naming the operator, the limit and the value (the documented policy: fail early and
+        clearly rather than run out of memory)."""
+        limits = {"max_keys": max_keys, "max_state_bytes": max_state_bytes, "max_open_windows": max_open_windows}
+        for k, v in limits.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                raise ValueError(f"{k} must be a positive int, got {v!r}")
+        self._node.params["limits"] = {k: v for k, v in limits.items() if v is not None}
+        return self
 
     def queryable(self, name: str, history_rows: int = 1_000_000) -> "WindowResultStream":
         """Exposes this window operator's live state as `name`: flow.query(name, key=...),
@@ -593,6 +615,16 @@ class LocalRuntime:
                 metrics[node.id]["rows_out"] += len(res)
                 push(node, "out", res)
 
+        def check_limits(node: _Node) -> None:
+            stats = ops[node.id].stats()
+            have = {"max_keys": stats["num_keys"], "max_state_bytes": stats["state_bytes"],
+                    "max_open_windows": stats["open_windows"]}
+            for k, limit in node.params["limits"].items():
+                if have[k] > limit:
+                    raise ResourceLimitError(
+                        f"{metrics[node.id]['name']}: {k[4:].replace('_', ' ')} {have[k]:,} > {k}={limit:,}; raise the "
+                        f"limit with .limit({k}=...), key by fewer distinct values or shorten allowed_lateness")
+
         def note_input(node: _Node, batch: Batch, part: int) -> None:
             """Wall-clock bookkeeping of an operator's inputs, for idleness and quiet streams."""
             now = clock.now_ns()
@@ -627,6 +659,8 @@ class LocalRuntime:
                 last_input[node.id] = batch
                 note_input(node, batch, part)
                 res, late, invalid = ops[node.id].process(batch, part)
+                if node.params.get("limits"):
+                    check_limits(node)
                 m = metrics[node.id]
                 m["rows_out"] += len(res)
                 if len(res):
@@ -756,6 +790,10 @@ class LocalRuntime:
                 checkpoint(epoch, True)
 
         live.running = False
+        # The nested functions above call each other through closure cells: a reference cycle
+        # that would keep every operator's native state alive until the cyclic GC runs.
+        push = deliver = push_fired = idle_checks = checkpoint = write_checkpoint = note_input = None  # noqa: F841
+        check_limits = upstream_sources = None  # noqa: F841
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()
