@@ -202,3 +202,17 @@ def test_unreachable_port_is_a_clear_error():
         s.listen()
         with pytest.raises(OSError):
             ps.Flow("x").serve(f"127.0.0.1:{port}")
+
+
+def test_regression_a_leading_json_null_is_refused_not_a_crash(tmp_path):
+    """pyarrow 26's JSON reader segfaults on a top-level null (found by the fuzz test above):
+    the decoders refuse it before pyarrow sees it."""
+    from pystream.connectors_kafka import decode_json
+
+    for values in ([b"null"], [b"null", b"1"], [b"  null  "], [b"[1]"], [b'"x"']):
+        with pytest.raises(ValueError, match="is not a JSON object"):
+            decode_json(values)
+    path = tmp_path / "bad.jsonl"
+    path.write_text('null\n{"a": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl: cannot read it as jsonl: the first line is not a JSON object"):
+        list(ps.sources.Files(str(path)).read())
