@@ -7,7 +7,6 @@ import os
 import sys
 import uuid
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

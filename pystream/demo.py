@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 import pystream as ps
-from pystream.datagen import meter_readings
 
 HOUR_MS = 3_600_000
 

@@ -14,7 +14,7 @@ import numpy as np
 from ._duration import parse_duration
 from .agg import Agg
 from .batch import Batch
-from .operators import WindowAggregateOperator, make_window_operator
+from .operators import make_window_operator
 from .sinks import Sink
 from .sources import Source
 from .timing import EventTime, ProcessingTime
@@ -792,8 +792,8 @@ class LocalRuntime:
         live.running = False
         # The nested functions above call each other through closure cells: a reference cycle
         # that would keep every operator's native state alive until the cyclic GC runs.
-        push = deliver = push_fired = idle_checks = checkpoint = write_checkpoint = note_input = None  # noqa: F841
-        check_limits = upstream_sources = None  # noqa: F841
+        push = deliver = push_fired = idle_checks = checkpoint = write_checkpoint = note_input = None  # noqa: F811, F841
+        check_limits = upstream_sources = None  # noqa: F811, F841
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()

@@ -23,7 +23,6 @@ WORKER = os.path.join(os.path.dirname(__file__), "pg_worker.py")
 @pytest.fixture
 def table():
     require_service("127.0.0.1", 5432, "PostgreSQL")
-    import psycopg
 
     name = f"pystream_test_{uuid.uuid4().hex[:10]}"
     yield name

@@ -16,7 +16,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
