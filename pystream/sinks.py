@@ -278,8 +278,21 @@ def _read_csv(path: str) -> Batch:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
         header, body = rows[0], rows[1:]
-        return Batch({h: np.array([r[i] for r in body]) for i, h in enumerate(header)})
+        return Batch({h: _typed(np.array([r[i] for r in body], dtype=str)) for i, h in enumerate(header)})
     return Batch.from_arrow(pacsv.read_csv(path))
+
+
+def _typed(text: np.ndarray) -> np.ndarray:
+    """A CSV column read without pyarrow: int64, float64 or bool when every value parses as
+    one (as pyarrow would infer), else strings."""
+    for kind in (np.int64, np.float64):
+        try:
+            return text.astype(kind)
+        except ValueError:
+            continue
+    if len(text) and np.isin(text, ["True", "False", "true", "false"]).all():
+        return np.char.lower(text) == "true"
+    return text.astype(object)
 
 
 __all__ = ["Sink", "BufferedSink", "Collect", "Discard", "Print", "Files", "Postgres", "Kafka", "Redis"]

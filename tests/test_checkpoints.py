@@ -193,3 +193,24 @@ def test_checkpoints_on_an_fsspec_url(tmp_path):
     again = meter_flow(str(tmp_path / "o"), ps.sources.Arrays(DATA, batch_size=5000)).run(
         checkpoints=url, resume=True, guarantee="exactly_once")
     assert again.resumed_from == res.checkpoints[-1]
+
+
+def test_csv_part_files_read_back_typed_without_pyarrow(tmp_path, monkeypatch):
+    """The README's first command installs only NumPy: part files then are CSV written and read
+    by the standard library, and must come back as numbers, not strings."""
+    import sys
+
+    import numpy as np
+
+    import pystream as ps
+
+    monkeypatch.setitem(sys.modules, "pyarrow.csv", None)  # "import pyarrow.csv" raises ImportError
+    sink = ps.sinks.Files(str(tmp_path / "o"), name="o")
+    sink.open()
+    sink.write(ps.Batch({"m": np.array([1, 2]), "kwh": np.array([0.5, 1.25]), "update": np.array([True, False]),
+                         "tz": np.array(["UTC", "Europe/Berlin"], dtype=object)}))
+    sink.close()
+    back = ps.sinks.Files.read(str(tmp_path / "o"))
+    assert back["m"].dtype == np.int64 and back["kwh"].dtype == np.float64 and back["update"].dtype == bool
+    assert back["m"].tolist() == [1, 2] and back["update"].tolist() == [True, False]
+    assert back["tz"].tolist() == ["UTC", "Europe/Berlin"]
