@@ -146,7 +146,34 @@ std::vector<const double*> value_pointers(const std::vector<std::optional<F64Arr
   return vptr;
 }
 
-class PyEngine {
+/// What the engine wrappers share: running an engine call without the GIL and handing its
+/// output to Python, and the watermark and partitions as Python values.
+template <class E>
+class PyEngineBase {
+ public:
+  template <class F>
+  py::dict call(F&& f) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      f(*engine_, out);
+    }
+    return emit_to_dict(std::move(out), keyed_);
+  }
+  std::optional<int64_t> watermark() const {
+    if (!engine_->has_watermark()) return std::nullopt;
+    return engine_->watermark();
+  }
+  py::list partitions() const { return partitions_to_list(engine_->partitions()); }
+  const E& engine() const { return *engine_; }
+
+ protected:
+  std::unique_ptr<E> engine_;
+  bool keyed_ = true;
+  size_t naggs_ = 0;
+};
+
+class PyEngine : public PyEngineBase<WindowEngine> {
  public:
   PyEngine(int64_t size, int64_t slide, int64_t offset, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
            const std::vector<std::pair<int, int>>& aggs, int64_t out_div, int64_t early_every) {
@@ -163,6 +190,7 @@ class PyEngine {
     std::vector<AggSpec> specs = parse_aggs(aggs);
     engine_ = std::make_unique<WindowEngine>(spec, specs);
     naggs_ = specs.size();
+    keyed_ = keyed;
   }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
@@ -175,52 +203,22 @@ class PyEngine {
       fail("key and timestamp columns differ in length: " + std::to_string(keys->size()) + " != " + std::to_string(n));
     }
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out, partition);
-    }
-    return emit_to_dict(std::move(out), keyed);
+    return call([&](WindowEngine& e, EmitBuffer& o) {
+      e.process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition);
+    });
   }
 
   py::dict advance_watermark(int64_t w) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->advance_watermark(w, out);
-    }
-    return emit_to_dict(std::move(out), engine_->spec().keyed);
+    return call([w](WindowEngine& e, EmitBuffer& o) { e.advance_watermark(w, o); });
   }
-
   py::dict set_partition_idle(int64_t partition, bool idle) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->set_partition_idle(partition, idle, out);
-    }
-    return emit_to_dict(std::move(out), engine_->spec().keyed);
+    return call([=](WindowEngine& e, EmitBuffer& o) { e.set_partition_idle(partition, idle, o); });
   }
-
-  py::list partitions() const {
-    return partitions_to_list(engine_->partitions());
-  }
-
   py::dict flush() {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->flush(out);
-    }
-    return emit_to_dict(std::move(out), engine_->spec().keyed);
+    return call([](WindowEngine& e, EmitBuffer& o) { e.flush(o); });
   }
-
   py::dict peek(std::optional<int64_t> key) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->peek(key.has_value(), key.value_or(0), out);
-    }
-    return emit_to_dict(std::move(out), engine_->spec().keyed);
+    return call([key](WindowEngine& e, EmitBuffer& o) { e.peek(key.has_value(), key.value_or(0), o); });
   }
 
   py::dict snapshot() const {
@@ -259,15 +257,6 @@ class PyEngine {
     engine_->restore(s);
   }
 
-  std::optional<int64_t> watermark() const {
-    if (!engine_->has_watermark()) return std::nullopt;
-    return engine_->watermark();
-  }
-  const WindowEngine& engine() const { return *engine_; }
-
- private:
-  std::unique_ptr<WindowEngine> engine_;
-  size_t naggs_ = 0;
 };
 
 class PyCountEngine {
@@ -319,11 +308,11 @@ class PyCountEngine {
   size_t naggs_ = 0;
 };
 
-class PySessionEngine {
+class PySessionEngine : public PyEngineBase<SessionEngine> {
  public:
   PySessionEngine(int64_t gap, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
-                  const std::vector<std::pair<int, int>>& aggs, int64_t out_div)
-      : keyed_(keyed) {
+                  const std::vector<std::pair<int, int>>& aggs, int64_t out_div) {
+    keyed_ = keyed;
     std::vector<AggSpec> specs = parse_aggs(aggs);
     naggs_ = specs.size();
     engine_ = std::make_unique<SessionEngine>(gap, ooo, lateness, max_future, keyed, specs, out_div);
@@ -334,43 +323,19 @@ class PySessionEngine {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed session window needs a key column as long as the batch");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, out, partition);
-    }
-    return emit_to_dict(std::move(out), keyed_);
+    return call([&](SessionEngine& e, EmitBuffer& o) {
+      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition);
+    });
   }
 
   py::dict flush() {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->flush(out);
-    }
-    return emit_to_dict(std::move(out), keyed_);
+    return call([](SessionEngine& e, EmitBuffer& o) { e.flush(o); });
   }
-
   py::dict set_partition_idle(int64_t partition, bool idle) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->set_partition_idle(partition, idle, out);
-    }
-    return emit_to_dict(std::move(out), keyed_);
+    return call([=](SessionEngine& e, EmitBuffer& o) { e.set_partition_idle(partition, idle, o); });
   }
-
-  py::list partitions() const {
-    return partitions_to_list(engine_->partitions());
-  }
-
   py::dict advance_watermark(int64_t w) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->advance_watermark(w, out);
-    }
-    return emit_to_dict(std::move(out), keyed_);
+    return call([w](SessionEngine& e, EmitBuffer& o) { e.advance_watermark(w, o); });
   }
 
   py::dict snapshot() const {
@@ -410,45 +375,9 @@ class PySessionEngine {
     engine_->restore(s);
   }
 
-  std::optional<int64_t> watermark() const {
-    if (!engine_->has_watermark()) return std::nullopt;
-    return engine_->watermark();
-  }
   int64_t num_keys() const { return engine_->num_keys(); }
   bool has_key(int64_t k) const { return engine_->has_key(k); }
   int64_t live_sessions() const { return engine_->live_sessions(); }
-
- private:
-  std::unique_ptr<SessionEngine> engine_;
-  bool keyed_;
-  size_t naggs_ = 0;
-};
-
-/// What the engine wrappers share: running an engine call without the GIL and handing its
-/// output to Python, and the watermark and partitions as Python values.
-template <class E>
-class PyEngineBase {
- public:
-  template <class F>
-  py::dict call(F&& f) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      f(*engine_, out);
-    }
-    return emit_to_dict(std::move(out), keyed_);
-  }
-  std::optional<int64_t> watermark() const {
-    if (!engine_->has_watermark()) return std::nullopt;
-    return engine_->watermark();
-  }
-  py::list partitions() const { return partitions_to_list(engine_->partitions()); }
-  const E& engine() const { return *engine_; }
-
- protected:
-  std::unique_ptr<E> engine_;
-  bool keyed_ = true;
-  size_t naggs_ = 0;
 };
 
 class PyCalendarEngine : public PyEngineBase<CalendarEngine> {
