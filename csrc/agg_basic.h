@@ -19,8 +19,16 @@
 
 namespace pystream {
 
+/// Parameters of an aggregation: ddof for var/std; `iparam`/`fparam` for sketches (precision;
+/// bins and relative accuracy; k and capacity); `share`: the index of an earlier spec whose
+/// state this one reads instead of keeping its own (several quantiles of one sketch).
 struct AggParams {
   int ddof = 1;
+  int iparam = 0;
+  int iparam2 = 0;
+  double fparam = 0.0;
+  double fparam2 = 0.0;
+  int share = -1;
 };
 
 /// s + v with its exact rounding error accumulated into c (TwoSum, branch-free).

@@ -32,7 +32,7 @@
 
 namespace pystream {
 
-enum class AggKind : int { kCount = 0, kSum, kMin, kMax, kMean, kFirst, kLast, kVar, kStd };
+enum class AggKind : int { kCount = 0, kSum, kMin, kMax, kMean, kFirst, kLast, kVar, kStd, kDistinct, kQuantile, kTopK, kHandle };
 
 /// Events of one batch segment, as the aggregation kernels see them.
 struct Segment {
@@ -46,6 +46,7 @@ struct Segment {
 /// A column of outputs: int64 for counts, float64 for everything else.
 struct OutColumn {
   bool is_int = false;
+  bool paired = false;  // values in f and counts in i (top-k), k per row
   OutBuf<int64_t> i;
   OutBuf<double> f;
 };
@@ -179,78 +180,5 @@ class AggColumnImpl final : public AggColumn {
 
   AggParams params_;
 };
-
-struct AggSpec {
-  AggKind kind;
-  AggParams params;
-};
-
-/// The aggregations of one operator laid out in a state row: the engine's count at offset 0,
-/// `header` bytes of engine-owned fields after it, then each non-count aggregation (8-byte
-/// aligned). Count aggregations in the spec read the engine's count (col_of_spec = -1).
-struct RowLayout {
-  AggColumnImpl<CountAgg> count{AggParams{}};
-  std::vector<std::unique_ptr<AggColumn>> cols;
-  std::vector<int> col_of_spec;
-  int64_t row_bytes = 0;
-  std::vector<uint8_t> init_row;
-
-  RowLayout(const std::vector<AggSpec>& aggs, int64_t header);
-  const AggColumn& column_of_spec(size_t s) const {
-    return col_of_spec[s] < 0 ? static_cast<const AggColumn&>(count) : *cols[col_of_spec[s]];
-  }
-};
-
-inline std::unique_ptr<AggColumn> make_column(AggKind kind, AggParams params) {
-  switch (kind) {
-    case AggKind::kCount: return std::make_unique<AggColumnImpl<CountAgg>>(params);
-    case AggKind::kSum: return std::make_unique<AggColumnImpl<SumAgg>>(params);
-    case AggKind::kMin: return std::make_unique<AggColumnImpl<MinAgg>>(params);
-    case AggKind::kMax: return std::make_unique<AggColumnImpl<MaxAgg>>(params);
-    case AggKind::kMean: return std::make_unique<AggColumnImpl<MeanAgg>>(params);
-    case AggKind::kFirst: return std::make_unique<AggColumnImpl<FirstAgg>>(params);
-    case AggKind::kLast: return std::make_unique<AggColumnImpl<LastAgg>>(params);
-    case AggKind::kVar: return std::make_unique<AggColumnImpl<VarAgg>>(params);
-    case AggKind::kStd: return std::make_unique<AggColumnImpl<StdAgg>>(params);
-  }
-  fail("unknown aggregation kind");
-}
-
-inline RowLayout::RowLayout(const std::vector<AggSpec>& aggs, int64_t header) {
-  int64_t offset = static_cast<int64_t>(sizeof(int64_t)) + header;
-  for (const AggSpec& a : aggs) {
-    if (a.kind == AggKind::kCount) {
-      col_of_spec.push_back(-1);
-    } else {
-      col_of_spec.push_back(static_cast<int>(cols.size()));
-      cols.push_back(make_column(a.kind, a.params));
-      cols.back()->set_offset(offset);
-      offset += static_cast<int64_t>((cols.back()->state_bytes() + 7) / 8 * 8);
-    }
-  }
-  row_bytes = offset;
-  init_row.assign(static_cast<size_t>(row_bytes), 0);
-  count.init(init_row.data());
-  for (const auto& c : cols) c->init(init_row.data());
-}
-
-/// The checks every engine makes before a batch changes any state: not flushed, one value
-/// column per aggregation (null only for counts), a valid unit, every timestamp in range.
-inline void check_batch(const RowLayout& layout, bool flushed, const std::vector<const double*>& values, const int64_t* ts,
-                        int64_t n, int64_t unit_ns) {
-  if (flushed) fail("this window operator has been flushed at end of input and accepts no more events");
-  if (values.size() != layout.col_of_spec.size()) fail("expected one value column per aggregation");
-  for (size_t s = 0; s < layout.col_of_spec.size(); ++s) {
-    if (layout.col_of_spec[s] >= 0 && values[s] == nullptr && n > 0) fail("missing value column for an aggregation");
-  }
-  if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
-  const int64_t limit = kMaxAbsTime / unit_ns;
-  for (int64_t i = 0; i < n; ++i) {
-    if (ts[i] < -limit || ts[i] > limit) {
-      fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
-           " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
-    }
-  }
-}
 
 }  // namespace pystream

@@ -65,7 +65,9 @@ py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
   d["early"] = to_numpy(std::move(b.early)).attr("view")("bool");
   py::list cols;
   for (OutColumn& c : b.cols) {
-    if (c.is_int) {
+    if (c.paired) {
+      cols.append(py::make_tuple(to_numpy(std::move(c.f)), to_numpy(std::move(c.i))));
+    } else if (c.is_int) {
       cols.append(to_numpy(std::move(c.i)));
     } else {
       cols.append(to_numpy(std::move(c.f)));
@@ -84,13 +86,55 @@ std::vector<T> from_numpy(const py::array_t<T, py::array::c_style | py::array::f
   return std::vector<T>(a.data(), a.data() + a.size());
 }
 
-std::vector<AggSpec> parse_aggs(const std::vector<std::pair<int, int>>& aggs) {
+/// Aggregation specs as tuples (kind, ddof, iparam, iparam2, fparam, fparam2, share) — see
+/// AggParams; trailing fields may be left out ((kind,) or (kind, ddof) for the basic ones).
+using AggTuple = py::tuple;
+
+std::vector<AggSpec> parse_aggs(const std::vector<AggTuple>& aggs) {
   std::vector<AggSpec> specs;
-  for (const auto& [kind, ddof] : aggs) {
-    if (kind < 0 || kind > static_cast<int>(AggKind::kStd)) fail("unknown aggregation kind " + std::to_string(kind));
-    specs.push_back(AggSpec{static_cast<AggKind>(kind), AggParams{ddof}});
+  for (const py::tuple& t : aggs) {
+    if (t.size() < 1 || t.size() > 7) fail("an aggregation spec is a tuple of 1 to 7 fields, got " + std::to_string(t.size()));
+    const int kind = t[0].cast<int>();
+    if (kind < 0 || kind > static_cast<int>(AggKind::kHandle)) fail("unknown aggregation kind " + std::to_string(kind));
+    AggParams p;
+    if (t.size() > 1) p.ddof = t[1].cast<int>();
+    if (t.size() > 2) p.iparam = t[2].cast<int>();
+    if (t.size() > 3) p.iparam2 = t[3].cast<int>();
+    if (t.size() > 4) p.fparam = t[4].cast<double>();
+    if (t.size() > 5) p.fparam2 = t[5].cast<double>();
+    if (t.size() > 6) p.share = t[6].cast<int>();
+    specs.push_back(AggSpec{static_cast<AggKind>(kind), p});
   }
   return specs;
+}
+
+/// Per spec, the operation log of a handle column as an (n, 3) int64 array (None for other
+/// aggregations); None when the operator has no handle column.
+py::object handle_logs(const RowLayout& layout) {
+  py::list logs;
+  bool any = false;
+  for (size_t s = 0; s < layout.col_of_spec.size(); ++s) {
+    const int c = layout.col_of_spec[s];
+    const auto* h = c < 0 ? nullptr : dynamic_cast<const HandleColumn*>(layout.cols[static_cast<size_t>(c)].get());
+    if (h == nullptr) {
+      logs.append(py::none());
+      continue;
+    }
+    any = true;
+    logs.append(to_numpy(h->take_log()).attr("reshape")(-1, 3));
+  }
+  return any ? py::object(logs) : py::object(py::none());
+}
+
+/// The nonzero handles of spec `spec` over all of an engine's state rows.
+template <class E>
+py::array_t<int64_t> live_handles(const E& e, int spec) {
+  const RowLayout& layout = e.layout();
+  if (spec < 0 || spec >= static_cast<int>(layout.col_of_spec.size())) fail("no aggregation spec " + std::to_string(spec));
+  const int c = layout.col_of_spec[static_cast<size_t>(spec)];
+  const auto* h = c < 0 ? nullptr : dynamic_cast<const HandleColumn*>(layout.cols[static_cast<size_t>(c)].get());
+  if (h == nullptr) fail("aggregation spec " + std::to_string(spec) + " is not a custom aggregation");
+  return to_numpy(h->live(e.state_data(), e.state_rows(), layout.row_bytes));
 }
 
 void partitions_to_dict(const std::vector<PartitionState>& parts, py::dict& d) {
@@ -158,8 +202,11 @@ class PyEngineBase {
       py::gil_scoped_release release;
       f(*engine_, out);
     }
-    return emit_to_dict(std::move(out), keyed_);
+    py::dict d = emit_to_dict(std::move(out), keyed_);
+    d["handles"] = handle_logs(engine_->layout());
+    return d;
   }
+  py::array_t<int64_t> live(int spec) const { return live_handles(*engine_, spec); }
   std::optional<int64_t> watermark() const {
     if (!engine_->has_watermark()) return std::nullopt;
     return engine_->watermark();
@@ -176,7 +223,7 @@ class PyEngineBase {
 class PyEngine : public PyEngineBase<WindowEngine> {
  public:
   PyEngine(int64_t size, int64_t slide, int64_t offset, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
-           const std::vector<std::pair<int, int>>& aggs, int64_t out_div, int64_t early_every) {
+           const std::vector<AggTuple>& aggs, int64_t out_div, int64_t early_every) {
     WindowSpec spec;
     spec.size = size;
     spec.slide = slide;
@@ -261,7 +308,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
 
 class PyCountEngine {
  public:
-  PyCountEngine(int64_t n, int64_t slide, bool keyed, const std::vector<std::pair<int, int>>& aggs) : keyed_(keyed) {
+  PyCountEngine(int64_t n, int64_t slide, bool keyed, const std::vector<AggTuple>& aggs) : keyed_(keyed) {
     std::vector<AggSpec> specs = parse_aggs(aggs);
     naggs_ = specs.size();
     engine_ = std::make_unique<CountWindowEngine>(n, slide, keyed, specs);
@@ -276,8 +323,11 @@ class PyCountEngine {
       py::gil_scoped_release release;
       engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), vptr, n, out);
     }
-    return emit_to_dict(std::move(out), keyed_);
+    py::dict d = emit_to_dict(std::move(out), keyed_);
+    d["handles"] = handle_logs(engine_->layout());
+    return d;
   }
+  py::array_t<int64_t> live(int spec) const { return live_handles(*engine_, spec); }
 
   py::dict snapshot() const {
     auto s = engine_->snapshot();
@@ -311,7 +361,7 @@ class PyCountEngine {
 class PySessionEngine : public PyEngineBase<SessionEngine> {
  public:
   PySessionEngine(int64_t gap, int64_t ooo, int64_t lateness, int64_t max_future, bool keyed,
-                  const std::vector<std::pair<int, int>>& aggs, int64_t out_div) {
+                  const std::vector<AggTuple>& aggs, int64_t out_div) {
     keyed_ = keyed;
     std::vector<AggSpec> specs = parse_aggs(aggs);
     naggs_ = specs.size();
@@ -382,7 +432,7 @@ class PySessionEngine : public PyEngineBase<SessionEngine> {
 
 class PyCalendarEngine : public PyEngineBase<CalendarEngine> {
  public:
-  PyCalendarEngine(int64_t ooo, int64_t lateness, int64_t max_future, bool keyed, const std::vector<std::pair<int, int>>& aggs,
+  PyCalendarEngine(int64_t ooo, int64_t lateness, int64_t max_future, bool keyed, const std::vector<AggTuple>& aggs,
                    int64_t out_div, int64_t early_every) {
     keyed_ = keyed;
     CalendarSpec spec;
@@ -455,7 +505,7 @@ class PyCalendarEngine : public PyEngineBase<CalendarEngine> {
 class PyGlobalEngine : public PyEngineBase<GlobalEngine> {
  public:
   PyGlobalEngine(int trigger, int64_t count, int64_t interval, bool purge, int64_t ooo, int64_t max_future, bool keyed,
-                 const std::vector<std::pair<int, int>>& aggs) {
+                 const std::vector<AggTuple>& aggs) {
     keyed_ = keyed;
     GlobalSpec spec;
     spec.trigger = trigger;
@@ -599,7 +649,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("MAX_DURATION") = kMaxDuration;
 
   py::class_<PyEngine>(m, "WindowEngine")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t, int64_t>(),
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, const std::vector<AggTuple>&, int64_t, int64_t>(),
            py::arg("size"), py::arg("slide"), py::arg("offset"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"),
            py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1, py::arg("early_every") = 0)
       .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
@@ -609,6 +659,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("partitions", &PyEngine::partitions)
       .def("flush", &PyEngine::flush)
       .def("peek", &PyEngine::peek, py::arg("key") = py::none())
+      .def("live_handles", &PyEngine::live)
       .def("snapshot", &PyEngine::snapshot)
       .def("restore", &PyEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyEngine::watermark)
@@ -623,16 +674,17 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("flushed", [](const PyEngine& e) { return e.engine().flushed(); });
 
   py::class_<PyCountEngine>(m, "CountWindowEngine")
-      .def(py::init<int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&>(), py::arg("size"), py::arg("slide"),
+      .def(py::init<int64_t, int64_t, bool, const std::vector<AggTuple>&>(), py::arg("size"), py::arg("slide"),
            py::arg("keyed"), py::arg("aggs"))
       .def("process", &PyCountEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"))
+      .def("live_handles", &PyCountEngine::live)
       .def("snapshot", &PyCountEngine::snapshot)
       .def("restore", &PyCountEngine::restore, py::arg("state"))
       .def_property_readonly("num_keys", &PyCountEngine::num_keys)
       .def("has_key", &PyCountEngine::has_key, py::arg("key"));
 
   py::class_<PySessionEngine>(m, "SessionEngine")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t>(),
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, bool, const std::vector<AggTuple>&, int64_t>(),
            py::arg("gap"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"), py::arg("keyed"), py::arg("aggs"),
            py::arg("out_div") = 1)
       .def("process", &PySessionEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
@@ -641,6 +693,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("partitions", &PySessionEngine::partitions)
       .def("flush", &PySessionEngine::flush)
       .def("advance_watermark", &PySessionEngine::advance_watermark, py::arg("watermark"))
+      .def("live_handles", &PySessionEngine::live)
       .def("snapshot", &PySessionEngine::snapshot)
       .def("restore", &PySessionEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PySessionEngine::watermark)
@@ -649,7 +702,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("live_sessions", &PySessionEngine::live_sessions);
 
   py::class_<PyCalendarEngine>(m, "CalendarEngine")
-      .def(py::init<int64_t, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&, int64_t, int64_t>(), py::arg("ooo"),
+      .def(py::init<int64_t, int64_t, int64_t, bool, const std::vector<AggTuple>&, int64_t, int64_t>(), py::arg("ooo"),
            py::arg("lateness"), py::arg("max_future"), py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1,
            py::arg("early_every") = 0)
       .def("add_zone", &PyCalendarEngine::add_zone, py::arg("bounds"))
@@ -670,6 +723,7 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("key") = py::none())
       .def_property_readonly("partitions", &PyCalendarEngine::partitions)
+      .def("live_handles", &PyCalendarEngine::live)
       .def("snapshot", &PyCalendarEngine::snapshot)
       .def("restore", &PyCalendarEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyCalendarEngine::watermark)
@@ -681,7 +735,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("open_windows", [](const PyCalendarEngine& e) { return e.engine().open_windows(); });
 
   py::class_<PyGlobalEngine>(m, "GlobalEngine")
-      .def(py::init<int, int64_t, int64_t, bool, int64_t, int64_t, bool, const std::vector<std::pair<int, int>>&>(),
+      .def(py::init<int, int64_t, int64_t, bool, int64_t, int64_t, bool, const std::vector<AggTuple>&>(),
            py::arg("trigger"), py::arg("count"), py::arg("interval"), py::arg("purge"), py::arg("ooo"), py::arg("max_future"),
            py::arg("keyed"), py::arg("aggs"))
       .def("process", &PyGlobalEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
@@ -697,6 +751,7 @@ PYBIND11_MODULE(_core, m) {
       .def("fire", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.fire(o); }); })
       .def("flush", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.flush(o); }); })
       .def_property_readonly("partitions", &PyGlobalEngine::partitions)
+      .def("live_handles", &PyGlobalEngine::live)
       .def("snapshot", &PyGlobalEngine::snapshot)
       .def("restore", &PyGlobalEngine::restore, py::arg("state"))
       .def_property_readonly("watermark", &PyGlobalEngine::watermark)

@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "agg_column.h"
+#include "agg_layout.h"
 #include "common.h"
 #include "key_index.h"
 #include "watermark.h"
@@ -129,6 +129,10 @@ class CalendarEngine {
   bool has_key(int64_t k) const { return keys_.contains(k); }
   int64_t ring_capacity() const { return ring_cap_; }
   int64_t state_bytes() const { return row_bytes_ * ring_cap_ * slot_cap_; }
+  /// All state rows (rows not in use hold init state), for scans such as live handles.
+  const uint8_t* state_data() const { return storage_.data(); }
+  int64_t state_rows() const { return ring_cap_ * slot_cap_; }
+  const RowLayout& layout() const { return layout_; }
   /// Windows (per zone) that hold data and have not fired on time yet.
   int64_t open_windows() const {
     int64_t n = 0;

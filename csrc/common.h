@@ -132,6 +132,16 @@ class HugeBuffer {
   size_t size_ = 0;
 };
 
+/// The splitmix64 finalizer: a bijection on 64 bits with full avalanche (hash tables, sketches).
+inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
 [[noreturn]] inline void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 
 }  // namespace pystream

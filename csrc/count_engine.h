@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "agg_column.h"
+#include "agg_layout.h"
 #include "common.h"
 #include "key_index.h"
 #include "window_engine.h"
@@ -40,6 +40,10 @@ class CountWindowEngine {
   }
 
   int64_t num_keys() const { return keyed_ ? keys_.size() : 0; }
+  /// All state rows (rows not in use hold init state), for scans such as live handles.
+  const uint8_t* state_data() const { return storage_.data(); }
+  int64_t state_rows() const { return panes_ * slot_cap_; }
+  const RowLayout& layout() const { return layout_; }
   /// Whether key k has state here (for queries; never adds it).
   bool has_key(int64_t k) const { return keys_.contains(k); }
 

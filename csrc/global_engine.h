@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "agg_column.h"
+#include "agg_layout.h"
 #include "common.h"
 #include "key_index.h"
 #include "watermark.h"
@@ -54,6 +54,10 @@ class GlobalEngine {
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }
   int64_t num_keys() const { return spec_.keyed ? keys_.size() : 0; }
+  /// All state rows (rows not in use hold init state), for scans such as live handles.
+  const uint8_t* state_data() const { return rows_.data(); }
+  int64_t state_rows() const { return static_cast<int64_t>(rows_.size()) / row_bytes_; }
+  const RowLayout& layout() const { return layout_; }
   /// Whether key k has state here (for queries; never adds it).
   bool has_key(int64_t k) const { return keys_.contains(k); }
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }

@@ -92,14 +92,7 @@ class KeyIndex {
 
  private:
   static uint64_t hash(int64_t k) {
-    // splitmix64 finalizer: full avalanche, so sequential ids spread over the table.
-    uint64_t x = static_cast<uint64_t>(k);
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
+    return mix64(static_cast<uint64_t>(k));  // full avalanche: sequential ids spread over the table
   }
 
   /// Distinct keys of the batch not yet in the table (only asked near kMaxKeys).

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "agg_column.h"
+#include "agg_layout.h"
 #include "common.h"
 #include "key_index.h"
 #include "timer_queue.h"
@@ -49,6 +49,10 @@ class SessionEngine {
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }
   int64_t num_keys() const { return keyed_ ? keys_.size() : 0; }
+  /// All state rows (rows not in use hold init state), for scans such as live handles.
+  const uint8_t* state_data() const { return rows_.data(); }
+  int64_t state_rows() const { return static_cast<int64_t>(rows_.size()) / row_bytes_; }
+  const RowLayout& layout() const { return layout_; }
   /// Whether key k has state here (for queries; never adds it).
   bool has_key(int64_t k) const { return keys_.contains(k); }
   int64_t live_sessions() const { return live_; }
@@ -217,6 +221,8 @@ class SessionEngine {
   }
 
   void kill(int32_t id) {
+    // A freed row holds init state, like every row not in use (handle columns rely on it).
+    std::memcpy(row(id), init_row_.data(), static_cast<size_t>(row_bytes_));
     pool_[id].alive = false;
     ++pool_[id].version;
     free_.push_back(id);

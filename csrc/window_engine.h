@@ -34,7 +34,7 @@
 #include <string>
 #include <vector>
 
-#include "agg_column.h"
+#include "agg_layout.h"
 #include "common.h"
 #include "key_index.h"
 #include "watermark.h"
@@ -126,6 +126,10 @@ class WindowEngine {
   bool flushed() const { return flushed_; }
   /// Bytes of window state currently allocated (all aggregations, including the count).
   int64_t state_bytes() const { return row_bytes_ * ring_cap_ * slot_cap_; }
+  /// All state rows (rows not in use hold init state), for scans such as live handles.
+  const uint8_t* state_data() const { return storage_.data(); }
+  int64_t state_rows() const { return ring_cap_ * slot_cap_; }
+  const RowLayout& layout() const { return layout_; }
   /// Bytes of state per key per slice (all aggregations in one row).
   int64_t row_bytes() const { return row_bytes_; }
 

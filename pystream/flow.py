@@ -137,7 +137,7 @@ class Flow:
                 desc = (getattr(p["fn"], "__qualname__", type(p["fn"]).__name__),)
             elif n.kind == "window":
                 desc = (repr(p["window"]), p["keys"], p["allowed_lateness"], repr(p["time"]), p.get("early_every"),
-                        tuple((k, a.kind, a.column, a.ddof) for k, a in p["aggs"].items()))
+                        tuple((k,) + a.fingerprint() for k, a in p["aggs"].items()))
             elif n.kind == "sink":
                 desc = (p["sink"].fingerprint(),)
             elif n.kind == "process":

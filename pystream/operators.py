@@ -7,8 +7,9 @@ import numpy as np
 from . import _core
 from ._intern import ObjectInterner
 from ._keys import KeyEncoder
-from .agg import Agg
+from .agg import COUNT_SPEC, Agg, native_specs
 from .batch import Batch
+from .custom import PythonAggs
 from .timing import EventTime, TimeRepr
 from .windows import Window
 
@@ -39,8 +40,10 @@ class WindowAggregateOperator:
         for name, a in aggs.items():
             if not isinstance(a, Agg):
                 raise TypeError(f"aggregate({name}=...) expects a ps.agg aggregation such as ps.agg.sum('kwh'), got {a!r}")
-            if name in reserved:
-                raise ValueError(f"aggregate output name {name!r} collides with a key or window column; choose another name")
+            clash = reserved.intersection(a.output_names(name))
+            if clash:
+                raise ValueError(f"aggregate output name {sorted(clash)[0]!r} collides with a key or window column; "
+                                 "choose another name")
         self.window = window
         self.aggs = dict(aggs)
         self.time = time
@@ -52,6 +55,19 @@ class WindowAggregateOperator:
         self._declared: list[int] = []
         self._repr: TimeRepr | None = None
         self._value_dtypes: dict[str, np.dtype] = {}
+        self._py = self._python_aggs()
+
+    #: Engine specs before the operator's own aggregations (count windows put their count first).
+    LEAD: tuple = ()
+    #: Output rows carry window bounds that time-weighted aggregations hold samples up to.
+    BOUNDED = True
+
+    def _python_aggs(self):
+        aggs = list(self.aggs.values())
+        return PythonAggs(aggs, len(self.LEAD), self.BOUNDED) if any(a.in_python for a in aggs) else None
+
+    def _specs(self) -> list:
+        return native_specs(self.aggs.values(), self.LEAD)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _build(self, rep: TimeRepr):
@@ -60,7 +76,7 @@ class WindowAggregateOperator:
         mf = -1 if self.time.max_future is None else self.time.max_future
         self._engine = _core.WindowEngine(
             w.size, w.slide, w.offset, self.time.max_out_of_orderness, self.allowed_lateness, mf,
-            bool(self.keys), [(a.code, a.ddof) for a in self.aggs.values()], div, self.early_every or 0)
+            bool(self.keys), self._specs(), div, self.early_every or 0)
         self._repr = rep
         self._div = div
         for p in self._declared:
@@ -93,6 +109,9 @@ class WindowAggregateOperator:
             if a.column not in batch:
                 raise KeyError(f"aggregate {name}={a.kind}({a.column!r}): unknown column {a.column!r}; "
                                f"the batch has {batch.columns}")
+            if a.in_python:
+                cols.append(self._py.sequence(len(batch)))
+                continue
             arr = batch[a.column]
             if arr.dtype.kind not in "iufb":
                 raise TypeError(f"aggregate {name}={a.kind}({a.column!r}) needs a numeric column, got dtype {arr.dtype}")
@@ -102,6 +121,7 @@ class WindowAggregateOperator:
 
     def process(self, batch: Batch, partition: int = 0):
         ts, rep = self.time.extract(batch)
+        self._begin_python(batch, ts, rep)
         values = self._values(batch)
         keys = self._encoder.encode(batch) if self._encoder is not None else None
         if self._engine is None:
@@ -115,6 +135,13 @@ class WindowAggregateOperator:
             raise ValueError(f"time column {self.time.column!r}: {e}") from None
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"],
                                                                                     out.get("invalid_reason"))
+
+    def _begin_python(self, batch, ts, rep) -> None:
+        if self._py is not None:
+            for a in self.aggs.values():
+                if a.in_python and a.column not in batch:
+                    return  # _values names the missing column
+            self._py.begin(batch, ts * rep.factor)
 
     def _extra_columns(self, batch) -> tuple:
         """Engine inputs besides keys, times and values (none here; per-row zones for calendars)."""
@@ -162,15 +189,34 @@ class WindowAggregateOperator:
             cols.update(self._encoder.decode(out["key"]))
         cols["window_start"] = self._repr.to_output(out["start"], self._div)
         cols["window_end"] = self._repr.to_output(out["end"], self._div)
-        for (name, a), values in zip(self.aggs.items(), out["cols"]):
+        values_of = out["cols"]
+        if self._py is not None:
+            bounds = (out["start"] * self._div, out["end"] * self._div)
+            values_of = self._py.resolve(out, values_of, self._engine, bounds)
+        for (name, a), values in zip(self.aggs.items(), values_of):
             dt = self._value_dtypes.get(name)
             if a.keeps_input_dtype and dt is not None and dt.kind in "iub":
                 values = values.astype(dt)
+            if a.kind == "top_k":
+                cols.update(self._top_k_columns(name, a, values))
+                continue
             cols[name] = values
         cols[UPDATE_COLUMN] = out["update"]
         if self.early_every:
             cols[FINAL_COLUMN] = ~out["early"]
         return Batch(cols)
+
+    @staticmethod
+    def _top_k_columns(name, a, values) -> dict:
+        """A top_k output (values and counts, k per row, or an empty column) as its 2k columns."""
+        k = a.iparam
+        vals, counts = values if isinstance(values, tuple) else (np.empty(0), np.empty(0, dtype=np.int64))
+        vals, counts = vals.reshape(-1, k), counts.reshape(-1, k)
+        cols = {}
+        for j in range(k):
+            cols[f"{name}_{j + 1}"] = vals[:, j].copy()
+            cols[f"{name}_{j + 1}_count"] = counts[:, j].copy()
+        return cols
 
     def empty_result(self) -> Batch:
         cols = {k: np.empty(0, dtype=np.int64) for k in self.keys}
@@ -181,7 +227,12 @@ class WindowAggregateOperator:
         cols["window_start"] = t if rep is None else rep.to_output(t, self._div)
         cols["window_end"] = t if rep is None else rep.to_output(t, self._div)
         for name, a in self.aggs.items():
-            cols[name] = np.empty(0, dtype=np.int64 if a.kind == "count" else np.float64)
+            if a.kind == "top_k":
+                cols.update(self._top_k_columns(name, a, np.empty(0)))
+            elif a.in_python:
+                cols[name] = np.empty(0, dtype=a.impl.dtype)
+            else:
+                cols[name] = np.empty(0, dtype=np.int64 if a.kind in ("count", "distinct") else np.float64)
         cols[UPDATE_COLUMN] = np.empty(0, dtype=bool)
         if self.early_every:
             cols[FINAL_COLUMN] = np.empty(0, dtype=bool)
@@ -240,6 +291,7 @@ class WindowAggregateOperator:
             "repr": None if self._repr is None else (self._repr.kind, self._repr.unit),
             "keys": None if self._encoder is None else self._encoder.snapshot(),
             "value_dtypes": {k: v.str for k, v in self._value_dtypes.items()},
+            "python_aggs": None if self._py is None else self._py.snapshot(),
             # Partitions declared before any data reached the engine (otherwise in its state).
             "declared": list(self._declared),
         }
@@ -254,10 +306,12 @@ class WindowAggregateOperator:
         if self._encoder is not None and state["keys"] is not None:
             self._encoder.restore(state["keys"])
         self._value_dtypes = {k: np.dtype(v) for k, v in state["value_dtypes"].items()}
+        if self._py is not None:
+            self._py.restore(state.get("python_aggs") or {"seq": 1, "stores": [st.snapshot() for st in self._py.stores]})
 
     def fingerprint(self) -> tuple:
         return (
-            repr(self.window), self.keys, tuple((n, a.kind, a.column, a.ddof) for n, a in self.aggs.items()),
+            repr(self.window), self.keys, tuple((n,) + a.fingerprint() for n, a in self.aggs.items()),
             self.allowed_lateness, repr(self.time), self.early_every,
         )
 
@@ -269,6 +323,8 @@ class CountWindowOperator(WindowAggregateOperator):
     event time."""
 
     EVENTS = "events"
+    LEAD = (COUNT_SPEC,)
+    BOUNDED = False
 
     def __init__(self, window, aggs, time, keys=(), allowed_lateness=0):
         if self.EVENTS in aggs:
@@ -276,13 +332,13 @@ class CountWindowOperator(WindowAggregateOperator):
         super().__init__(window, aggs, time, keys, allowed_lateness)
 
     def _build(self, rep: TimeRepr):
-        specs = [(0, 1)] + [(a.code, a.ddof) for a in self.aggs.values()]
-        self._engine = _core.CountWindowEngine(self.window.size, self.window.slide, bool(self.keys), specs)
+        self._engine = _core.CountWindowEngine(self.window.size, self.window.slide, bool(self.keys), self._specs())
         self._repr = rep
         self._div = rep.factor  # window bounds are event times, already in the input's unit
 
     def process(self, batch: Batch, partition: int = 0):
         ts, rep = self.time.extract(batch)
+        self._begin_python(batch, ts, rep)
         values = [None] + self._values(batch)
         keys = self._encoder.encode(batch) if self._encoder is not None else None
         if self._engine is None:
@@ -335,12 +391,14 @@ class SessionWindowOperator(WindowAggregateOperator):
     """Session windows over the native session engine (csrc/session_engine.h). Same outputs,
     side outputs, per-partition watermarks, idleness and quiet-stream handling as time windows."""
 
+    BOUNDED = False  # a session ends a gap after its last event: nothing to hold samples up to
+
     def _build(self, rep: TimeRepr):
         gap = self.window.size
         div = rep.output_divisor(gap)
         mf = -1 if self.time.max_future is None else self.time.max_future
         self._engine = _core.SessionEngine(gap, self.time.max_out_of_orderness, self.allowed_lateness, mf, bool(self.keys),
-                                           [(a.code, a.ddof) for a in self.aggs.values()], div)
+                                           self._specs(), div)
         self._repr = rep
         self._div = div
         for p in self._declared:
@@ -369,7 +427,7 @@ class CalendarWindowOperator(WindowAggregateOperator):
         div = rep.output_divisor(1_000_000_000)  # bounds are whole seconds
         mf = -1 if self.time.max_future is None else self.time.max_future
         self._engine = _core.CalendarEngine(self.time.max_out_of_orderness, self.allowed_lateness, mf, bool(self.keys),
-                                            [(a.code, a.ddof) for a in self.aggs.values()], div, self.early_every or 0)
+                                            self._specs(), div, self.early_every or 0)
         self._repr = rep
         self._div = div
         zones, self._zones = self._zones, []
@@ -441,10 +499,9 @@ class GlobalWindowOperator(CountWindowOperator):
     def _build(self, rep: TimeRepr):
         tr = self.window.trigger
         mf = -1 if self.time.max_future is None else self.time.max_future
-        specs = [(0, 1)] + [(a.code, a.ddof) for a in self.aggs.values()]
         self._engine = _core.GlobalEngine(tr.code, tr.value if tr.code == 0 else 0, tr.value if tr.code else 0,
                                           self.window.mode == "purging", self.time.max_out_of_orderness, mf, bool(self.keys),
-                                          specs)
+                                          self._specs())
         self._repr = rep
         self._div = rep.factor  # bounds are event times in the input's unit
         for p in self._declared:
