@@ -4,7 +4,7 @@
 >>> flow = ps.Flow("meters")
 """
 
-from . import agg, meters, sinks, sources, testing, triggers, tz, windows
+from . import agg, meters, runtimes, sinks, sources, testing, triggers, tz, windows
 from ._duration import parse_duration
 from .batch import Batch
 from .flow import Flow, KeyedStream, ResourceLimitError, RunResult, Stream, WindowedStream, WindowResultStream

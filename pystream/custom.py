@@ -167,7 +167,8 @@ class AccumulatorStore:
 
     def restore(self, state: dict) -> None:
         self.handles = np.asarray(state["handles"], dtype=np.int64).copy()
-        self.acc = state["acc"]
+        acc = state["acc"]  # copied: a snapshot's arrays may be read-only (zero-copy deserialised)
+        self.acc = None if acc is None else (tuple(np.array(a) for a in acc) if isinstance(acc, tuple) else np.array(acc))
 
 
 class TimeWeighted:

@@ -58,7 +58,7 @@ class Flow:
 
     def run(self, checkpoints: str | None = None, *, resume: bool = False, guarantee: str | None = None,
             checkpoint_every=64, keep: int = 3, clock=None, serve: str | None = None,
-            serve_token: str | None = None, progress: bool = False) -> "RunResult":
+            serve_token: str | None = None, progress: bool = False, runtime=None) -> "RunResult":
         """Runs the flow with the local runtime. Bounded sources run to their end, then every
         window fires (the watermark jumps to the end of time).
 
@@ -76,8 +76,16 @@ class Flow:
             serve_token: require this bearer token from HTTP clients.
             progress: show events/s, watermark, late count and checkpoint age on stderr while
                 it runs (a rich live panel when rich is installed).
+            runtime: None for this process, or e.g. ps.runtimes.Ray(parallelism=4) to run the
+                windows on several processes (see pystream/runtimes.py).
         """
         from . import clock as _clock
+
+        if runtime is not None:
+            if serve is not None or progress or clock is not None:
+                raise ValueError(f"serve=, progress= and clock= belong to the local runtime, not {runtime!r}")
+            return runtime.run(self, checkpoints=checkpoints, resume=resume, guarantee=guarantee,
+                               checkpoint_every=checkpoint_every, keep=keep)
 
         server = self.serve(serve, token=serve_token) if serve is not None else None
         if progress:

@@ -14,6 +14,7 @@ Protocol (the runtime calls, per sink):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -127,7 +128,7 @@ class Print(Sink):
             print(batch.slice(0, self.max_rows).to_dict())
 
 
-_PART = re.compile(r"^part-(\d{8})(?:-([0-9a-f]+))?\.(csv|parquet)$")
+_PART = re.compile(r"^part-(\d{8})(?:-([0-9a-z]+))?\.(csv|parquet)$")
 
 
 class Files(BufferedSink):
@@ -155,6 +156,11 @@ class Files(BufferedSink):
         self.name = name or os.path.basename(os.path.normpath(self.path)) or "files"
         self._pending: list[Batch] = []
         self._run = uuid.uuid4().hex[:8]
+        #: set by a runtime that runs one copy of this sink per worker: names each copy's parts
+        self.instance: str | None = None
+
+    def _tag(self) -> str:
+        return "" if self.instance is None else f"-{self.instance}"
 
     def fingerprint(self) -> str:
         return f"Files:{self.name}:{self.format}"
@@ -166,15 +172,15 @@ class Files(BufferedSink):
     def flush_epoch(self, epoch: int) -> None:
         batch = self._take()
         if batch is not None:
-            self._write_atomic(f"part-{epoch:08d}-{self._run}.{self.format}", batch)
+            self._write_atomic(f"part-{epoch:08d}-{self._run}{(self.instance or '')}.{self.format}", batch)
 
     def pre_commit(self, epoch: int):
         batch = self._take()
         if batch is None:
             return None
-        staged = f".pending-part-{epoch:08d}.{self.format}"
+        staged = f".pending-part-{epoch:08d}{self._tag()}.{self.format}"
         self._write_atomic(staged, batch)
-        return {"epoch": epoch, "staged": staged, "final": f"part-{epoch:08d}.{self.format}"}
+        return {"epoch": epoch, "staged": staged, "final": f"part-{epoch:08d}{self._tag()}.{self.format}"}
 
     def commit(self, handle) -> None:
         if handle is None:
@@ -193,7 +199,8 @@ class Files(BufferedSink):
         for p in glob.glob(os.path.join(self.path, ".pending-part-*")) + glob.glob(os.path.join(self.path, ".tmp-*")):
             m = re.search(r"part-(\d{8})", p)
             if m is None or int(m.group(1)) > epoch:
-                os.unlink(p)
+                with contextlib.suppress(FileNotFoundError):  # another worker's recovery got there first
+                    os.unlink(p)
 
     def close(self):
         # A run without checkpoints publishes everything at the end.

@@ -1,0 +1,65 @@
+"""Throughput of the tumbling meter query on the Ray runtime at parallelism 1, 2, 4, ...
+
+    python benchmarks/ray_scaling.py --rows 10000000 --parallelism 1 2 4 8 16
+
+Each run: `--rows` readings of 100k meters split into as many Arrays sources as window actors
+(source actors read and shuffle in parallel), 15-minute tumbling sum/count/max per meter,
+rows counted by a Discard sink in each window actor. Ray starts once with all CPUs; the
+local runtime runs the same flow first as the baseline and the check (same row count).
+Efficiency = rate(p) / (p * rate(1)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import pystream as ps
+from pystream.datagen import meter_readings
+
+
+def flow(data, parts: int):
+    f = ps.Flow("scaling")
+    n = len(data["ts"])
+    srcs = [f.source(ps.sources.Arrays({k: v[i * n // parts:(i + 1) * n // parts] for k, v in data.items()},
+                                       batch_size=65_536, name=f"part{i}"),
+                     time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s")) for i in range(parts)]
+    s = srcs[0].union(*srcs[1:]) if parts > 1 else srcs[0]
+    s.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(
+        kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh")).sink(ps.sinks.Discard("rows"))
+    return f
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--meters", type=int, default=100_000)
+    ap.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--key-groups", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=2)
+    a = ap.parse_args()
+    data = meter_readings(a.rows, a.meters, seed=42)
+    t = time.perf_counter()
+    want = flow(data, 1).run()["rows"]
+    local = a.rows / (time.perf_counter() - t)
+    print(f"machine: {os.cpu_count()} CPUs; {a.rows:,} readings, {a.meters:,} meters; local runtime "
+          f"{local / 1e6:.1f} M events/s ({want:,} rows)", flush=True)
+    ps.runtimes.init()
+    base = None
+    print(f"{'parallelism':>11} {'M events/s':>11} {'speed-up':>9} {'efficiency':>10}")
+    for p in a.parallelism:
+        best = 0.0
+        for _ in range(a.repeat):
+            t = time.perf_counter()
+            res = flow(data, p).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups))
+            best = max(best, a.rows / (time.perf_counter() - t))
+            assert res["rows"] == want, (res["rows"], want)
+        base = base or best * 1 / p if p == 1 else base
+        base = base or best
+        speed = best / base
+        print(f"{p:>11} {best / 1e6:>11.1f} {speed:>8.2f}x {speed / p:>9.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The driver side of the Ray runtime (see pystream/runtimes.py): actors, rounds, watermarks,
+checkpoints and recovery."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+from .batch import Batch
+from .flow import RunResult, _Node, _parse_every
+from .runtimes import Plan, SourceWorker, WindowWorker, owner
+from .sinks import Collect
+
+
+def _graph(flow, keep_source: int | None = None):
+    """A picklable copy of the flow's graph for an actor: no live state, and no source objects
+    (their data) except the one source the actor reads."""
+    nodes: dict[int, _Node] = {}
+    for n in flow._nodes:
+        params = dict(n.params)
+        if n.kind == "source" and n.id != keep_source:
+            params["source"] = None
+        nodes[n.id] = _Node(n.kind, [(nodes[p.id], port) for p, port in n.inputs], params, n.id)
+    return types.SimpleNamespace(_nodes=list(nodes.values()))
+
+
+class Driver:
+    #: Recoveries in a row (no new checkpoint between them) before the run fails.
+    MAX_RECOVERIES = 3
+
+    def __init__(self, runtime, flow, ray):
+        self.rt, self.flow, self.ray = runtime, flow, ray
+        self.plan = Plan(flow)
+        for w in self.plan.windows:
+            if getattr(w.params["time"], "follows_clock", False) or w.params["time"].idleness \
+                    or w.params["time"].close_idle_after:
+                raise ValueError(f"window node {w.id}: processing time, idleness and close_idle_after follow the wall "
+                                 f"clock of one process; the Ray runtime runs event time only")
+        self.n, self.groups = runtime.parallelism, runtime.key_groups
+        self.sink_nodes = {n.id: n for n in self.plan.sinks}
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _check_guarantee(self, guarantee, checkpoints):
+        if guarantee is None:
+            return "at_least_once" if checkpoints is not None else None
+        if guarantee not in ("at_least_once", "exactly_once"):
+            raise ValueError(f"the Ray runtime offers guarantee='at_least_once' or 'exactly_once', got {guarantee!r}")
+        if checkpoints is None:
+            raise ValueError(f"guarantee={guarantee!r} needs checkpoints: flow.run(checkpoints='state/', ...)")
+        for s in self.plan.sources:
+            if not s.params["source"].replayable:
+                raise ValueError(f"{guarantee} needs replayable sources, but source {s.params['source'].name!r} cannot "
+                                 f"replay from a position")
+        if guarantee == "exactly_once":
+            for n in self.plan.sinks:
+                sink = n.params["sink"]
+                if not (sink.transactional or isinstance(sink, Collect)):
+                    raise ValueError(f"exactly_once needs transactional sinks, but sink {sink.name!r} "
+                                     f"({type(sink).__name__}) cannot take part in a two-phase commit")
+        return guarantee
+
+    def _start(self, state: dict | None) -> None:
+        """Fresh source actors at the state's positions; every window actor restarted from the
+        state's key groups (its own range of them)."""
+        ray = self.ray
+        st = state or {}
+        self.positions = dict(st.get("positions", {}))
+        self.chan_ids = dict(st.get("chan_ids", {}))
+        self.top = dict(st.get("top", {}))
+        self.ended = set(st.get("ended", ()))
+        if not self.chan_ids:
+            for s in self.plan.sources:
+                for label in s.params["source"].partitions():
+                    self.chan_ids.setdefault((s.id, label), len(self.chan_ids))
+        for a in getattr(self, "source_actors", {}).values():
+            ray.kill(a)
+        src_cls = ray.remote(SourceWorker)
+        live = [s for s in self.plan.sources if s.id not in self.ended]
+        self.source_actors = {s.id: src_cls.remote(_graph(self.flow, s.id), s.id, self.n, self.groups,
+                                                    self.positions.get(s.id)) for s in live}
+        groups = st.get("groups", {})
+        calls = []
+        for j, w in enumerate(self.workers):
+            mine = {wid: {g: s for g, s in snaps.items() if owner(g, self.n, self.groups) == j}
+                    for wid, snaps in groups.items()}
+            calls.append(w.start.remote(self._channels(), mine))
+        ray.get(calls)
+        self.pending = {sid: self._read(sid) for sid in self.source_actors}
+
+    def _channels(self) -> dict:
+        return {w.id: [c for (sid, _), c in self.chan_ids.items() if any(s.id == sid for s in self.plan.sources_of[w.id])]
+                for w in self.plan.windows}
+
+    def _read(self, sid: int):
+        return self.source_actors[sid].next.options(num_returns=self.n + 1).remote()
+
+    def watermarks(self) -> dict:
+        out = {}
+        for w in self.plan.windows:
+            srcs = {s.id for s in self.plan.sources_of[w.id]} - self.ended
+            chans = [c for (sid, _), c in self.chan_ids.items() if sid in srcs]
+            tops = [self.top.get((w.id, c)) for c in chans]
+            if chans and all(t is not None for t in tops):
+                out[w.id] = min(tops) - w.params["time"].max_out_of_orderness - 1
+        return out
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, checkpoints, resume, guarantee, checkpoint_every, keep) -> RunResult:
+        import time
+
+        from .checkpoint import CheckpointStore
+
+        ray = self.ray
+        guarantee = self._check_guarantee(guarantee, checkpoints)
+        if resume and checkpoints is None:
+            raise ValueError("resume=True needs checkpoints='DIR'")
+        every_batches, every_seconds = _parse_every(checkpoint_every)
+        store = CheckpointStore(checkpoints, keep=keep) if checkpoints is not None else None
+        fingerprint = f"{self.flow.fingerprint()}|ray key_groups={self.groups}"
+        worker_cls = ray.remote(max_restarts=3, max_task_retries=0)(WindowWorker)
+        self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups) for j in range(self.n)]
+        self.collected = {sid: [] for sid, n in self.sink_nodes.items() if isinstance(n.params["sink"], Collect)}
+        epoch, resumed_from, written, recoveries = 0, None, [], 0
+        state = None
+        if store is not None:
+            latest = store.latest(fingerprint) if resume else None
+            if latest is not None:
+                resumed_from, state = latest
+                if state["guarantee"] != guarantee:
+                    raise ValueError(f"checkpoint epoch {resumed_from} was taken with guarantee {state['guarantee']!r}, "
+                                     f"this run asks for {guarantee!r}")
+                epoch = resumed_from + 1
+            self._recover_sinks(state, resumed_from if state else -1)
+        self._start(state)
+        finished = bool(state and state["finished"])
+        rounds, last_ckpt, failed_once = 0, time.monotonic(), False
+        streak, last_recovered_at = 0, None  # recoveries since the last new checkpoint
+        try:
+            while self.pending and not finished:
+                try:
+                    self._round()
+                    rounds += 1
+                    if self.rt.fail_worker_after is not None and not failed_once and rounds == self.rt.fail_worker_after:
+                        failed_once = True
+                        ray.kill(self.workers[0], no_restart=False)  # Ray restarts it; the next call finds it dead
+                    if store is not None and self.pending and (
+                            (every_batches and rounds % every_batches == 0)
+                            or (every_seconds and time.monotonic() - last_ckpt >= every_seconds)):
+                        written.append(self._checkpoint(store, fingerprint, epoch, guarantee, False))
+                        epoch, last_ckpt = epoch + 1, time.monotonic()
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                    if store is None:
+                        raise RuntimeError(f"an actor died ({e}) and the flow has no checkpoints to recover "
+                                           f"from; run with checkpoints='DIR'") from e
+                    recoveries += 1
+                    if written and written[-1] != last_recovered_at:
+                        streak = 0
+                    streak, last_recovered_at = streak + 1, (written[-1] if written else None)
+                    if streak > self.MAX_RECOVERIES:
+                        raise RuntimeError(f"actors died {streak} times without a checkpoint in between; giving up: "
+                                           f"{e}") from e
+                    latest = store.latest(fingerprint)
+                    state = latest[1] if latest else None
+                    self._recover_sinks(state, latest[0] if latest else -1)
+                    self._start(state)
+            if not finished:
+                ray.get([w.finish.remote() for w in self.workers])
+                if store is not None:
+                    written.append(self._checkpoint(store, fingerprint, epoch, guarantee, True))
+            closed = ray.get([w.close.remote() for w in self.workers])
+        finally:
+            for a in list(getattr(self, "source_actors", {}).values()) + self.workers:
+                ray.kill(a)
+        result = RunResult()
+        for sid, node in self.sink_nodes.items():
+            sink = node.params["sink"]
+            if sid in self.collected:
+                parts = [b for b in self.collected[sid] + [b for c in closed for b in c[sid]] if len(b)]
+                result[sink.name] = Batch.concat(parts) if parts else Batch()
+            else:  # one copy per actor: counts add up; anything else (a path) is the same for all
+                values = [c[sid] for c in closed]
+                ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+                result[sink.name] = sum(values) if ints else values[0]
+        result.metrics = {"ray": {"parallelism": self.n, "key_groups": self.groups, "rounds": rounds,
+                                  "recoveries": recoveries}}
+        result.checkpoints = written
+        result.resumed_from = resumed_from
+        return result
+
+    def _round(self) -> None:
+        ray = self.ray
+        metas = ray.get([refs[-1] for refs in self.pending.values()])
+        chans, parts, nxt = [], [[] for _ in range(self.n)], {}
+        for (sid, refs), (label, position, done) in zip(list(self.pending.items()), metas):
+            if done:
+                self.ended.add(sid)
+                continue
+            self.positions[sid] = position
+            chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
+            for j in range(self.n):
+                parts[j].append(refs[j])
+            nxt[sid] = self._read(sid)  # the next round's read, in flight while windows work
+        wms = self.watermarks()
+        progress = ray.get([w.round.remote(wms, chans, *parts[j]) for j, w in enumerate(self.workers)])
+        for p in progress:
+            for key, t in p.items():
+                self.top[key] = max(self.top.get(key, t), t)
+        self.pending = nxt
+
+    def _checkpoint(self, store, fingerprint, epoch, guarantee, done) -> int:
+        ray = self.ray
+        snaps = ray.get([w.snapshot.remote() for w in self.workers])
+        handles = ray.get([w.pre_commit.remote(epoch, guarantee) for w in self.workers])
+        groups: dict = {}
+        for s in snaps:
+            for wid, gs in s.items():
+                groups.setdefault(wid, {}).update(gs)
+        collected = {sid: self.collected[sid] + [b for h in handles for b in h.get(sid, [])] for sid in self.collected}
+        payload = {
+            "positions": dict(self.positions), "chan_ids": dict(self.chan_ids), "top": dict(self.top),
+            "ended": sorted(self.ended), "groups": groups, "guarantee": guarantee, "finished": done,
+            "parallelism": self.n, "key_groups": self.groups,
+            "sinks": [{sid: h for sid, h in hs.items() if sid not in self.collected} for hs in handles],
+        }
+        store.write(epoch, payload, fingerprint)
+        # Collect output belongs to the driver once its epoch is durable, so a rollback to this
+        # checkpoint neither loses nor repeats it (a new driver process starts without it).
+        self.collected = collected
+        ray.get([w.commit.remote(payload["sinks"][j]) for j, w in enumerate(self.workers)])
+        return epoch
+
+    def _recover_sinks(self, state, epoch: int) -> None:
+        """Commits what the checkpoint pre-committed (whatever parallelism wrote it) and drops
+        anything staged after it."""
+        for sid, node in self.sink_nodes.items():
+            sink = copy.deepcopy(node.params["sink"])
+            if isinstance(sink, Collect):
+                continue
+            handles = [hs.get(sid) for hs in state["sinks"]] if state else []
+            for h in handles or [None]:
+                sink.recover(h, epoch)

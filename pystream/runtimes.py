@@ -1,0 +1,398 @@
+"""Runtimes that run a flow on more than one process: `ps.runtimes.Ray(parallelism=N)`.
+
+    flow.run(runtime=ps.runtimes.Ray(parallelism=4), checkpoints="state/", guarantee="exactly_once")
+
+Layout (as in Flink): each source runs in a source actor, which applies the stateless steps
+after it (map, filter, flat_map, union) and splits every batch by *key group* — a stable hash
+of the window's key columns modulo `key_groups` (unkeyed windows: one group) — into one part
+per window actor. Window actor j owns the contiguous range of key groups
+[j*G/N, (j+1)*G/N) and keeps one native window operator per key group it has seen, so a
+checkpoint (one snapshot per key group) restores at any parallelism: rescaling. Batches move
+through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
+
+Rounds: the driver asks every source for a batch, hands each window actor its parts, and
+waits for all of them (an aligned barrier), while the next round's source reads are already
+in flight. Watermarks: each window actor reports, per window and source partition
+(channel), the largest event time its engines accepted; the driver takes the max over actors
+and each actor advances its engines to min over live channels (max - out_of_orderness - 1),
+so a window fires once every channel has passed it, whichever actor saw the data. Lateness
+is decided against that watermark, one round behind the data: where no row is late, results
+equal the local runtime's row for row (tests/test_ray.py checks every window kind).
+
+Checkpoints are taken at round boundaries: source positions, every key group's operator
+snapshot, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
+actor dies, Ray restarts it and the driver rolls every actor back to the last checkpoint
+and replays the sources from its positions. Sinks run in the window actors (one copy each;
+`Files` names its parts per actor); `Collect` output travels to the driver at each commit.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from .batch import Batch
+from .operators import make_window_operator
+from .sinks import Collect, Files
+
+_U64 = np.uint64
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer over uint64 arrays (the native key index uses the same one)."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
+    """The key group of every row: a hash of the key columns that is the same in every process
+    and run (integers and times by value, other values by the CRC-32 of their repr, computed
+    once per distinct value in the batch), modulo n_groups. Unkeyed: all rows in group 0."""
+    n = len(batch)
+    if not keys:
+        return np.zeros(n, dtype=np.int64)
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for c in keys:
+            arr = batch[c]
+            if arr.dtype.kind in "iub":
+                v = arr.astype(np.int64).view(np.uint64)
+            elif arr.dtype.kind in "mM":
+                v = arr.view(np.int64).view(np.uint64)
+            elif arr.dtype.kind == "f":
+                v = np.where(arr == 0, 0.0, arr).astype(np.float64).view(np.uint64)
+            else:
+                from ._intern import ObjectInterner
+
+                interner = ObjectInterner(c)
+                codes = interner.intern(arr)
+                crc = np.array([zlib.crc32(repr(x).encode()) for x in interner.values()], dtype=np.uint64)
+                v = crc[codes]
+            h = _mix(h * _U64(0x9E3779B97F4A7C15) + v)
+    return (h % _U64(n_groups)).astype(np.int64)
+
+
+def owner(group: int, parallelism: int, n_groups: int) -> int:
+    """The window actor that owns a key group (contiguous ranges)."""
+    return group * parallelism // n_groups
+
+
+class Plan:
+    """What the Ray runtime needs to know of a flow's graph, checked up front."""
+
+    def __init__(self, flow):
+        nodes = flow._nodes
+        self.nodes = {n.id: n for n in nodes}
+        self.children = {n.id: [] for n in nodes}
+        for n in nodes:
+            for parent, port in n.inputs:
+                self.children[parent.id].append((n, port))
+        self.sources = [n for n in nodes if n.kind == "source"]
+        self.windows = [n for n in nodes if n.kind == "window"]
+        self.sinks = [n for n in nodes if n.kind == "sink"]
+        window_of: dict[int, set] = {}
+        for n in nodes:  # parents come before children
+            above = set().union(*(window_of[p.id] for p, _ in n.inputs)) if n.inputs else set()
+            if n.kind in ("process", "op"):
+                raise ValueError(f"the Ray runtime runs windows, not {n.kind}() nodes (node {n.id}); run this flow "
+                                 f"with the local runtime")
+            if n.kind == "window":
+                if above:
+                    raise ValueError(f"window node {n.id} reads the output of another window: that needs a second "
+                                     f"shuffle, which the Ray runtime does not do yet; run this flow locally")
+                above = {n.id}
+            if len(above) > 1:
+                raise ValueError(f"node {n.id} joins the outputs of several windows; the Ray runtime keeps each "
+                                 f"window's results on its own actors; run this flow locally")
+            if n.kind == "sink" and not above:
+                raise ValueError(f"sink {n.params['sink'].name!r} takes rows before any window; the Ray runtime runs "
+                                 f"sinks after windows")
+            if n.params.get("queryable"):
+                raise ValueError("queryable state is served by the local runtime; drop .queryable() for Ray")
+            window_of[n.id] = above
+        if not self.windows:
+            raise ValueError("the flow has no window: the Ray runtime shuffles by key into windows")
+        self.sources_of = {w.id: [s for s in self.sources if self._reaches(s.id, w.id)] for w in self.windows}
+
+    def _reaches(self, a: int, b: int) -> bool:
+        todo, seen = [a], set()
+        while todo:
+            x = todo.pop()
+            if x == b:
+                return True
+            for c, _ in self.children[x]:
+                if c.id not in seen:
+                    seen.add(c.id)
+                    todo.append(c.id)
+        return False
+
+
+def _stateless(node, batch: Batch):
+    """The output batches of a map/filter/flat_map/union node for one input batch."""
+    kind = node.kind
+    if kind == "map":
+        return [Batch.from_any(node.params["fn"](batch))]
+    if kind == "filter":
+        return [batch.filter(node.params["fn"](batch))]
+    if kind == "union":
+        return [batch]
+    produced = node.params["fn"](batch)  # flat_map
+    if produced is None:
+        return []
+    if isinstance(produced, (Batch, dict)) or type(produced).__module__.startswith(("pandas", "pyarrow")):
+        produced = [produced]
+    return [Batch.from_any(p) for p in produced]
+
+
+class SourceWorker:
+    """One source: reads it, runs the stateless steps to the windows, splits by key group.
+    `next()` returns one message list per window actor, then (label, position, done)."""
+
+    def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None):
+        self.plan = Plan(flow)
+        self.node = self.plan.nodes[source_id]
+        self.parallelism, self.n_groups = parallelism, n_groups
+        self.it = iter(self.node.params["source"].read(position))
+
+    def next(self):
+        out = [[] for _ in range(self.parallelism)]
+        item = next(self.it, None)
+        if item is None:
+            return (*out, (None, None, True))
+        batch, position = item[0], item[1]
+        label = item[2] if len(item) > 2 else None
+        if batch is not None:
+            self._push(self.node, batch, out)
+        return (*out, (label, position, False))
+
+    def _push(self, node, batch, out) -> None:
+        for child, _port in self.plan.children[node.id]:
+            if child.kind == "window":
+                # Rows sorted by key group (a radix sort: groups fit 16 bits), which also sorts
+                # them by owner; each window actor gets a slice, already grouped.
+                groups = key_groups(batch, child.params["keys"], self.n_groups)
+                order = np.argsort(groups.astype(np.uint16), kind="stable")
+                groups = groups[order]
+                grouped = batch.take(order)  # stable: arrival order kept within each group
+                first = (np.arange(self.parallelism + 1) * self.n_groups + self.parallelism - 1) // self.parallelism
+                bounds = np.searchsorted(groups, first)
+                for j in range(self.parallelism):
+                    if bounds[j + 1] > bounds[j]:
+                        lo, hi = bounds[j], bounds[j + 1]
+                        out[j].append((child.id, grouped.slice(lo, hi), groups[lo:hi]))
+            else:
+                for b in _stateless(child, batch):
+                    self._push(child, b, out)
+
+
+class WindowWorker:
+    """The window operators of the key groups one actor owns, what follows them, and their
+    sinks (this actor's copies)."""
+
+    def __init__(self, flow, index: int, parallelism: int, n_groups: int):
+        self.plan = Plan(flow)
+        self.index, self.parallelism, self.n_groups = index, parallelism, n_groups
+        self.ops: dict[int, dict[int, object]] = {w.id: {} for w in self.plan.windows}
+        self.channels: dict[int, list[int]] = {}
+        self.sinks = {}
+        for n in self.plan.sinks:
+            sink = n.params["sink"]
+            if isinstance(sink, Files):
+                sink.instance = f"w{index}"
+            self.sinks[n.id] = sink
+        self.pending: dict[int, list] = {sid: [] for sid, s in self.sinks.items() if isinstance(s, Collect)}
+        self.last_input: dict[int, Batch] = {}
+
+    # -- state ----------------------------------------------------------------------------------
+    def start(self, channels: dict, groups: dict | None) -> None:
+        """(Re)starts from key-group snapshots (None: from scratch); `channels` maps each window
+        to the channel ids it has declared."""
+        self.channels = {int(k): list(v) for k, v in channels.items()}
+        self.ops = {w.id: {} for w in self.plan.windows}
+        for wid, snaps in (groups or {}).items():
+            for g, state in snaps.items():
+                self._op(wid, g).restore(state)
+        for sid, sink in self.sinks.items():
+            sink.open()
+            if sid in self.pending:
+                self.pending[sid] = []
+
+    def _op(self, wid: int, g: int):
+        op = self.ops[wid].get(g)
+        if op is None:
+            n = self.plan.nodes[wid]
+            op = make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
+                                      n.params["allowed_lateness"], n.params.get("early_every"))
+            op.declare_partitions(self.channels.get(wid, []))
+            self.ops[wid][g] = op
+        return op
+
+    def snapshot(self) -> dict:
+        return {wid: {g: op.snapshot() for g, op in ops.items()} for wid, ops in self.ops.items()}
+
+    # -- data ---------------------------------------------------------------------------------
+    def round(self, watermarks: dict, chans: list, *messages) -> dict:
+        """Advances every window to the driver's watermark, then takes each source's messages
+        (chans[i] is the channel of messages[i]). Returns, per window and channel, the
+        largest event time its engines hold (for the next round's watermark)."""
+        for wid, w in watermarks.items():
+            for op in self.ops[wid].values():
+                if op.watermark is None or w > op.watermark:
+                    self._emit(wid, *self._fired(op.advance_watermark(w)))
+        for chan, msgs in zip(chans, messages):
+            for wid, batch, groups in msgs:  # rows come sorted by key group
+                self._channel(wid, chan)
+                cuts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+                for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(groups)]])):
+                    sub = batch.slice(int(lo), int(hi))
+                    self.last_input[wid] = sub
+                    self._emit(wid, *self._op(wid, int(groups[lo])).process(sub, chan))
+        return self.progress()
+
+    def _channel(self, wid: int, chan: int) -> None:
+        known = self.channels.setdefault(wid, [])
+        if chan not in known:
+            known.append(chan)
+
+    def progress(self) -> dict:
+        top: dict = {}
+        for wid, ops in self.ops.items():
+            for op in ops.values():
+                eng = getattr(op, "engine", None)
+                if eng is None or not hasattr(eng, "partitions"):
+                    continue
+                for p in eng.partitions:
+                    if p["max_ts"] is not None:
+                        key = (wid, p["id"])
+                        top[key] = max(top.get(key, p["max_ts"]), p["max_ts"])
+        return top
+
+    @staticmethod
+    def _fired(res):
+        return res, None, None
+
+    def _emit(self, wid: int, res, late, invalid) -> None:
+        node = self.plan.nodes[wid]
+        for port, b in (("out", res), ("late", late), ("invalid", invalid)):
+            if b is not None and len(b):
+                self._push(node, port, b)
+
+    def _push(self, node, port: str, batch: Batch) -> None:
+        for child, p in self.plan.children[node.id]:
+            if p != port:
+                continue
+            if child.kind == "sink":
+                if child.id in self.pending:
+                    self.pending[child.id].append(batch)
+                else:
+                    self.sinks[child.id].write(batch)
+            else:
+                for b in _stateless(child, batch):
+                    self._push(child, "out", b)
+
+    def finish(self) -> None:
+        """End of input: every window fires; side outputs that never fired still tell their
+        sinks their columns."""
+        for wid, ops in self.ops.items():
+            for op in ops.values():
+                self._emit(wid, op.finish(), None, None)
+            if wid in self.last_input:
+                empty = self.last_input[wid].take(np.empty(0, dtype=np.int64))
+                node = self.plan.nodes[wid]
+                self._push_empty(node, "late", empty)
+                self._push_empty(node, "invalid", empty.with_columns(reason=np.empty(0, dtype=object)))
+
+    def _push_empty(self, node, port, empty) -> None:
+        for child, p in self.plan.children[node.id]:
+            if p == port and child.kind == "sink" and child.id in self.pending:
+                self.pending[child.id].append(empty)
+
+    # -- sinks --------------------------------------------------------------------------------
+    def pre_commit(self, epoch: int, guarantee: str | None) -> dict:
+        """This epoch's sink output: staged (exactly-once), published (at-least-once) or, for
+        Collect, handed to the driver, which keeps it once the checkpoint is durable."""
+        handles = {}
+        for sid, sink in self.sinks.items():
+            if sid in self.pending:
+                handles[sid] = self.pending[sid]
+                self.pending[sid] = []
+            elif guarantee == "exactly_once":
+                handles[sid] = sink.pre_commit(epoch)
+            else:
+                sink.flush_epoch(epoch)
+        return handles
+
+    def commit(self, handles: dict) -> None:
+        for sid, h in handles.items():
+            if sid not in self.pending:
+                self.sinks[sid].commit(h)
+
+    def close(self) -> dict:
+        out = {}
+        for sid, sink in self.sinks.items():
+            out[sid] = self.pending.pop(sid) if sid in self.pending else sink.close()
+        return out
+
+
+def init(**kwargs):
+    """Starts (or joins, with address=) Ray for pystream: quiet, no dashboard, and with the
+    workers' imports resolved like the driver's. Ray puts the driver's current directory first
+    on its workers' sys.path, so a driver started in a source checkout would make workers
+    import that unbuilt tree; Ray is therefore started from the temp directory."""
+    import os
+    import tempfile
+
+    import ray
+
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False, **kwargs}
+    cwd = os.getcwd()
+    os.chdir(tempfile.gettempdir())
+    try:
+        return ray.init(**kwargs)
+    finally:
+        os.chdir(cwd)
+
+
+class Ray:
+    """Runs a flow on Ray: `flow.run(runtime=ps.runtimes.Ray(parallelism=4))`.
+
+    Args:
+        parallelism: window actors (each owns a range of key groups).
+        key_groups: fixed number of key groups (the most window actors a checkpoint can be
+            restored to); keep it across runs that share checkpoints.
+        address: a Ray cluster to join ("auto" for a running one); None starts a local one.
+        num_cpus: CPUs of a local Ray instance (default: all).
+        fail_worker_after: testing hook: kill window actor 0 once after this many rounds
+            (Ray restarts it; the flow rolls back to its last checkpoint).
+    """
+
+    def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
+                 num_cpus: int | None = None, fail_worker_after: int | None = None):
+        if not isinstance(parallelism, int) or parallelism < 1:
+            raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
+        if not isinstance(key_groups, int) or not parallelism <= key_groups <= 65536:
+            raise ValueError(f"key_groups must be an int in parallelism ({parallelism})..65536, got {key_groups!r}")
+        self.parallelism, self.key_groups = parallelism, key_groups
+        self.address, self.num_cpus = address, num_cpus
+        self.fail_worker_after = fail_worker_after
+
+    def __repr__(self):
+        return f"Ray(parallelism={self.parallelism}, key_groups={self.key_groups})"
+
+    def run(self, flow, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3):
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("the Ray runtime needs Ray: pip install 'pystream[ray]'") from None
+        from ._ray_driver import Driver
+
+        if not ray.is_initialized():
+            init(address=self.address, num_cpus=self.num_cpus)
+        return Driver(self, flow, ray).run(checkpoints, resume, guarantee, checkpoint_every, keep)
+
+
+__all__ = ["Ray", "init", "key_groups", "owner"]

@@ -1,0 +1,165 @@
+"""The Ray runtime (issue 12): results equal the local runtime's row for row for every window
+kind; exactly-once through an actor killed mid-run; a checkpoint taken at parallelism 2
+restores at 3 (rescaling by key groups); key groups are stable across processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pystream as ps
+from pystream.datagen import meter_readings
+
+ray = pytest.importorskip("ray")
+
+from test_checkpoints import Flaky  # noqa: E402  (an Arrays source that fails after N batches)
+
+DATA = meter_readings(40_000, 300, seed=5, max_delay_ms=60_000)
+TIME = dict(unit="ms", max_out_of_orderness="2m")  # covers the delays: nothing is late
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    # Workers import test helpers (the Flaky source) as the test process does.
+    ps.runtimes.init(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
+    yield
+    ray.shutdown()
+
+
+def sources(flow, data=DATA, n=2, make=ps.sources.Arrays, **kw):
+    """`data` as n sources (every n-th row each), unioned."""
+    parts = [flow.source(make({k: v[i::n] for k, v in data.items()}, batch_size=2_000, name=f"part{i}", **kw),
+                         time=ps.EventTime("ts", **TIME)) for i in range(n)]
+    return parts[0].union(*parts[1:]) if n > 1 else parts[0]
+
+
+WINDOWS = {
+    "tumbling": (ps.windows.Tumbling("15m"), "5m"),
+    "sliding": (ps.windows.Sliding("1h", "15m"), "0s"),
+    "session": (ps.windows.Session("40m"), "10m"),
+    "calendar": (ps.windows.Calendar("day", tz="Europe/Berlin"), "0s"),
+    "count": (ps.windows.CountSliding(6, 3), "0s"),
+    "global": (ps.windows.Global(ps.triggers.Count(5), "purging"), "0s"),  # event-time triggers fire on watermark steps
+}
+
+
+def meter_flow(kind, sink=None):
+    window, lateness = WINDOWS[kind]
+    flow = ps.Flow(f"ray-{kind}")
+    s = sources(flow).filter(lambda b: b["kwh"] >= 0).key_by("meter_id")
+    res = s.window(window, allowed_lateness=lateness if kind not in ("count", "global") else "0s").aggregate(
+        kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh"), p90=ps.agg.quantile("kwh", 0.9),
+        mine=ps.agg.custom("kwh", init=np.zeros, update=np.add.reduceat, merge=np.add, finalize=lambda a: a))
+    res.sink(sink or ps.sinks.Collect("out"))
+    res.late().sink(ps.sinks.Collect("late"))
+    return flow
+
+
+def canon(batch):
+    cols = sorted(batch.columns)
+    rows = list(zip(*(np.round(batch[c], 9).tolist() if batch[c].dtype.kind == "f" else batch[c].tolist()
+                      for c in cols)))
+    return sorted(rows, key=repr)
+
+
+@pytest.mark.parametrize("kind", sorted(WINDOWS))
+def test_ray_results_equal_the_local_runtime_row_for_row(kind):
+    local = meter_flow(kind).run()
+    dist = meter_flow(kind).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16))
+    assert len(local["out"]) > 100
+    assert canon(dist["out"]) == canon(local["out"])
+    assert len(local["late"]) == len(dist["late"]) == 0
+    assert dist.metrics["ray"]["rounds"] > 5
+
+
+def test_string_keys_and_an_unkeyed_window_run_on_ray():
+    def flow():
+        f = ps.Flow("ray-str")
+        s = sources(f).map(lambda b: b.with_columns(meter=np.char.add("m-", b["meter_id"].astype(str)).astype(object)))
+        s.key_by("meter").window(ps.windows.Tumbling("1h")).aggregate(kwh=ps.agg.sum("kwh")).sink(ps.sinks.Collect("m"))
+        s.window(ps.windows.Tumbling("1h")).aggregate(load=ps.agg.sum("kwh"), d=ps.agg.count_distinct("meter_id")) \
+            .sink(ps.sinks.Collect("load"))
+        return f
+
+    local, dist = flow().run(), flow().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=8))
+    assert canon(dist["m"]) == canon(local["m"]) and canon(dist["load"]) == canon(local["load"])
+    assert dist["m"]["meter"][0].startswith("m-")
+
+
+def test_exactly_once_when_a_window_actor_is_killed_mid_run(tmp_path):
+    local = meter_flow("sliding").run()["out"]
+    out = str(tmp_path / "usage")
+    res = meter_flow("sliding", ps.sinks.Files(out, name="usage")).run(
+        runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, fail_worker_after=7),
+        checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
+    assert res.metrics["ray"]["recoveries"] == 1
+    got = ps.sinks.Files.read(out)
+    assert canon(got) == canon(local)  # nothing lost, nothing twice
+    names = os.listdir(out)
+    assert any("-w0." in n for n in names) and any("-w1." in n for n in names)
+
+
+def test_a_checkpoint_from_parallelism_2_restores_at_parallelism_3(tmp_path):
+    local = meter_flow("tumbling").run()["out"]
+    out, ckpt = str(tmp_path / "usage"), str(tmp_path / "ckpt")
+
+    def flow(fail_after):
+        window, lateness = WINDOWS["tumbling"]
+        f = ps.Flow("ray-rescale")
+        s = sources(f, make=Flaky, fail_after=fail_after).filter(lambda b: b["kwh"] >= 0).key_by("meter_id")
+        s.window(window, allowed_lateness=lateness).aggregate(
+            kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh"), p90=ps.agg.quantile("kwh", 0.9),
+            mine=ps.agg.custom("kwh", init=np.zeros, update=np.add.reduceat, merge=np.add, finalize=lambda a: a)) \
+            .sink(ps.sinks.Files(out, name="usage"))
+        return f
+
+    with pytest.raises(Exception, match="source went away"):
+        flow(6).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16), checkpoints=ckpt,
+                    guarantee="exactly_once", checkpoint_every=2)
+    first = ps.sinks.Files.read(out)
+    assert 0 < len(first) < len(local)
+    res = flow(None).run(runtime=ps.runtimes.Ray(parallelism=3, key_groups=16), checkpoints=ckpt, resume=True,
+                         guarantee="exactly_once", checkpoint_every=2)
+    assert res.resumed_from is not None
+    assert canon(ps.sinks.Files.read(out)) == canon(local)
+
+
+def test_key_groups_are_the_same_in_every_process():
+    batch = ps.Batch({"a": np.arange(-50, 50), "s": np.array([f"meter-{i}" for i in range(100)], dtype=object)})
+    here = ps.runtimes.key_groups(batch, ("a", "s"), 128).tolist()
+    code = ("import numpy as np, pystream as ps; b = ps.Batch({'a': np.arange(-50, 50), 's': np.array("
+            "[f'meter-{i}' for i in range(100)], dtype=object)}); print(ps.runtimes.key_groups(b, ('a', 's'), 128).tolist())")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/",
+                           env={**os.environ, "PYTHONHASHSEED": "123"}).stdout.strip()
+    assert str(here) == there
+    groups = ps.runtimes.key_groups(ps.Batch({"a": np.arange(100_000)}), ("a",), 128)
+    counts = np.bincount(groups, minlength=128)
+    assert counts.min() > 600 and counts.max() < 960  # 781 expected per group
+    assert ps.runtimes.owner(127, 3, 128) == 2 and ps.runtimes.owner(42, 3, 128) == 0
+
+
+def test_graphs_the_ray_runtime_refuses():
+    rt = ps.runtimes.Ray(parallelism=2)
+    f = ps.Flow("joined")
+    s = sources(f).key_by("meter_id")
+    a = s.window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"))
+    b = s.window(ps.windows.Tumbling("1h")).aggregate(kwh=ps.agg.sum("kwh"))
+    a.union(b).sink(ps.sinks.Collect("o"))
+    with pytest.raises(ValueError, match="joins the outputs of several windows"):
+        f.run(runtime=rt)
+    f = ps.Flow("deduped")
+    sources(f).key_by("meter_id").dedupe("1h").sink(ps.sinks.Collect("o"))
+    with pytest.raises(ValueError, match=r"the Ray runtime runs windows, not op\(\) nodes"):
+        f.run(runtime=rt)
+    f = ps.Flow("raw")
+    sources(f).sink(ps.sinks.Collect("raw"))
+    with pytest.raises(ValueError, match="sink 'raw' takes rows before any window"):
+        f.run(runtime=rt)
+    with pytest.raises(ValueError, match="parallelism must be an int >= 1, got 0"):
+        ps.runtimes.Ray(parallelism=0)
+    with pytest.raises(ValueError, match=r"key_groups must be an int in parallelism \(4\)..65536, got 2"):
+        ps.runtimes.Ray(parallelism=4, key_groups=2)
