@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch", "EventTime", "Flow", "IngestionTime", "ProcessingTime", "KeyedStream", "ResourceLimitError", "RunResult",
     "Stream", "WindowAggregateOperator",
-    "WindowResultStream", "WindowedStream", "agg", "parse_duration", "meters", "sinks", "sources", "testing", "triggers", "tz", "windows",
+    "WindowResultStream", "WindowedStream", "agg", "parse_duration", "meters", "runtimes", "sinks", "sources", "testing", "triggers", "tz", "windows",
 ]

@@ -148,22 +148,28 @@ class Kafka(Source):
                 errors = [m.error() for m in msgs if m.error() is not None]
                 if errors:
                     raise RuntimeError(f"Kafka topic {self.topic!r}: {errors[0]}")
-                part = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=len(msgs))
-                for p in np.unique(part):
-                    mine = [m for m, q in zip(msgs, part) if q == p]
-                    offs = np.fromiter((m.offset() for m in mine), dtype=np.int64, count=len(mine))
-                    try:
-                        cols = self.decoder([m.value() or b"" for m in mine])
-                    except Exception as e:  # a poison message must name itself, not crash the run obscurely
-                        raise ValueError(f"Kafka topic {self.topic!r} partition {p} offsets {offs[0]}..{offs[-1]}: "
-                                         f"cannot decode the values: {e}") from None
-                    cols["kafka_partition"] = np.full(len(mine), p, dtype=np.int64)
-                    cols["kafka_offset"] = offs
-                    cols["kafka_ts"] = np.fromiter((m.timestamp()[1] for m in mine), dtype=np.int64, count=len(mine))
-                    pos[int(p)] = int(offs[-1]) + 1
-                    yield Batch(cols), dict(pos), int(p)
+                for p, batch in self.batches_of(msgs):
+                    pos[p] = int(batch["kafka_offset"][-1]) + 1
+                    yield batch, dict(pos), p
         finally:
             c.close()
+
+    def batches_of(self, msgs):
+        """(partition, Batch) for each partition among consumed messages, decoded, with
+        kafka_partition, kafka_offset and kafka_ts columns."""
+        part = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=len(msgs))
+        for p in np.unique(part):
+            mine = [m for m, q in zip(msgs, part) if q == p]
+            offs = np.fromiter((m.offset() for m in mine), dtype=np.int64, count=len(mine))
+            try:
+                cols = self.decoder([m.value() or b"" for m in mine])
+            except Exception as e:  # a poison message must name itself, not crash the run obscurely
+                raise ValueError(f"Kafka topic {self.topic!r} partition {p} offsets {offs[0]}..{offs[-1]}: "
+                                 f"cannot decode the values: {e}") from None
+            cols["kafka_partition"] = np.full(len(mine), p, dtype=np.int64)
+            cols["kafka_offset"] = offs
+            cols["kafka_ts"] = np.fromiter((m.timestamp()[1] for m in mine), dtype=np.int64, count=len(mine))
+            yield int(p), Batch(cols)
 
     def __repr__(self):
         return f"Kafka({self.topic!r})"

@@ -152,11 +152,21 @@ class SourceWorker:
     """One source: reads it, runs the stateless steps to the windows, splits by key group.
     `next()` returns one message list per window actor, then (label, position, done)."""
 
-    def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None):
+    def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True):
         self.plan = Plan(flow)
         self.node = self.plan.nodes[source_id]
         self.parallelism, self.n_groups = parallelism, n_groups
-        self.it = iter(self.node.params["source"].read(position))
+        self.it = iter(self.node.params["source"].read(position)) if read else None
+
+    def groups(self, window, batch: Batch) -> np.ndarray:
+        """The key group of each row of `batch` on its way into `window`."""
+        return key_groups(batch, window.params["keys"], self.n_groups)
+
+    def route(self, batch: Batch) -> list:
+        """A batch of this source, through the stateless steps: one message list per actor."""
+        out = [[] for _ in range(self.parallelism)]
+        self._push(self.node, batch, out)
+        return out
 
     def next(self):
         out = [[] for _ in range(self.parallelism)]
@@ -174,7 +184,7 @@ class SourceWorker:
             if child.kind == "window":
                 # Rows sorted by key group (a radix sort: groups fit 16 bits), which also sorts
                 # them by owner; each window actor gets a slice, already grouped.
-                groups = key_groups(batch, child.params["keys"], self.n_groups)
+                groups = self.groups(child, batch)
                 order = np.argsort(groups.astype(np.uint16), kind="stable")
                 groups = groups[order]
                 grouped = batch.take(order)  # stable: arrival order kept within each group
@@ -227,12 +237,24 @@ class WindowWorker:
             n = self.plan.nodes[wid]
             op = make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
                                       n.params["allowed_lateness"], n.params.get("early_every"))
-            op.declare_partitions(self.channels.get(wid, []))
+            op.declare_partitions(self.declared(wid, g))
             self.ops[wid][g] = op
         return op
 
+    def declared(self, wid: int, g: int) -> list:
+        """The channels a new operator waits for: every source partition feeding the window."""
+        return self.channels.get(wid, [])
+
     def snapshot(self) -> dict:
         return {wid: {g: op.snapshot() for g, op in ops.items()} for wid, ops in self.ops.items()}
+
+    def take_group(self, g: int) -> dict:
+        """Removes key group g's operators, returning their snapshots by window."""
+        return {wid: ops.pop(g).snapshot() for wid, ops in self.ops.items() if g in ops}
+
+    def put_group(self, g: int, snaps: dict) -> None:
+        for wid, state in snaps.items():
+            self._op(wid, g).restore(state)
 
     # -- data ---------------------------------------------------------------------------------
     def round(self, watermarks: dict, chans: list, *messages) -> dict:
@@ -395,4 +417,12 @@ class Ray:
         return Driver(self, flow, ray).run(checkpoints, resume, guarantee, checkpoint_every, keep)
 
 
-__all__ = ["Ray", "init", "key_groups", "owner"]
+def __getattr__(name: str):
+    if name == "KafkaGroup":  # needs confluent-kafka: imported on first use
+        from .kafka_group import KafkaGroup
+
+        return KafkaGroup
+    raise AttributeError(f"module 'pystream.runtimes' has no attribute {name!r}")
+
+
+__all__ = ["Ray", "KafkaGroup", "init", "key_groups", "owner"]

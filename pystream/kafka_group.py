@@ -1,0 +1,198 @@
+"""Kafka consumer-group mode: several plain processes share a key-partitioned topic, the Kafka
+Streams way.
+
+    flow.run(runtime=ps.runtimes.KafkaGroup("meter-usage", state="/shared/state"))
+
+Every member of the group runs the same flow. Kafka's group protocol gives each member a set
+of partitions; the member keeps one set of window operators per partition it owns (a Kafka
+partition is the unit of state, as a key group is in the Ray runtime), so each partition has
+its own watermark and its own state. State files `partition-P.pkl` in the shared `state`
+directory hold a partition's operator snapshots and its next offset. When a rebalance takes a
+partition away, the member publishes its sinks' output so far, writes the partition's state
+file and drops it; the member that gets the partition loads the file and seeks to its offset,
+so windows that were half-full move with their partition. Members also write the state files
+of all their partitions every `checkpoint_every` batches, which is where a member that dies
+hands over from: at-least-once (sink output since the last state file is produced again).
+
+The topic must be partitioned by the window key (produce with the meter id as message key);
+windows keyed by anything else would see one key in several partitions. `idle_stop` ends a
+member after that many seconds without messages (bounded runs and tests): it then fires its
+partitions' windows, as a bounded local run does at end of input.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+
+import numpy as np
+
+from .batch import Batch
+from .runtimes import Plan, SourceWorker, WindowWorker
+
+
+class _PartitionRouter(SourceWorker):
+    """Routes a partition's batch through the stateless steps; the key group is the partition."""
+
+    partition = 0
+
+    def groups(self, window, batch):
+        return np.full(len(batch), self.partition, dtype=np.int64)
+
+
+class _PartitionWorker(WindowWorker):
+    def declared(self, wid, g):
+        return [g]  # a partition's operators wait for that partition only
+
+
+class KafkaGroup:
+    """Runs a flow as one member of a Kafka consumer group (see the module docstring).
+
+    Args:
+        group: the consumer group id (the same in every member).
+        state: a directory every member can read and write (partition state files).
+        checkpoint_every: batches between state files of all owned partitions.
+        idle_stop: seconds without messages (and without rebalances) after which this member
+            stops; None: run on.
+        log: called with one line per rebalance event (assign, revoke, load).
+    """
+
+    def __init__(self, group: str, state: str, checkpoint_every: int = 16, idle_stop: float | None = None,
+                 log=None):
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"group must be a non-empty string, got {group!r}")
+        if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+        self.group, self.state, self.checkpoint_every, self.idle_stop = group, str(state), checkpoint_every, idle_stop
+        self.log = log or (lambda line: None)
+
+    def __repr__(self):
+        return f"KafkaGroup({self.group!r})"
+
+    # -- state files --------------------------------------------------------------------------
+    def _path(self, p: int) -> str:
+        return os.path.join(self.state, f"partition-{p}.pkl")
+
+    def _save(self, p: int, offset, ops: dict) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.state)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({"fingerprint": self._fingerprint, "offset": offset, "ops": ops}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path(p))
+
+    def _load(self, p: int):
+        try:
+            with open(self._path(p), "rb") as f:
+                st = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        if st["fingerprint"] != self._fingerprint:
+            raise ValueError(f"state file {self._path(p)} belongs to a different flow; use another state directory")
+        return st
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, flow, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3):
+        from confluent_kafka import Consumer, TopicPartition
+
+        from .connectors_kafka import Kafka
+        from .flow import RunResult
+
+        if checkpoints is not None or guarantee not in (None, "at_least_once"):
+            raise ValueError("a KafkaGroup member checkpoints per partition into its state directory (at-least-once); "
+                             "leave checkpoints= and guarantee= unset")
+        plan = Plan(flow)
+        if len(plan.sources) != 1 or not isinstance(plan.sources[0].params["source"], Kafka):
+            raise ValueError("consumer-group mode runs flows with exactly one ps.sources.Kafka source")
+        node = plan.sources[0]
+        src: Kafka = node.params["source"]
+        os.makedirs(self.state, exist_ok=True)
+        self._fingerprint = flow.fingerprint()
+        router = _PartitionRouter(flow, node.id, 1, 1 << 16, read=False)
+        worker = _PartitionWorker(flow, 0, 1, 1 << 16)
+        worker.start({}, None)
+        offsets: dict[int, int] = {}
+        epoch = [0]
+        stopping = [False]
+        last_msg = [time.monotonic()]  # also reset by rebalances: a member waiting for its share is not idle
+        collected = {sid: [] for sid in worker.pending}
+
+        def publish():
+            handles = worker.pre_commit(epoch[0], "at_least_once")  # sinks publish what they hold
+            for sid in collected:
+                collected[sid] += handles[sid]
+            epoch[0] += 1
+
+        def on_assign(consumer, parts):
+            for tp in parts:
+                st = self._load(tp.partition)
+                if st is not None:
+                    worker.put_group(tp.partition, st["ops"])
+                    tp.offset = st["offset"]
+                    offsets[tp.partition] = st["offset"]
+                    self.log(f"load partition {tp.partition} offset {st['offset']} windows {len(st['ops'])}")
+            self.log(f"assign {sorted(tp.partition for tp in parts)}")
+            last_msg[0] = time.monotonic()
+            consumer.assign(parts)
+
+        def on_revoke(consumer, parts):
+            publish()
+            for tp in parts:
+                p = tp.partition
+                ops = worker.take_group(p)
+                if p in offsets:
+                    # A stopping member fired its windows (end of input): it hands over only
+                    # the offset, not engines that accept no more events.
+                    self._save(p, offsets.pop(p), {} if stopping[0] else ops)
+            self.log(f"revoke {sorted(tp.partition for tp in parts)}")
+            last_msg[0] = time.monotonic()
+            consumer.unassign()
+
+        c = Consumer({"bootstrap.servers": src.bootstrap, "group.id": self.group, "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+                      "enable.partition.eof": False, "session.timeout.ms": 6_000, "heartbeat.interval.ms": 500,
+                      "max.poll.interval.ms": 30_000, **src.config})
+        c.subscribe([src.topic], on_assign=on_assign, on_revoke=on_revoke)
+        batches = 0
+        try:
+            while True:
+                msgs = c.consume(src.batch_size, src.poll_timeout)
+                if not msgs:
+                    if self.idle_stop is not None and time.monotonic() - last_msg[0] >= self.idle_stop:
+                        break
+                    continue
+                last_msg[0] = time.monotonic()
+                errors = [m.error() for m in msgs if m.error() is not None]
+                if errors:
+                    raise RuntimeError(f"Kafka topic {src.topic!r}: {errors[0]}")
+                for p, batch in src.batches_of(msgs):
+                    router.partition = p
+                    (msgs_out,) = router.route(batch)
+                    worker.round({}, [p], msgs_out)
+                    offsets[p] = int(batch["kafka_offset"][-1]) + 1
+                batches += 1
+                if batches % self.checkpoint_every == 0:
+                    publish()
+                    for p in list(offsets):
+                        self._save(p, offsets[p], {wid: ops[p].snapshot() for wid, ops in worker.ops.items() if p in ops})
+                    # Advisory (tools show the group's lag); the state files are what members resume from.
+                    c.commit(offsets=[TopicPartition(src.topic, p, o) for p, o in offsets.items()], asynchronous=True)
+            stopping[0] = True
+            worker.finish()
+            publish()
+        finally:
+            c.close()
+        closed = worker.close()
+        result = RunResult()
+        for sid, n in plan.nodes.items():
+            if n.kind == "sink":
+                if sid in collected:
+                    parts = [b for b in collected[sid] + closed[sid] if len(b)]
+                    result[n.params["sink"].name] = Batch.concat(parts) if parts else Batch()
+                else:
+                    result[n.params["sink"].name] = closed[sid]
+        result.metrics = {"kafka_group": {"batches": batches, "partitions": sorted(offsets)}}
+        result.checkpoints, result.resumed_from = [], None
+        return result

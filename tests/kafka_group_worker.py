@@ -1,0 +1,30 @@
+"""One member of a Kafka consumer group, run as a subprocess by test_kafka_group.py.
+usage: kafka_group_worker.py BOOTSTRAP TOPIC GROUP STATE OUT [SLEEP_PER_BATCH]"""
+
+import sys
+import time
+
+import pystream as ps
+
+
+def build(bootstrap, topic, out, sleep):
+    def slow(batch):
+        time.sleep(sleep)  # keeps this member busy long enough for the other one to join
+        return batch
+
+    flow = ps.Flow("kafka-group")
+    src = flow.source(ps.sources.Kafka(topic, bootstrap, batch_size=300),
+                      time=ps.EventTime("ts", unit="ms", max_out_of_orderness="2m"))
+    res = src.map(slow).key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(
+        kwh=ps.agg.sum("kwh"), n=ps.agg.count())
+    res.sink(ps.sinks.Files(out, name="usage"))
+    return flow
+
+
+if __name__ == "__main__":
+    bootstrap, topic, group, state, out = sys.argv[1:6]
+    sleep = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    res = build(bootstrap, topic, out, sleep).run(
+        runtime=ps.runtimes.KafkaGroup(group, state, checkpoint_every=4, idle_stop=10.0, log=log))
+    print("done", res.metrics["kafka_group"], flush=True)
