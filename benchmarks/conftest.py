@@ -37,6 +37,12 @@ def pytest_terminal_summary(terminalreporter):
         if name.endswith(", s"):
             tr.write_line(f"{name[:-3]:52s} {rate * 1e3:8.3f} ms")
             continue
+        if name.endswith(", x"):
+            tr.write_line(f"{name[:-3]:52s} {rate:8.2f} x")
+            continue
+        if name.endswith(", B"):
+            tr.write_line(f"{name[:-3]:52s} {rate:8.1f} bytes")
+            continue
         if name.endswith(", %"):
             tr.write_line(f"{name[:-3]:52s} {rate:8.2f} %")
             continue
