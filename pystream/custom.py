@@ -302,7 +302,7 @@ class PythonAggs:
             log = logs[self.lead + i]
             result = np.full(len(cols[i]), st.empty_value(), dtype=st.spec.dtype)
             if len(log):
-                self._replay(st, log, result, bounds)
+                self._replay(k, log, result, bounds)
             cols[i] = result
             if len(st) > self.gc_at[k]:
                 live = engine.live_handles(self.lead + i)
@@ -310,14 +310,14 @@ class PythonAggs:
                 self.gc_at[k] = 2 * len(st) + self.GC_SLACK
         return cols
 
-    def _replay(self, st, log, result, bounds) -> None:
+    def _replay(self, k: int, log, result, bounds) -> None:
+        st = self.stores[k]
         ops = log[:, 0]
         cuts = np.flatnonzero(ops[1:] != ops[:-1]) + 1
         for run in np.split(log, cuts):
             op, a, b = run[0, 0], run[:, 1], run[:, 2]
             if op == 0:
                 base, values, ts = self._ctx
-                k = self.stores.index(st)
                 ev = b - base
                 st.update(a, values[k][ev], ts[ev])
             elif op == 1:

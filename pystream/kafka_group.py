@@ -176,7 +176,7 @@ class KafkaGroup:
                 if batches % self.checkpoint_every == 0:
                     publish()
                     for p in list(offsets):
-                        self._save(p, offsets[p], {wid: ops[p].snapshot() for wid, ops in worker.ops.items() if p in ops})
+                        self._save(p, offsets[p], worker.group_snapshot(p))
                     # Advisory (tools show the group's lag); the state files are what members resume from.
                     c.commit(offsets=[TopicPartition(src.topic, p, o) for p, o in offsets.items()], asynchronous=True)
             stopping[0] = True

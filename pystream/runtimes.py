@@ -169,14 +169,12 @@ class SourceWorker:
         return out
 
     def next(self):
-        out = [[] for _ in range(self.parallelism)]
         item = next(self.it, None)
         if item is None:
-            return (*out, (None, None, True))
+            return (*([] for _ in range(self.parallelism)), (None, None, True))
         batch, position = item[0], item[1]
         label = item[2] if len(item) > 2 else None
-        if batch is not None:
-            self._push(self.node, batch, out)
+        out = self.route(batch) if batch is not None else [[] for _ in range(self.parallelism)]
         return (*out, (label, position, False))
 
     def _push(self, node, batch, out) -> None:
@@ -248,9 +246,16 @@ class WindowWorker:
     def snapshot(self) -> dict:
         return {wid: {g: op.snapshot() for g, op in ops.items()} for wid, ops in self.ops.items()}
 
+    def group_snapshot(self, g: int) -> dict:
+        """Key group g's operator snapshots by window."""
+        return {wid: ops[g].snapshot() for wid, ops in self.ops.items() if g in ops}
+
     def take_group(self, g: int) -> dict:
         """Removes key group g's operators, returning their snapshots by window."""
-        return {wid: ops.pop(g).snapshot() for wid, ops in self.ops.items() if g in ops}
+        snaps = self.group_snapshot(g)
+        for ops in self.ops.values():
+            ops.pop(g, None)
+        return snaps
 
     def put_group(self, g: int, snaps: dict) -> None:
         for wid, state in snaps.items():
@@ -264,7 +269,7 @@ class WindowWorker:
         for wid, w in watermarks.items():
             for op in self.ops[wid].values():
                 if op.watermark is None or w > op.watermark:
-                    self._emit(wid, *self._fired(op.advance_watermark(w)))
+                    self._emit(wid, op.advance_watermark(w), None, None)
         for chan, msgs in zip(chans, messages):
             for wid, batch, groups in msgs:  # rows come sorted by key group
                 self._channel(wid, chan)
@@ -292,10 +297,6 @@ class WindowWorker:
                         key = (wid, p["id"])
                         top[key] = max(top.get(key, p["max_ts"]), p["max_ts"])
         return top
-
-    @staticmethod
-    def _fired(res):
-        return res, None, None
 
     def _emit(self, wid: int, res, late, invalid) -> None:
         node = self.plan.nodes[wid]
