@@ -26,5 +26,5 @@ if __name__ == "__main__":
     sleep = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
     log = lambda line: print(line, flush=True)  # noqa: E731
     res = build(bootstrap, topic, out, sleep).run(
-        runtime=ps.runtimes.KafkaGroup(group, state, checkpoint_every=4, idle_stop=10.0, log=log))
+        runtime=ps.runtimes.KafkaGroup(group, state, checkpoint_every=4, idle_stop=15.0, log=log))
     print("done", res.metrics["kafka_group"], flush=True)

@@ -41,10 +41,12 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path)
                                  str(tmp_path / name), str(sleep)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
-    a = member("a", 0.15)
-    time.sleep(4)  # a owns every partition and has processed some of them
+    a = member("a", 0.3)  # ~12 s of work: the rebalance (~5 s on the mock) happens while a has data left
+    first = a.stdout.readline()  # b joins once a owns every partition
+    assert first.startswith("assign"), first
+    time.sleep(1)
     b = member("b", 0.0)
-    out_a, out_b = a.communicate(timeout=180)[0], b.communicate(timeout=180)[0]
+    out_a, out_b = first + a.communicate(timeout=180)[0], b.communicate(timeout=180)[0]
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     assert "revoke [0, 1, 2, 3]" in out_a, out_a  # the rebalance took a's partitions back...
     assert "load partition" in out_b, out_b  # ...and b resumed some of them from a's state files
