@@ -42,11 +42,14 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path)
                                 text=True)
 
     a = member("a", 0.3)  # ~12 s of work: the rebalance (~5 s on the mock) happens while a has data left
-    first = a.stdout.readline()  # b joins once a owns every partition
-    assert first.startswith("assign"), first
-    time.sleep(1)
+    # b joins once a has state for every partition (its periodic state files), so whatever b gets
+    # at the rebalance comes with half-full windows to load.
+    deadline = time.monotonic() + 60
+    while not all(os.path.exists(os.path.join(state, f"partition-{p}.pkl")) for p in range(4)):
+        assert time.monotonic() < deadline and a.poll() is None, "member a wrote no state for every partition"
+        time.sleep(0.2)
     b = member("b", 0.0)
-    out_a, out_b = first + a.communicate(timeout=180)[0], b.communicate(timeout=180)[0]
+    out_a, out_b = a.communicate(timeout=180)[0], b.communicate(timeout=180)[0]
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     assert "revoke [0, 1, 2, 3]" in out_a, out_a  # the rebalance took a's partitions back...
     assert "load partition" in out_b, out_b  # ...and b resumed some of them from a's state files
