@@ -24,7 +24,11 @@ from .sources import Source
 class MQTT(Source):
     """`ps.sources.MQTT(topics, host="127.0.0.1", port=1883, qos=1, batch_size=10000,
     max_wait=0.2, idle_timeout=None)`: `idle_timeout` (seconds) ends the stream after that
-    long without a message (None: unbounded)."""
+    long without a message (None: unbounded).
+
+    QoS 1 protects messages between broker and client, not inside the broker: Mosquitto drops
+    messages for a subscriber whose queue exceeds `max_queued_messages` (default 1000; its log
+    says "Outgoing messages are being dropped"). Raise that limit for bursty publishers."""
 
     replayable = False
 
@@ -50,6 +54,8 @@ class MQTT(Source):
         self.name = name or "mqtt"
         #: set once the subscription is acknowledged (tests wait on it before publishing)
         self.subscribed = threading.Event()
+        #: messages received from the broker so far (in the client's network thread)
+        self.received = 0
 
     def fingerprint(self) -> str:
         return f"MQTT:{self.name}:{','.join(self.topics)}"
@@ -67,7 +73,12 @@ class MQTT(Source):
 
         client.on_connect = on_connect
         client.on_subscribe = lambda c, userdata, mid, reasons, props: self.subscribed.set()
-        client.on_message = lambda c, userdata, msg: inbox.append((msg.topic, msg.payload))
+
+        def on_message(c, userdata, msg):
+            inbox.append((msg.topic, msg.payload))
+            self.received += 1
+
+        client.on_message = on_message
         try:
             client.connect(self.host, self.port)
         except OSError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -33,12 +34,19 @@ def test_mqtt_readings_through_a_window():
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", 1883)
     pub.loop_start()
-    n, infos = 2_000, []
-    for i in range(n):
-        msg = {"meter_id": i % 20, "ts": i * 10_000, "kwh": 0.25}
-        infos.append(pub.publish(f"{run}/meters/{i % 20}/reading", json.dumps(msg), qos=1))
-    for info in infos:
-        info.wait_for_publish(10)
+    # In chunks the subscriber has taken before the next: Mosquitto drops QoS 1 messages beyond
+    # its per-client queue (max_queued_messages, default 1000) when a subscriber falls behind.
+    n, chunk = 2_000, 250
+    for a in range(0, n, chunk):
+        infos = []
+        for i in range(a, a + chunk):
+            msg = {"meter_id": i % 20, "ts": i * 10_000, "kwh": 0.25}
+            infos.append(pub.publish(f"{run}/meters/{i % 20}/reading", json.dumps(msg), qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+        deadline = time.monotonic() + 10
+        while src.received < a + chunk and time.monotonic() < deadline:
+            time.sleep(0.01)
     pub.loop_stop()
     pub.disconnect()
     th.join(30)
