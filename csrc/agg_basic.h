@@ -10,7 +10,7 @@
 /// every addition without a branch (Neumaier's |s| >= |v| test mispredicted on every
 /// slice's first event and cost ~3 ns per event), so long windows of small readings keep
 /// their precision; infinities short-circuit the compensation term. Min/max are written as
-/// selects so they compile without branches.
+/// minsd/maxsd selects with a branch only on NaN values.
 #pragma once
 
 #include <cmath>
@@ -74,10 +74,12 @@ struct MinAgg {
   static constexpr bool kUsesValue = true;
   static constexpr bool kUsesTime = false;
   static void init(State& s) { s = std::numeric_limits<double>::infinity(); }
-  // Keep s when v >= s or s is NaN; take v when it is smaller or NaN (NaN is sticky).
+  // Take v when it is smaller or NaN; keep s on ties and when s is NaN (NaN is sticky). The
+  // first select is minsd; the second branches only on a NaN value, which predicts perfectly
+  // (a select on `v < s` compiled to a branch that mispredicted on every new minimum).
   static void update(State& s, double v, int64_t) {
-    const bool keep = (v >= s) | (s != s);
-    s = keep ? s : v;
+    const double m = v < s ? v : s;
+    s = v != v ? v : m;
   }
   static void combine(State& a, const State& b) { update(a, b, 0); }
   static Out finalize(const State& s, const AggParams&) { return s; }
@@ -89,9 +91,9 @@ struct MaxAgg {
   static constexpr bool kUsesValue = true;
   static constexpr bool kUsesTime = false;
   static void init(State& s) { s = -std::numeric_limits<double>::infinity(); }
-  static void update(State& s, double v, int64_t) {
-    const bool keep = (v <= s) | (s != s);
-    s = keep ? s : v;
+  static void update(State& s, double v, int64_t) {  // as MinAgg::update
+    const double m = v > s ? v : s;
+    s = v != v ? v : m;
   }
   static void combine(State& a, const State& b) { update(a, b, 0); }
   static Out finalize(const State& s, const AggParams&) { return s; }

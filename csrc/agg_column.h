@@ -17,6 +17,7 @@
 /// rows ahead is prefetched, because random access to keyed state is what costs.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -144,11 +145,18 @@ class AggColumnImpl final : public AggColumn {
       for (int64_t r = 0; r < nrows; ++r) o[r] = P::finalize(at(t, pos[0], slots[r]), params_);
       return;
     }
-    for (int64_t r = 0; r < nrows; ++r) {
-      State acc;
-      P::init(acc);
-      for (int64_t j = 0; j < npos; ++j) P::combine(acc, at(t, pos[j], slots[r]));
-      o[r] = P::finalize(acc, params_);
+    // Several slices (sliding windows): combine a block of rows one slice at a time, so each
+    // row's merge chain overlaps with the other rows' instead of running serially.
+    constexpr int64_t kBlock = 256;
+    State acc[kBlock];
+    for (int64_t r0 = 0; r0 < nrows; r0 += kBlock) {
+      const int64_t nb = std::min(kBlock, nrows - r0);
+      const int32_t* sl = slots + r0;
+      for (int64_t b = 0; b < nb; ++b) acc[b] = at(t, pos[0], sl[b]);
+      for (int64_t j = 1; j < npos; ++j) {
+        for (int64_t b = 0; b < nb; ++b) P::combine(acc[b], at(t, pos[j], sl[b]));
+      }
+      for (int64_t b = 0; b < nb; ++b) o[r0 + b] = P::finalize(acc[b], params_);
     }
   }
 

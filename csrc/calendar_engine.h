@@ -501,7 +501,7 @@ class CalendarEngine {
     const size_t rb = static_cast<size_t>(row_bytes_);
     HugeBuffer fresh(static_cast<size_t>(ring_cap * slot_cap) * rb);
     uint8_t* data = fresh.data();
-    for (int64_t r = 0; r < ring_cap * slot_cap; ++r) std::memcpy(data + static_cast<size_t>(r) * rb, init_row_.data(), rb);
+    layout_.fill_init(data, ring_cap * slot_cap);
     std::vector<std::vector<uint8_t>> used(zones_.size(), std::vector<uint8_t>(static_cast<size_t>(ring_cap), 0));
     for (size_t z = 0; z < zones_.size(); ++z) {
       const Ring& r = rings_[z];

@@ -188,7 +188,7 @@ class GlobalEngine {
 
   void grow(int64_t slot_cap) {
     rows_.resize(static_cast<size_t>(slot_cap * row_bytes_));
-    for (int64_t s = slot_cap_; s < slot_cap; ++s) std::memcpy(row(static_cast<int32_t>(s)), init_row_.data(), static_cast<size_t>(row_bytes_));
+    layout_.fill_init(row(static_cast<int32_t>(slot_cap_)), slot_cap - slot_cap_);
     pending_.resize(static_cast<size_t>(slot_cap), 0);
     slot_cap_ = slot_cap;
   }

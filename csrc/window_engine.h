@@ -515,7 +515,7 @@ class WindowEngine {
     const size_t rb = static_cast<size_t>(row_bytes_);
     HugeBuffer fresh(static_cast<size_t>(ring_cap * slot_cap) * rb);
     uint8_t* data = fresh.data();
-    for (int64_t r = 0; r < ring_cap * slot_cap; ++r) std::memcpy(data + static_cast<size_t>(r) * rb, init_row_.data(), rb);
+    layout_.fill_init(data, ring_cap * slot_cap);
     const int64_t keep = std::min(slot_cap, slot_cap_);
     for (int64_t k = base_; k < top_ && keep > 0; ++k) {
       std::memcpy(data + static_cast<size_t>((k & (ring_cap - 1)) * slot_cap) * rb, table_.row(k & (ring_cap_ - 1), 0),
@@ -533,7 +533,7 @@ class WindowEngine {
   /// Runs every aggregation over events [begin, end), one pass per aggregation over chunks
   /// small enough that the rows the first pass pulled in are still in L2 for the others.
   void aggregate(int64_t begin, int64_t end, bool all_accepted) {
-    constexpr int64_t kChunk = 4096;
+    constexpr int64_t kChunk = 512;
     const int64_t mask = ring_cap_ - 1;
     for (int64_t c = begin; c < end; c += kChunk) {
       const int64_t ce = std::min(end, c + kChunk);
@@ -595,9 +595,7 @@ class WindowEngine {
     while (base_ < top_ && slice_cleanup(base_) <= w) {
       const int64_t pos = base_ & (ring_cap_ - 1);
       if (slice_used_[pos] != 0) {
-        const size_t rb = static_cast<size_t>(row_bytes_);
-        uint8_t* row = table_.row(pos, 0);
-        for (int64_t s = 0; s < nslots_; ++s) std::memcpy(row + static_cast<size_t>(s) * rb, init_row_.data(), rb);
+        layout_.fill_init(table_.row(pos, 0), nslots_);
         slice_used_[pos] = 0;
       }
       ++base_;
@@ -641,19 +639,30 @@ class WindowEngine {
         nr += count_.at(table_, pos_[0], s) > 0;
       }
     } else {
-      for (int64_t s = 0; s < nslots_; ++s) {
-        int64_t c = 0;
-        for (int64_t p : pos_) c += count_.at(table_, p, s);
-        r[nr] = static_cast<int32_t>(s);
-        nr += c > 0;
+      // Slices of a block of slots one after another: independent adds, not a loop per slot.
+      constexpr int64_t kBlock = 256;
+      int64_t c[kBlock];
+      const int64_t np = static_cast<int64_t>(pos_.size());
+      for (int64_t s0 = 0; s0 < nslots_; s0 += kBlock) {
+        const int64_t nb = std::min(kBlock, nslots_ - s0);
+        for (int64_t b = 0; b < nb; ++b) c[b] = count_.at(table_, pos_[0], s0 + b);
+        for (int64_t p = 1; p < np; ++p) {
+          for (int64_t b = 0; b < nb; ++b) c[b] += count_.at(table_, pos_[p], s0 + b);
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+          r[nr] = static_cast<int32_t>(s0 + b);
+          nr += c[b] > 0;
+        }
       }
     }
-    rows.resize(static_cast<size_t>(nr));
-    emit_rows(j, rows, update, out);
+    emit_rows(j, r, nr, update, out);
   }
 
   void emit_rows(int64_t j, const std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
-    const int64_t nr = static_cast<int64_t>(rows.size());
+    emit_rows(j, rows.data(), static_cast<int64_t>(rows.size()), update, out);
+  }
+
+  void emit_rows(int64_t j, const int32_t* rows, int64_t nr, bool update, EmitBuffer& out) {
     if (nr == 0) return;
     if (spec_.keyed) {
       const int64_t* keys = keys_.keys().data();
@@ -667,7 +676,7 @@ class WindowEngine {
     out.update.append(static_cast<size_t>(nr), update ? 1 : 0);
     out.early.append(static_cast<size_t>(nr), 0);
     for (size_t s = 0; s < col_of_spec_.size(); ++s) {
-      layout_.column_of_spec(s).emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), rows.data(), nr, out.cols[s]);
+      layout_.column_of_spec(s).emit(table_, pos_.data(), static_cast<int64_t>(pos_.size()), rows, nr, out.cols[s]);
     }
   }
 

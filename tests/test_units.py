@@ -65,3 +65,21 @@ def test_engine_reports_state_size():
     assert e.row_bytes == 32  # count 8 + compensated sum 16 + max 8 bytes per key per slice
     assert e.num_keys == 1000
     assert e.state_bytes >= 1000 * 32
+
+
+@pytest.mark.parametrize("aggs, raw", [
+    ([(0, 1)], 8),                          # count
+    ([(0, 1), (1, 1)], 24),                 # + compensated sum
+    ([(0, 1), (2, 1), (3, 1)], 24),         # count, min, max
+    ([(0, 1), (1, 1), (3, 1)], 32),         # count, sum, max
+    ([(0, 1), (4, 1), (7, 1)], 64),         # count, mean 24, var (n, mean, m2 + compensations)
+    ([(0, 1), (1, 1), (4, 1), (7, 1), (2, 1)], 96),
+])
+def test_state_rows_never_straddle_a_cache_line(aggs, raw):
+    """Rows are padded to 8/16/32/64 bytes or whole 64-byte lines, so the count pass's prefetch
+    of a row brings every aggregation's state (a 24-byte row split its sum for 1/3 of keys)."""
+    e = _core.WindowEngine(10, 10, 0, 0, 0, -1, True, aggs)
+    rb = e.row_bytes
+    assert rb >= raw
+    assert (rb <= 64 and 64 % rb == 0) or rb % 64 == 0
+    assert rb < 2 * raw  # padding never doubles a row
