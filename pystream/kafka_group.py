@@ -97,7 +97,7 @@ class KafkaGroup:
     def run(self, flow, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3):
         from confluent_kafka import Consumer, TopicPartition
 
-        from .connectors_kafka import Kafka
+        from .connectors_kafka import CONSUMER_DEFAULTS, Kafka
         from .flow import RunResult
 
         if checkpoints is not None or guarantee not in (None, "at_least_once"):
@@ -153,7 +153,7 @@ class KafkaGroup:
         c = Consumer({"bootstrap.servers": src.bootstrap, "group.id": self.group, "enable.auto.commit": False,
                       "auto.offset.reset": "earliest", "isolation.level": "read_committed",
                       "enable.partition.eof": False, "session.timeout.ms": 6_000, "heartbeat.interval.ms": 500,
-                      "max.poll.interval.ms": 30_000, **src.config})
+                      "max.poll.interval.ms": 30_000, **CONSUMER_DEFAULTS, **src.config})
         c.subscribe([src.topic], on_assign=on_assign, on_revoke=on_revoke)
         batches = 0
         try:
@@ -164,9 +164,6 @@ class KafkaGroup:
                         break
                     continue
                 last_msg[0] = time.monotonic()
-                errors = [m.error() for m in msgs if m.error() is not None]
-                if errors:
-                    raise RuntimeError(f"Kafka topic {src.topic!r}: {errors[0]}")
                 for p, batch in src.batches_of(msgs):
                     router.partition = p
                     (msgs_out,) = router.route(batch)

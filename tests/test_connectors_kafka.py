@@ -92,3 +92,59 @@ def test_exactly_once_sink_survives_crashes(cluster, tmp_path, crash):
     assert again.returncode == 0, again.stderr[-2000:]
     got = committed(cluster, out)
     assert len(got) == len(want) > 50 and got == want
+
+
+def test_a_poison_message_names_its_partition_and_offsets(cluster):
+    """Values of all partitions decode in one call; a failing call is retried per partition so
+    the error names the partition holding the bad value (and the batch's offsets there)."""
+    from confluent_kafka import Producer
+
+    t = topic()
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "log_level": 3})
+    for i in range(40):
+        p.produce(t, value=f'{{"meter_id": {i}, "ts": {i * 1000}, "kwh": 0.5}}'.encode(), partition=i % 4)
+    p.produce(t, value=b"not json at all", partition=2)  # offset 10 of partition 2
+    p.flush(10)
+    src = ps.sources.Kafka(t, cluster.bootstrap, batch_size=1_000, stop_at_end=True)
+    with pytest.raises(ValueError, match=r"partition 2 offsets \d+\.\.10: cannot decode the values: value \d+ of the "
+                                         r"batch is not a JSON object: b'not json at all'"):
+        for _ in src.read():
+            pass
+
+
+class FakeMessage:
+    def __init__(self, partition, offset, value, error=None):
+        self._p, self._o, self._v, self._e = partition, offset, value, error
+
+    def error(self):
+        return self._e
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def timestamp(self):
+        return (1, 1_000 + self._o)
+
+    def value(self):
+        return self._v
+
+
+def test_message_columns_and_batches_of_split_by_partition():
+    from pystream._messages import message_columns
+
+    msgs = [FakeMessage(i % 3, 100 + i, f'{{"v": {i}}}'.encode()) for i in range(9)] + [FakeMessage(1, 200, None)]
+    part, off, ts, values = message_columns(msgs)
+    assert part.tolist() == [0, 1, 2] * 3 + [1] and off.tolist() == list(range(100, 109)) + [200]
+    assert ts.tolist() == [1_000 + o for o in off.tolist()] and values[-1] == b"" and values[4] == b'{"v": 4}'
+    with pytest.raises(RuntimeError, match="Kafka message 1 of the batch: broker down"):
+        message_columns([msgs[0], FakeMessage(0, 1, b"{}", error="broker down")])
+    src = ps.sources.Kafka.__new__(ps.sources.Kafka)
+    src.topic, src.decoder = "t", lambda vals: {"raw": np.array([v.decode() for v in vals], dtype=object)}
+    got = {p: b for p, b in src.batches_of(msgs)}
+    assert sorted(got) == [0, 1, 2]
+    assert got[1]["kafka_offset"].tolist() == [101, 104, 107, 200] and got[1]["raw"].tolist()[-1] == ""
+    assert got[2]["raw"].tolist() == ['{"v": 2}', '{"v": 5}', '{"v": 8}'] and (got[2]["kafka_partition"] == 2).all()
+    assert got[0]["kafka_ts"].tolist() == [1_100, 1_103, 1_106]

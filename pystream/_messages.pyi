@@ -1,0 +1,6 @@
+"""Type stub of the Cython message loops (pystream/_messages.pyx)."""
+
+import numpy as np
+
+def message_columns(msgs: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[bytes]]: ...
+def first_non_object(values: list) -> tuple[int, str | None]: ...
