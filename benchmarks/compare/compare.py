@@ -3,10 +3,13 @@
     python benchmarks/compare/compare.py [--readings 2000000] [--meters 100000]
 
 Runs each system that is installed (install peers in a separate environment; they are never
-dependencies of pystream): pystream (flow.run), NumPy (bincount over precomputed window ids),
-DuckDB and Polars (batch SQL/dataframes), Bytewax (per-record streaming dataflow), and a
+dependencies of pystream): pystream (flow.run, from arrays and from a CSV file), NumPy
+(bincount over precomputed window ids), DuckDB and Polars (batch SQL/dataframes), Bytewax
+(per-record streaming dataflow), PyFlink (Flink SQL event-time windows in streaming mode,
+parallelism 2, reading the CSV file; the time includes the job's start on a local JVM),
+Pathway (its Rust dataflow engine, windowby over the CSV file in static mode), and a
 hand-written single-pass C++ loop (compiled here with g++ -O3) as the speed-of-light
-reference. Queries: Q1 15-minute tumbling sum/count/max per meter, Q2 1 h / 15 min sliding sum
+reference. PyFlink and Pathway pin conflicting packages: give each its own environment. Queries: Q1 15-minute tumbling sum/count/max per meter, Q2 1 h / 15 min sliding sum
 per meter, Q3 5-minute system total. Every system's windows are checked against NumPy (window
 counts and sums) before its time counts. Prints events/s and the ratio to pystream.
 """
@@ -42,6 +45,10 @@ def reference(d):
 def run_pystream(d, q):
     flow = ps.Flow("compare")
     s = flow.source(ps.sources.Arrays(d, batch_size=65_536), time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s"))
+    return _pystream_query(flow, s, q)
+
+
+def _pystream_query(flow, s, q):
     if q == "q1":
         s.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(
             kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh")).sink(ps.sinks.Collect("o"))
@@ -129,6 +136,99 @@ def run_bytewax(d, q):
     return len(out), float(sum(v[1][1][0] for v in out))
 
 
+def csv_file(d, workdir, header):
+    """The readings as CSV (written once, outside the timing): what the file-reading peers scan."""
+    path = os.path.join(workdir, f"readings{'-h' if header else ''}.csv")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            if header:
+                f.write("meter_id,ts,kwh\n")
+            np.savetxt(f, np.column_stack([d["meter_id"], d["ts"], d["kwh"]]), fmt=["%d", "%d", "%.4f"], delimiter=",")
+    return path
+
+
+def run_pystream_csv(d, q, workdir):
+    """The same flows as run_pystream, reading the CSV file the peers read."""
+    path = csv_file(d, workdir, header=True)
+    flow = ps.Flow("compare-csv")
+    s = flow.source(ps.sources.Files(path, batch_size=1 << 20, schema={"meter_id": "int64", "ts": "int64", "kwh": "float64"}),
+                    time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s"))
+    return _pystream_query(flow, s, q)
+
+
+def run_pyflink(d, q, workdir):
+    """Flink SQL windowing TVFs in streaming mode (watermark 60 s), parallelism 2, CSV in, CSV out
+    (read back outside the timing for the check)."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    path = csv_file(d, workdir, header=False)
+    out = tempfile.mkdtemp(dir=workdir)
+    env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    env.get_config().set("parallelism.default", "2")
+    env.get_config().set("execution.checkpointing.interval", "5s")  # the file sink commits on checkpoints
+    env.execute_sql(f"""CREATE TABLE readings (meter_id BIGINT, ts_ms BIGINT, kwh DOUBLE,
+        ts AS TO_TIMESTAMP_LTZ(ts_ms, 3), WATERMARK FOR ts AS ts - INTERVAL '60' SECOND)
+        WITH ('connector' = 'filesystem', 'path' = '{path}', 'format' = 'csv')""")
+    extra = ", n BIGINT, m DOUBLE" if q == "q1" else ""
+    env.execute_sql(f"CREATE TABLE o (k BIGINT, s DOUBLE{extra}) WITH ('connector' = 'filesystem', 'path' = '{out}', "
+                    "'format' = 'csv')")
+    if q == "q1":
+        sql = ("SELECT meter_id, SUM(kwh), COUNT(*), MAX(kwh) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), "
+               "INTERVAL '15' MINUTES)) GROUP BY meter_id, window_start, window_end")
+    elif q == "q2":
+        sql = ("SELECT meter_id, SUM(kwh) FROM TABLE(HOP(TABLE readings, DESCRIPTOR(ts), INTERVAL '15' MINUTES, "
+               "INTERVAL '1' HOUR)) GROUP BY meter_id, window_start, window_end")
+    else:
+        sql = ("SELECT 0, SUM(kwh) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '5' MINUTES)) "
+               "GROUP BY window_start, window_end")
+    env.execute_sql(f"INSERT INTO o {sql}").wait()
+    return _read_csv_sums(out, column=1)
+
+
+def _read_csv_sums(folder, column, header=False):
+    """(rows, sum of one column) of every CSV part file under folder (in-progress ones too)."""
+    import csv
+
+    rows, total = 0, 0.0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), newline="") as f:
+                it = csv.reader(f)
+                if header:
+                    column = next(it).index(column)
+                for row in it:
+                    rows, total = rows + 1, total + float(row[column])
+    return rows, total
+
+
+def run_pathway(d, q, workdir):
+    """Pathway's windowby over the CSV file (static mode: the streaming engine over a bounded
+    input), results written as CSV and read back outside the timing."""
+    import pathway as pw
+    from pathway.internals.parse_graph import G
+
+    G.clear()  # one dataflow per run
+
+    class Reading(pw.Schema):
+        meter_id: int
+        ts: int
+        kwh: float
+
+    t = pw.io.csv.read(csv_file(d, workdir, header=True), schema=Reading, mode="static")
+    if q == "q1":
+        r = t.windowby(t.ts, window=pw.temporal.tumbling(duration=MIN15), instance=t.meter_id).reduce(
+            s=pw.reducers.sum(pw.this.kwh), n=pw.reducers.count(), m=pw.reducers.max(pw.this.kwh))
+    elif q == "q2":
+        r = t.windowby(t.ts, window=pw.temporal.sliding(hop=MIN15, duration=HOUR), instance=t.meter_id).reduce(
+            s=pw.reducers.sum(pw.this.kwh))
+    else:
+        r = t.windowby(t.ts, window=pw.temporal.tumbling(duration=MIN5)).reduce(s=pw.reducers.sum(pw.this.kwh))
+    out = tempfile.mkdtemp(dir=workdir)
+    pw.io.csv.write(r, os.path.join(out, "out.csv"))
+    pw.run(monitoring_level=pw.MonitoringLevel.NONE)
+    return _read_csv_sums(out, "s", header=True)
+
+
 def run_sol(d, q, workdir):
     if q != "q1" or shutil.which("g++") is None:
         return None
@@ -149,15 +249,24 @@ def main(argv=None) -> int:
     p.add_argument("--meters", type=int, default=100_000)
     p.add_argument("--bytewax-readings", type=int, default=2_000,
                    help="bytewax is per record and its keyed event-time windows slow down with many keys: a sample")
+    p.add_argument("--systems", default="", help="comma-separated first words of the systems to run (default: all)")
+    p.add_argument("--queries", default="q1,q2,q3")
     a = p.parse_args(argv)
     d = meter_readings(a.readings, a.meters, seed=42)
     ref = reference(d)
     workdir = tempfile.mkdtemp(prefix="pystream-compare-")
-    systems = {"pystream": run_pystream, "numpy": run_numpy, "duckdb": run_duckdb, "polars": run_polars,
-               "bytewax": run_bytewax}
+    in_dir = (lambda fn: lambda data, q: fn(data, q, workdir))
+    systems = {"pystream": run_pystream, "pystream (CSV file)": in_dir(run_pystream_csv), "numpy": run_numpy,
+               "duckdb": run_duckdb, "polars": run_polars, "bytewax": run_bytewax, "pyflink (p=2)": in_dir(run_pyflink),
+               "pathway": in_dir(run_pathway)}
+    only = set(a.systems.split(",")) if a.systems else None
+    for header in (True, False):  # the CSV files the file-reading systems scan, written outside their timing
+        csv_file(d, workdir, header)
     results = []
-    for q in ("q1", "q2", "q3"):
+    for q in a.queries.split(","):
         for name, fn in systems.items():
+            if only and name.split(" ")[0] not in only:
+                continue
             data = d if name != "bytewax" else {k: v[:a.bytewax_readings] for k, v in d.items()}
             try:
                 t0 = time.perf_counter()
@@ -176,7 +285,7 @@ def main(argv=None) -> int:
                 if abs(total - want_total) > 1e-6 * abs(want_total) or (want_windows and windows and windows != want_windows):
                     ok = f"MISMATCH windows={windows} sum={total:.3f} want {want_windows} / {want_total:.3f}"
             results.append((q, name, len(data["ts"]) / elapsed, ok))
-        sol = run_sol(d, q, workdir)
+        sol = run_sol(d, q, workdir) if not only or "C++" in only else None
         if sol is not None:
             results.append((q, "C++ single pass (speed of light)", len(d["ts"]) / sol[0],
                             "ok" if sol[1] == ref["q1_windows"] else "MISMATCH"))
@@ -188,7 +297,8 @@ def main(argv=None) -> int:
             print(f"{q:6s} {name:34s} {'-':>11s} {'-':>12s}  {ok}")
         else:
             digits = 2 if rate >= 1e4 else 5
-            print(f"{q:6s} {name:34s} {rate / 1e6:11.{digits}f} {rate / base[q]:11.{digits}f}x  {ok}")
+            ratio = f"{rate / base[q]:11.{digits}f}x" if q in base else f"{'-':>12s}"
+            print(f"{q:6s} {name:34s} {rate / 1e6:11.{digits}f} {ratio}  {ok}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(ok in ("ok", "not installed") for *_, ok in results) else 1
 
