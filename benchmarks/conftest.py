@@ -40,6 +40,9 @@ def pytest_terminal_summary(terminalreporter):
         if name.endswith(", x"):
             tr.write_line(f"{name[:-3]:52s} {rate:8.2f} x")
             continue
+        if name.endswith(", B/s"):
+            tr.write_line(f"{name[:-5]:52s} {rate / 1e6:8.1f} MB/s")
+            continue
         if name.endswith(", B"):
             tr.write_line(f"{name[:-3]:52s} {rate:8.1f} bytes")
             continue

@@ -39,6 +39,10 @@ def test_parquet_to_window_to_parquet(benchmark, tmp_path):
     assert int(out["n"].sum()) == len(d["ts"])
     benchmark.pedantic(run, rounds=3, iterations=1)
     record(benchmark, "parquet -> window 15m -> parquet keys=100000", len(d["ts"]))
+    size = os.path.getsize(tmp_path / "readings.parquet")
+    RESULTS["parquet -> window 15m -> parquet: file bytes read, B/s"] = size / benchmark.stats.stats.min
+    RESULTS["parquet -> window 15m -> parquet: in-memory column bytes, B/s"] = (
+        sum(v.nbytes for v in d.values()) / benchmark.stats.stats.min)
 
 
 def test_kafka_mock_to_window(benchmark):
@@ -85,6 +89,7 @@ def test_kafka_mock_to_window(benchmark):
     assert int(run()["n"].sum()) > 0.99 * n  # (readings of one partition far ahead of another can be late)
     benchmark.pedantic(run, rounds=2, iterations=1)
     rate = record(benchmark, "kafka (mock, 4 partitions, lz4) -> window 15m, msgs", n)
+    RESULTS["kafka -> window 15m: JSON value bytes, B/s"] = rate * sum(len(v) for v in values) / len(values)
     start = min(startup() for _ in range(2))
     RESULTS["kafka -> window 15m without the consumer's start, msgs"] = n / (n / rate - start)
     RESULTS["kafka consumer start (join, metadata, first fetch), s"] = start

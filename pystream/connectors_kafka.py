@@ -181,7 +181,7 @@ class Kafka(Source):
             groups = list(zip(parts.tolist(), np.split(order, cuts)))
         try:
             cols = self.decoder(values)
-        except Exception:
+        except Exception as whole:
             for p, idx in groups:  # find the partition of the poison message
                 mine = values if idx is None else [values[i] for i in idx.tolist()]
                 o = offs if idx is None else offs[idx]
@@ -190,7 +190,9 @@ class Kafka(Source):
                 except Exception as e:  # it must name itself, not crash the run obscurely
                     raise ValueError(f"Kafka topic {self.topic!r} partition {p} offsets {o[0]}..{o[-1]}: "
                                      f"cannot decode the values: {e}") from None
-            raise
+            # Each partition decodes alone but not together (e.g. a column's type differs).
+            raise ValueError(f"Kafka topic {self.topic!r} partitions {[p for p, _ in groups]}: cannot decode "
+                             f"their values together: {whole}") from None
         cols = {k: np.asarray(v) for k, v in cols.items()}
         for p, idx in groups:
             mine = cols if idx is None else {k: v[idx] for k, v in cols.items()}

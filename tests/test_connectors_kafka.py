@@ -148,3 +148,13 @@ def test_message_columns_and_batches_of_split_by_partition():
     assert got[1]["kafka_offset"].tolist() == [101, 104, 107, 200] and got[1]["raw"].tolist()[-1] == ""
     assert got[2]["raw"].tolist() == ['{"v": 2}', '{"v": 5}', '{"v": 8}'] and (got[2]["kafka_partition"] == 2).all()
     assert got[0]["kafka_ts"].tolist() == [1_100, 1_103, 1_106]
+
+    def picky(vals):  # decodes one partition's values, refuses a mix of partitions
+        if len({v[:3] for v in vals}) > 1:
+            raise TypeError("mixed types")
+        return {"raw": np.array(vals, dtype=object)}
+
+    src.decoder = picky
+    mixed = [FakeMessage(0, 1, b"int"), FakeMessage(1, 1, b"str")]
+    with pytest.raises(ValueError, match=r"partitions \[0, 1\]: cannot decode their values together: mixed types"):
+        list(src.batches_of(mixed))
