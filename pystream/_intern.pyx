@@ -13,6 +13,107 @@ from libc.stdint cimport int64_t
 import numpy as np
 
 
+cdef extern from *:
+    """
+    #include <cstdint>
+    #include <cstring>
+    #include <string>
+    #include <vector>
+
+    // Fixed-width string keys (NumPy 'U'/'S' elements) -> interner ids, by their raw bytes with
+    // trailing NULs stripped (NumPy's own equality), so no Python str is made for a known key.
+    struct FixedKeyTable {
+      struct Slot { uint64_t hash; int64_t entry; };  // entry -1: empty
+      struct Entry { int64_t id, off, len; };
+      std::vector<Slot> slots;
+      std::vector<Entry> entries;
+      std::string arena;
+      std::vector<uint64_t> hashes;  // scratch: per row of a batch
+      std::vector<int64_t> lens;
+      uint64_t mask = 0;
+
+      FixedKeyTable() { slots.assign(1024, Slot{0, -1}); mask = 1023; }
+
+      static uint64_t mix(uint64_t x) {
+        x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL; x ^= x >> 27; x *= 0x94d049bb133111ebULL; x ^= x >> 31;
+        return x;
+      }
+      static uint64_t hash_of(const char* p, int64_t n) {
+        uint64_t h = 0x9e3779b97f4a7c15ULL ^ static_cast<uint64_t>(n);
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) { uint64_t w; std::memcpy(&w, p + i, 8); h = mix(h ^ w); }
+        if (i < n) { uint64_t w = 0; std::memcpy(&w, p + i, static_cast<size_t>(n - i)); h = mix(h ^ w); }
+        return h;
+      }
+      // Length of the key without trailing NUL units of `unit` bytes (4 for 'U', 1 for 'S').
+      static int64_t stripped(const char* p, int64_t width, int64_t unit) {
+        int64_t n = width;
+        while (n >= unit) {
+          bool zero = true;
+          for (int64_t b = 0; b < unit; ++b) zero &= p[n - unit + b] == 0;
+          if (!zero) break;
+          n -= unit;
+        }
+        return n;
+      }
+      int64_t find(const char* p, int64_t n, uint64_t h) const {
+        for (uint64_t b = h & mask;; b = (b + 1) & mask) {
+          const Slot& s = slots[b];
+          if (s.entry < 0) return -1;
+          if (s.hash != h) continue;
+          const Entry& e = entries[static_cast<size_t>(s.entry)];
+          if (e.len == n && std::memcmp(arena.data() + e.off, p, static_cast<size_t>(n)) == 0) return e.id;
+        }
+      }
+      // ids[i] = the id of row i, or -1 when unknown: hashes first, then probes with the slot
+      // of a row a few ahead prefetched (random access to the table is what costs).
+      void probe(const char* base, int64_t n, int64_t width, int64_t unit, int64_t* ids) {
+        hashes.resize(static_cast<size_t>(n));
+        lens.resize(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) {
+          const char* p = base + i * width;
+          lens[i] = stripped(p, width, unit);
+          hashes[i] = hash_of(p, lens[i]);
+        }
+        constexpr int64_t kAhead = 8;
+        for (int64_t i = 0; i < n; ++i) {
+          if (i + kAhead < n) __builtin_prefetch(&slots[hashes[i + kAhead] & mask]);
+          ids[i] = find(base + i * width, lens[i], hashes[i]);
+        }
+      }
+      int64_t row_len(int64_t i) const { return lens[static_cast<size_t>(i)]; }
+      uint64_t row_hash(int64_t i) const { return hashes[static_cast<size_t>(i)]; }
+      void insert(const char* p, int64_t n, uint64_t h, int64_t key_id) {
+        entries.push_back(Entry{key_id, static_cast<int64_t>(arena.size()), n});
+        arena.append(p, static_cast<size_t>(n));
+        if (2 * static_cast<uint64_t>(entries.size()) > mask + 1) {
+          mask = 2 * (mask + 1) - 1;
+          std::vector<Slot> grown(mask + 1, Slot{0, -1});
+          for (const Slot& s : slots) {
+            if (s.entry < 0) continue;
+            uint64_t b = s.hash & mask;
+            while (grown[b].entry >= 0) b = (b + 1) & mask;
+            grown[b] = s;
+          }
+          slots.swap(grown);
+        }
+        {
+          uint64_t b = h & mask;
+          while (slots[b].entry >= 0) b = (b + 1) & mask;
+          slots[b] = Slot{h, static_cast<int64_t>(entries.size()) - 1};
+        }
+      }
+    };
+    """
+    cdef cppclass FixedKeyTable:
+        FixedKeyTable() except +
+        void probe(const char* base, int64_t n, int64_t width, int64_t unit, int64_t* ids) except +
+        int64_t row_len(int64_t i)
+        unsigned long long row_hash(int64_t i)
+        int64_t find(const char* p, int64_t n, unsigned long long h)
+        void insert(const char* p, int64_t n, unsigned long long h, int64_t key_id) except +
+
+
 cdef class ObjectInterner:
     """Maps hashable key values to int64 ids 0, 1, 2, ... in order of first appearance."""
 
@@ -20,6 +121,20 @@ cdef class ObjectInterner:
     cdef list _values
     cdef object _type
     cdef public str column
+    cdef FixedKeyTable* _fixed  # raw-bytes cache for 'U'/'S' arrays of one kind
+    cdef str _fixed_kind
+    cdef object _tables  # kind -> (number of values, ndarray of them) for lookup
+
+    def __cinit__(self):
+        self._fixed = new FixedKeyTable()
+        self._fixed_kind = None
+        self._tables = {}
+
+    def __dealloc__(self):
+        del self._fixed
+
+    def __reduce__(self):  # (the C++ cache is rebuilt on use)
+        return _restore_interner, (self.snapshot(),)
 
     def __init__(self, str column="key"):
         self._ids = {}
@@ -40,6 +155,10 @@ cdef class ObjectInterner:
         cdef object arr = np.asarray(values)
         if arr.ndim != 1:
             raise ValueError(f"key column {self.column!r} must be 1-D, got {arr.ndim} dimensions")
+        kind = arr.dtype.kind
+        if kind in "US" and arr.dtype.itemsize > 0 and len(arr) > 0 and (self._fixed_kind is None or self._fixed_kind == kind):
+            if self._type is None or self._type is (str if kind == "U" else bytes):
+                return self._intern_fixed(np.ascontiguousarray(arr), kind)
         if arr.dtype != object:
             arr = arr.astype(object)
         cdef object[:] objs = arr
@@ -81,11 +200,58 @@ cdef class ObjectInterner:
         self._type = t
         return out
 
-    def lookup(self, ids):
-        """Key values for an array of ids, as an object array."""
-        table = np.empty(len(self._values), dtype=object)
-        table[:] = self._values
-        return table[np.asarray(ids, dtype=np.int64)]
+    def _intern_fixed(self, arr, str kind):
+        """intern() for a contiguous 'U' or 'S' array: a known key costs a hash of its bytes and a
+        table probe; a new one is made into a str/bytes once, through the dict as intern() does
+        (the cache only ever holds keys whose id the dict gave). Nothing here can fail midway."""
+        cdef Py_ssize_t n = arr.shape[0], i
+        cdef int64_t width = arr.dtype.itemsize
+        cdef int64_t unit = 4 if kind == "U" else 1
+        cdef const unsigned char[:] raw = arr.view(np.uint8).reshape(-1)
+        cdef const char* base = <const char*>&raw[0]
+        cdef const char* p
+        cdef int64_t m, key_id
+        cdef unsigned long long h
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[:] ids = out
+        cdef FixedKeyTable* table = self._fixed
+        cdef PyObject* found
+        self._fixed_kind = kind
+        self._type = str if kind == "U" else bytes
+        table.probe(base, n, width, unit, &ids[0])
+        for i in range(n):
+            if ids[i] >= 0:
+                continue
+            # New to the cache (in row order, so ids stay in order of first appearance).
+            p = base + i * width
+            m = table.row_len(i)
+            h = table.row_hash(i)
+            key_id = table.find(p, m, h)
+            if key_id < 0:
+                v = arr[i].item() if kind == "S" else str(arr[i])
+                found = PyDict_GetItem(self._ids, v)
+                if found is NULL:
+                    key_id = len(self._values)
+                    PyDict_SetItem(self._ids, v, key_id)
+                    PyList_Append(self._values, v)
+                else:
+                    key_id = <int64_t>(<object>found)
+                table.insert(p, m, h, key_id)
+            ids[i] = key_id
+        return out
+
+    def lookup(self, ids, kind=None):
+        """Key values for an array of ids: an object array, or a NumPy 'U'/'S' array with `kind`
+        (the table of values is kept and rebuilt only when keys were added)."""
+        kind = kind or "O"
+        have = self._tables.get(kind)
+        if have is None or have[0] != len(self._values):
+            table = np.empty(len(self._values), dtype=object)
+            table[:] = self._values
+            if kind != "O":
+                table = table.astype(kind) if len(table) else np.empty(0, dtype=kind)
+            have = self._tables[kind] = (len(self._values), table)
+        return have[1][np.asarray(ids, dtype=np.int64)]
 
     def values(self):
         return list(self._values)
@@ -106,3 +272,7 @@ cdef class ObjectInterner:
         if self._values:
             self._type = type(self._values[0])
         return self
+
+
+def _restore_interner(state):
+    return ObjectInterner.restore(state)

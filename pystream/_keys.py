@@ -45,10 +45,9 @@ class _ObjectColumn:
         return self.interner.intern(arr)
 
     def decode(self, ids):
-        values = self.interner.lookup(ids)
         if self.dtype.kind in "US":
-            return values.astype(self.dtype.kind) if len(values) else np.empty(0, dtype=self.dtype)
-        return values
+            return self.interner.lookup(ids, self.dtype.kind) if len(ids) else np.empty(0, dtype=self.dtype)
+        return self.interner.lookup(ids)
 
     def snapshot(self):
         return {"kind": "object", "name": self.name, "dtype": self.dtype.str, "interner": self.interner.snapshot()}

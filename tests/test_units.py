@@ -6,6 +6,8 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pystream import _core, parse_duration
 from pystream._duration import format_duration
@@ -83,3 +85,45 @@ def test_state_rows_never_straddle_a_cache_line(aggs, raw):
     assert rb >= raw
     assert (rb <= 64 and 64 % rb == 0) or rb % 64 == 0
     assert rb < 2 * raw  # padding never doubles a row
+
+_key_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(keys=st.lists(_key_text, min_size=1, max_size=60), cuts=st.lists(st.integers(0, 60), max_size=5),
+       forms=st.lists(st.sampled_from(["U", "U16", "O"]), min_size=6, max_size=6), pickle_at=st.integers(0, 6))
+def test_string_interning_is_the_same_through_the_fixed_width_path(keys, cuts, forms, pickle_at):
+    """'U' arrays take a raw-bytes path (no Python str per known key), object arrays the dict path:
+    ids are first-seen order whatever the mix of batch dtypes and widths, across a pickle, and
+    lookup gives the strings back as objects or as a 'U' array."""
+    import pickle
+
+    bounds = sorted({0, len(keys), *[min(c, len(keys)) for c in cuts]})
+    it, want = ObjectInterner("m"), {}
+    for b, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        if b == pickle_at:
+            it = pickle.loads(pickle.dumps(it))
+        part = keys[lo:hi]
+        arr = np.array(part, dtype=object if forms[b] == "O" else None)
+        if forms[b] == "U16":
+            arr = arr.astype(f"U{max(16, arr.dtype.itemsize // 4)}")
+        got = it.intern(arr)
+        for k in part:
+            want.setdefault(k, len(want))
+        assert got.tolist() == [want[k] for k in part]
+    ids = np.array([want[k] for k in keys])
+    assert it.lookup(ids).tolist() == keys
+    assert it.lookup(ids, "U").tolist() == keys and it.lookup(ids, "U").dtype.kind == "U"
+
+
+def test_bytes_keys_and_trailing_nuls_follow_numpy():
+    it = ObjectInterner("b")
+    assert it.intern(np.array([b"x", b"yy"])).tolist() == [0, 1]
+    assert it.intern(np.array([b"yy", b"x"], dtype="S8")).tolist() == [1, 0]  # width differs, same keys
+    assert it.lookup(np.array([1, 0]), "S").tolist() == [b"yy", b"x"]
+    with pytest.raises(ValueError, match="mixes types: row 0 holds str 'x', earlier keys are bytes"):
+        it.intern(np.array(["x"]))
+    u = ObjectInterner("u")
+    assert u.intern(np.array(["a", "b"], dtype="U3")).tolist() == [0, 1]
+    assert u.intern(np.array(["a\x00", "ab"], dtype="U2")).tolist() == [0, 2]  # NumPy drops trailing NULs
+    assert u.intern(np.array([], dtype="U4")).tolist() == [] and len(u) == 3
