@@ -205,3 +205,19 @@ def test_nan_values_propagate_like_numpy(p, stream):
     vals = vals.copy()
     vals[::3] = np.nan
     assert_matches_model(run_engine(p, keys, ts, vals, []), run_reference(p, keys, ts, vals))
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=params(), seed=st.integers(0, 2**32 - 1), nkeys=st.sampled_from([300, 700]))
+def test_many_keys_cross_the_kernels_block_boundaries(p, seed, nkeys):
+    """Hundreds of keys, so firings of several slices (sliding windows) merge and count over
+    more than one block of 256 slots and rows; the streams above use five keys."""
+    p = {**p, "keyed": True}
+    rng = np.random.default_rng(seed)
+    n = 3_000
+    ts = np.sort(rng.integers(0, 60, n)) + rng.integers(-p["ooo"] - 3, 3, n)  # dense: >256 keys per window
+    keys = rng.integers(0, nkeys, n).astype(np.int64)
+    vals = rng.integers(-1000, 1000, n) / 8
+    splits = sorted(rng.choice(np.arange(1, n), 5, replace=False).tolist())
+    assert_matches_model(run_engine(p, keys, ts.astype(np.int64), vals, splits),
+                         run_reference(p, keys, ts.astype(np.int64), vals))
