@@ -194,10 +194,9 @@ def _read_csv_sums(folder, column, header=False):
         for name in files:
             with open(os.path.join(root, name), newline="") as f:
                 it = csv.reader(f)
-                if header:
-                    column = next(it).index(column)
+                at = next(it).index(column) if header else column
                 for row in it:
-                    rows, total = rows + 1, total + float(row[column])
+                    rows, total = rows + 1, total + float(row[at])
     return rows, total
 
 
