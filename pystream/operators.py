@@ -176,8 +176,15 @@ class WindowAggregateOperator:
     #: Fired rows kept for queries (pystream.query.History), when the operator is queryable.
     history = None
 
+    #: The result of a call that fired nothing (most calls with small batches), built once.
+    _no_rows = None
+
     def _results(self, out) -> Batch:
         """Fired rows as a Batch; recorded in the query history when there is one."""
+        if not len(out["start"]) and self._py is None:
+            if self._no_rows is None:
+                self._no_rows = self._build_results(out)
+            return self._no_rows
         batch = self._build_results(out)
         if self.history is not None and len(batch):
             self.history.add(out["key"], batch)

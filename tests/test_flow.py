@@ -265,3 +265,19 @@ def test_dangling_streams_are_refused():
     empty.source(ps.sources.Arrays({"t": np.arange(3)}))
     with pytest.raises(ValueError, match="the flow has no sink"):
         empty.run()
+
+
+def test_a_call_that_fires_nothing_returns_the_same_schema_as_one_that_fires():
+    """Calls that fire nothing share one prebuilt empty result (most calls with small batches):
+    its columns and dtypes are those of a result with rows, string keys and int sums included."""
+    from pystream.operators import make_window_operator
+
+    op = make_window_operator(ps.windows.Tumbling("15m"), {"kwh": ps.agg.sum("kwh"), "n": ps.agg.count()},
+                              ps.EventTime("ts", unit="ms"), ("site",))
+    quiet = [op.process(ps.Batch({"site": np.array(["a", "bb"]), "ts": np.array([t, t + 1]),
+                                  "kwh": np.array([1, 2])}))[0] for t in (0, 1_000)]
+    assert len(quiet[0]) == 0 and quiet[0] is quiet[1]
+    fired = op.process(ps.Batch({"site": np.array(["a"]), "ts": np.array([3_600_000]), "kwh": np.array([5])}))[0]
+    assert len(fired) == 2 and fired["site"].tolist() == ["a", "bb"] and fired["kwh"].tolist() == [2, 4]
+    assert fired.columns == quiet[0].columns
+    assert [fired[c].dtype.kind for c in fired.columns] == [quiet[0][c].dtype.kind for c in quiet[0].columns]
