@@ -28,26 +28,21 @@ def record(benchmark, name: str, events: int) -> float:
     return rate
 
 
+#: Result names ending in one of these are not event rates: (scale, format, unit) of their line.
+UNITS = {", s": (1e3, ".3f", "ms"), ", x": (1, ".2f", "x"), ", B/s": (1e-6, ".1f", "MB/s"), ", B": (1, ".1f", "bytes"),
+         ", %": (1, ".2f", "%")}
+
+
 def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
     tr = terminalreporter
     tr.section(f"pystream throughput ({ROWS:,} events, best of rounds)")
     for name, rate in RESULTS.items():
-        if name.endswith(", s"):
-            tr.write_line(f"{name[:-3]:52s} {rate * 1e3:8.3f} ms")
-            continue
-        if name.endswith(", x"):
-            tr.write_line(f"{name[:-3]:52s} {rate:8.2f} x")
-            continue
-        if name.endswith(", B/s"):
-            tr.write_line(f"{name[:-5]:52s} {rate / 1e6:8.1f} MB/s")
-            continue
-        if name.endswith(", B"):
-            tr.write_line(f"{name[:-3]:52s} {rate:8.1f} bytes")
-            continue
-        if name.endswith(", %"):
-            tr.write_line(f"{name[:-3]:52s} {rate:8.2f} %")
+        unit = next((u for u in UNITS if name.endswith(u)), None)
+        if unit is not None:
+            scale, fmt, label = UNITS[unit]
+            tr.write_line(f"{name[:-len(unit)]:52s} {rate * scale:8{fmt}} {label}")
             continue
         ratios = []
         for key, other in RESULTS.items():
