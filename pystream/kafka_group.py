@@ -43,6 +43,9 @@ class _PartitionRouter(SourceWorker):
 
 
 class _PartitionWorker(WindowWorker):
+    def owned(self):
+        return (0, 0)  # a slot per partition, made when the partition's first rows (or state) arrive
+
     def declared(self, wid, g):
         return [g]  # a partition's operators wait for that partition only
 
@@ -167,7 +170,7 @@ class KafkaGroup:
                 for p, batch in src.batches_of(msgs):
                     router.partition = p
                     (msgs_out,) = router.route(batch)
-                    worker.round({}, [p], msgs_out)
+                    worker.round({}, [p], [msgs_out])
                     offsets[p] = int(batch["kafka_offset"][-1]) + 1
                 batches += 1
                 if batches % self.checkpoint_every == 0:

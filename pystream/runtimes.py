@@ -6,8 +6,11 @@ Layout (as in Flink): each source runs in a source actor, which applies the stat
 after it (map, filter, flat_map, union) and splits every batch by *key group* — a stable hash
 of the window's key columns modulo `key_groups` (unkeyed windows: one group) — into one part
 per window actor. Window actor j owns the contiguous range of key groups
-[j*G/N, (j+1)*G/N) and keeps one native window operator per key group it has seen, so a
-checkpoint (one snapshot per key group) restores at any parallelism: rescaling. Batches move
+[j*G/N, (j+1)*G/N) with one native window operator for the whole range (one call per batch).
+A checkpoint keeps each operator's snapshot with the key-group range it covers, so it restores
+at any parallelism (rescaling): a new actor takes the snapshots that overlap its range and
+emits, from a snapshot that also holds other actors' keys, only its own groups' results
+(filtered by key group; those keys receive no new rows there). Batches move
 through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
 
 Rounds: the driver asks every source for a batch, hands each window actor its parts, and
@@ -19,8 +22,8 @@ so a window fires once every channel has passed it, whichever actor saw the data
 is decided against that watermark, one round behind the data: where no row is late, results
 equal the local runtime's row for row (tests/test_ray.py checks every window kind).
 
-Checkpoints are taken at round boundaries: source positions, every key group's operator
-snapshot, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
+Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
+its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
 actor dies, Ray restarts it and the driver rolls every actor back to the last checkpoint
 and replays the sources from its positions. Sinks run in the window actors (one copy each;
 `Files` names its parts per actor); `Collect` output travels to the driver at each commit.
@@ -28,6 +31,7 @@ and replays the sources from its positions. Sinks run in the window actors (one 
 
 from __future__ import annotations
 
+import bisect
 import zlib
 
 import numpy as np
@@ -150,13 +154,18 @@ def _stateless(node, batch: Batch):
 
 class SourceWorker:
     """One source: reads it, runs the stateless steps to the windows, splits by key group.
-    `next()` returns one message list per window actor, then (label, position, done)."""
+    `next()` returns, per window actor, one list of (window id, rows, key groups) messages per
+    batch read, then (label, position, done); one call
+    reads whole batches up to `round_rows` rows (one partition label per call), so Ray's
+    per-call cost is shared by many rows."""
 
-    def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True):
+    def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True,
+                 round_rows: int = 1):
         self.plan = Plan(flow)
         self.node = self.plan.nodes[source_id]
-        self.parallelism, self.n_groups = parallelism, n_groups
+        self.parallelism, self.n_groups, self.round_rows = parallelism, n_groups, round_rows
         self.it = iter(self.node.params["source"].read(position)) if read else None
+        self.held = None  # an item read ahead (another partition's): the next call starts with it
 
     def groups(self, window, batch: Batch) -> np.ndarray:
         """The key group of each row of `batch` on its way into `window`."""
@@ -169,42 +178,82 @@ class SourceWorker:
         return out
 
     def next(self):
-        item = next(self.it, None)
-        if item is None:
-            return (*([] for _ in range(self.parallelism)), (None, None, True))
-        batch, position = item[0], item[1]
-        label = item[2] if len(item) > 2 else None
-        out = self.route(batch) if batch is not None else [[] for _ in range(self.parallelism)]
+        batches, got, label, position = [], False, None, None
+        rows = 0
+        while rows < self.round_rows:
+            item, self.held = self.held or next(self.it, None), None
+            if item is None:
+                if not got:
+                    return (*([] for _ in range(self.parallelism)), (None, None, True))
+                break  # the next call finds the end
+            item_label = item[2] if len(item) > 2 else None
+            batch = item[0]
+            if got and item_label != label:
+                self.held = item
+                break
+            got, label, position = True, item_label, item[1]
+            if batch is None:  # no data yet: the position moves, nothing to route
+                break
+            batches.append(batch)
+            rows += len(batch)
+        # One step per batch for every actor (empty where it has no rows for it), so actors can
+        # interleave sources batch by batch as the local runtime does. Batches are not
+        # concatenated: at parallelism 1 the source's own arrays travel.
+        out = [[] for _ in range(self.parallelism)]
+        for batch in batches:
+            for j, msgs in enumerate(self.route(batch)):
+                out[j].append(msgs)
         return (*out, (label, position, False))
 
     def _push(self, node, batch, out) -> None:
         for child, _port in self.plan.children[node.id]:
             if child.kind == "window":
-                # Rows sorted by key group (a radix sort: groups fit 16 bits), which also sorts
-                # them by owner; each window actor gets a slice, already grouped.
-                groups = self.groups(child, batch)
-                order = np.argsort(groups.astype(np.uint16), kind="stable")
-                groups = groups[order]
-                grouped = batch.take(order)  # stable: arrival order kept within each group
-                first = (np.arange(self.parallelism + 1) * self.n_groups + self.parallelism - 1) // self.parallelism
-                bounds = np.searchsorted(groups, first)
-                for j in range(self.parallelism):
-                    if bounds[j + 1] > bounds[j]:
-                        lo, hi = bounds[j], bounds[j + 1]
+                # Each window actor gets its rows in arrival order (an engine's watermark moves
+                # row by row, so order decides lateness), with their key groups.
+                groups = self.groups(child, batch).astype(np.uint16)  # key_groups <= 65536
+                n = self.parallelism
+                if n == 1:
+                    out[0].append((child.id, batch, groups))
+                    continue
+                owners = (groups.astype(np.int64) * n // self.n_groups).astype(np.uint16)
+                order = np.argsort(owners, kind="stable")  # a radix sort: arrival order kept per actor
+                bounds = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=n))])
+                grouped, groups = batch.take(order), groups[order]
+                for j in range(n):
+                    lo, hi = int(bounds[j]), int(bounds[j + 1])
+                    if hi > lo:
                         out[j].append((child.id, grouped.slice(lo, hi), groups[lo:hi]))
             else:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
 
 
+class _Slot:
+    """One window operator and the key groups [lo, hi) it answers for. `pure`: every key in
+    its state belongs to [lo, hi); a rescale that splits an actor's state gives each new
+    owner a copy that is not, and such a slot's results are filtered by key group."""
+
+    __slots__ = ("lo", "hi", "pure", "op")
+
+    def __init__(self, lo: int, hi: int, pure: bool, op):
+        self.lo, self.hi, self.pure, self.op = lo, hi, pure, op
+
+
+def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
+    """The key groups [lo, hi) window actor `index` owns (those `owner` maps to it)."""
+    return (-(-index * n_groups // parallelism), -(-(index + 1) * n_groups // parallelism))
+
+
 class WindowWorker:
     """The window operators of the key groups one actor owns, what follows them, and their
-    sinks (this actor's copies)."""
+    sinks (this actor's copies). One operator (slot) per window covers the actor's whole range
+    of key groups, so a batch is one native call; after a rescale an actor holds a slot for
+    each piece of an old actor's range that it now owns."""
 
     def __init__(self, flow, index: int, parallelism: int, n_groups: int):
         self.plan = Plan(flow)
         self.index, self.parallelism, self.n_groups = index, parallelism, n_groups
-        self.ops: dict[int, dict[int, object]] = {w.id: {} for w in self.plan.windows}
+        self.slots: dict[int, list[_Slot]] = {w.id: [] for w in self.plan.windows}
         self.channels: dict[int, list[int]] = {}
         self.sinks = {}
         for n in self.plan.sinks:
@@ -215,70 +264,114 @@ class WindowWorker:
         self.pending: dict[int, list] = {sid: [] for sid, s in self.sinks.items() if isinstance(s, Collect)}
         self.last_input: dict[int, Batch] = {}
 
+    def owned(self) -> tuple[int, int]:
+        """The key groups this worker starts with a slot for (every group without one gets a
+        slot of its own when its first rows arrive)."""
+        return owned_range(self.index, self.parallelism, self.n_groups)
+
     # -- state ----------------------------------------------------------------------------------
-    def start(self, channels: dict, groups: dict | None) -> None:
-        """(Re)starts from key-group snapshots (None: from scratch); `channels` maps each window
-        to the channel ids it has declared."""
+    def start(self, channels: dict, slots: dict | None) -> None:
+        """(Re)starts from slot snapshots {window: [(lo, hi, pure, state), ...]} (None: from
+        scratch), keeping of each the part of [lo, hi) this worker owns; `channels` maps each
+        window to the channel ids it has declared."""
         self.channels = {int(k): list(v) for k, v in channels.items()}
-        self.ops = {w.id: {} for w in self.plan.windows}
-        for wid, snaps in (groups or {}).items():
-            for g, state in snaps.items():
-                self._op(wid, g).restore(state)
+        a, b = self.owned()
+        self.slots = {w.id: [] for w in self.plan.windows}
+        for wid, entries in (slots or {}).items():
+            for lo, hi, pure, state in entries:
+                lo2, hi2 = max(lo, a), min(hi, b)
+                if lo2 < hi2:
+                    slot = self._new_slot(wid, lo2, hi2, pure and (lo2, hi2) == (lo, hi))
+                    slot.op.restore(state)
+        for wid, slots_ in self.slots.items():  # groups no snapshot covered start empty
+            edges = [a] + [x for s in slots_ for x in (s.lo, s.hi)] + [b]
+            for lo, hi in zip(edges[::2], edges[1::2]):
+                if lo < hi:
+                    self._new_slot(wid, lo, hi, True)
         for sid, sink in self.sinks.items():
             sink.open()
             if sid in self.pending:
                 self.pending[sid] = []
 
-    def _op(self, wid: int, g: int):
-        op = self.ops[wid].get(g)
-        if op is None:
-            n = self.plan.nodes[wid]
-            op = make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
-                                      n.params["allowed_lateness"], n.params.get("early_every"))
-            op.declare_partitions(self.declared(wid, g))
-            self.ops[wid][g] = op
-        return op
+    def _new_slot(self, wid: int, lo: int, hi: int, pure: bool) -> _Slot:
+        n = self.plan.nodes[wid]
+        op = make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
+                                  n.params["allowed_lateness"], n.params.get("early_every"))
+        op.declare_partitions(self.declared(wid, lo))
+        slot = _Slot(lo, hi, pure, op)
+        slots = self.slots[wid]
+        slots.insert(bisect.bisect([s.lo for s in slots], lo), slot)
+        return slot
+
+    def _slot(self, wid: int, g: int) -> _Slot:
+        """The slot that holds key group g (a new one of its own when none does)."""
+        slots = self.slots[wid]
+        i = bisect.bisect([s.lo for s in slots], g) - 1
+        if i >= 0 and g < slots[i].hi:
+            return slots[i]
+        return self._new_slot(wid, g, g + 1, True)
 
     def declared(self, wid: int, g: int) -> list:
         """The channels a new operator waits for: every source partition feeding the window."""
         return self.channels.get(wid, [])
 
     def snapshot(self) -> dict:
-        return {wid: {g: op.snapshot() for g, op in ops.items()} for wid, ops in self.ops.items()}
+        return {wid: [(s.lo, s.hi, s.pure, s.op.snapshot()) for s in slots] for wid, slots in self.slots.items()}
+
+    def _group_slots(self, g: int) -> dict:
+        return {wid: s for wid, slots in self.slots.items() for s in slots if (s.lo, s.hi) == (g, g + 1)}
 
     def group_snapshot(self, g: int) -> dict:
-        """Key group g's operator snapshots by window."""
-        return {wid: ops[g].snapshot() for wid, ops in self.ops.items() if g in ops}
+        """Snapshots, by window, of the slots that hold key group g alone."""
+        return {wid: s.op.snapshot() for wid, s in self._group_slots(g).items()}
 
     def take_group(self, g: int) -> dict:
-        """Removes key group g's operators, returning their snapshots by window."""
+        """Removes key group g's own slots, returning their snapshots by window."""
         snaps = self.group_snapshot(g)
-        for ops in self.ops.values():
-            ops.pop(g, None)
+        for wid, s in self._group_slots(g).items():
+            self.slots[wid].remove(s)
         return snaps
 
     def put_group(self, g: int, snaps: dict) -> None:
         for wid, state in snaps.items():
-            self._op(wid, g).restore(state)
+            self._slot(wid, g).op.restore(state)
 
     # -- data ---------------------------------------------------------------------------------
     def round(self, watermarks: dict, chans: list, *messages) -> dict:
-        """Advances every window to the driver's watermark, then takes each source's messages
-        (chans[i] is the channel of messages[i]). Returns, per window and channel, the
+        """Advances every window to the driver's watermark, then takes each source's messages,
+        one list per batch it read (chans[i] is the channel of messages[i]). Returns, per window and channel, the
         largest event time its engines hold (for the next round's watermark)."""
         for wid, w in watermarks.items():
-            for op in self.ops[wid].values():
+            for slot in self.slots[wid]:
+                op = slot.op
                 if op.watermark is None or w > op.watermark:
-                    self._emit(wid, op.advance_watermark(w), None, None)
-        for chan, msgs in zip(chans, messages):
-            for wid, batch, groups in msgs:  # rows come sorted by key group
-                self._channel(wid, chan)
-                cuts = np.flatnonzero(groups[1:] != groups[:-1]) + 1
-                for lo, hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(groups)]])):
-                    sub = batch.slice(int(lo), int(hi))
-                    self.last_input[wid] = sub
-                    self._emit(wid, *self._op(wid, int(groups[lo])).process(sub, chan))
+                    self._emit(wid, slot, op.advance_watermark(w), None, None)
+        # Sources take turns batch by batch (count windows over a union depend on that order,
+        # and the local runtime interleaves the same way).
+        for k in range(max((len(steps) for steps in messages), default=0)):
+            for chan, steps in zip(chans, messages):
+                for wid, batch, groups in (steps[k] if k < len(steps) else ()):
+                    self._channel(wid, chan)
+                    for slot, sub in self._split(wid, batch, groups):
+                        self.last_input[wid] = sub
+                        self._emit(wid, slot, *slot.op.process(sub, chan))
         return self.progress()
+
+    def _split(self, wid: int, batch: Batch, groups: np.ndarray) -> list:
+        """The rows of `batch` by slot, in arrival order within each (one piece, the batch
+        itself, when a single slot holds all its groups: the usual case)."""
+        slot = self._slot(wid, int(groups.min()))
+        if int(groups.max()) < slot.hi:
+            return [(slot, batch)]
+        for g in np.unique(groups):  # groups that have no slot get one
+            self._slot(wid, int(g))
+        slots = self.slots[wid]
+        which = np.searchsorted(np.array([s.lo for s in slots]), groups, side="right") - 1
+        order = np.argsort(which, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(slots)))])
+        grouped = batch.take(order)
+        return [(slots[i], grouped.slice(int(bounds[i]), int(bounds[i + 1])))
+                for i in range(len(slots)) if bounds[i + 1] > bounds[i]]
 
     def _channel(self, wid: int, chan: int) -> None:
         known = self.channels.setdefault(wid, [])
@@ -287,9 +380,9 @@ class WindowWorker:
 
     def progress(self) -> dict:
         top: dict = {}
-        for wid, ops in self.ops.items():
-            for op in ops.values():
-                eng = getattr(op, "engine", None)
+        for wid, slots in self.slots.items():
+            for slot in slots:
+                eng = getattr(slot.op, "engine", None)
                 if eng is None or not hasattr(eng, "partitions"):
                     continue
                 for p in eng.partitions:
@@ -298,8 +391,11 @@ class WindowWorker:
                         top[key] = max(top.get(key, p["max_ts"]), p["max_ts"])
         return top
 
-    def _emit(self, wid: int, res, late, invalid) -> None:
+    def _emit(self, wid: int, slot: _Slot, res, late, invalid) -> None:
         node = self.plan.nodes[wid]
+        if not slot.pure and res is not None and len(res):  # keys of other actors' groups, from a rescale: theirs to emit
+            g = key_groups(res, node.params["keys"], self.n_groups)
+            res = res.filter((g >= slot.lo) & (g < slot.hi))
         for port, b in (("out", res), ("late", late), ("invalid", invalid)):
             if b is not None and len(b):
                 self._push(node, port, b)
@@ -320,9 +416,9 @@ class WindowWorker:
     def finish(self) -> None:
         """End of input: every window fires; side outputs that never fired still tell their
         sinks their columns."""
-        for wid, ops in self.ops.items():
-            for op in ops.values():
-                self._emit(wid, op.finish(), None, None)
+        for wid, slots in self.slots.items():
+            for slot in slots:
+                self._emit(wid, slot, slot.op.finish(), None, None)
             if wid in self.last_input:
                 empty = self.last_input[wid].take(np.empty(0, dtype=np.int64))
                 node = self.plan.nodes[wid]
@@ -389,17 +485,22 @@ class Ray:
             restored to); keep it across runs that share checkpoints.
         address: a Ray cluster to join ("auto" for a running one); None starts a local one.
         num_cpus: CPUs of a local Ray instance (default: all).
+        round_rows: rows a source actor reads per round, in whole batches (at least one):
+            more rows per round share Ray's per-round cost; fewer move the watermark in
+            finer steps.
         fail_worker_after: testing hook: kill window actor 0 once after this many rounds
             (Ray restarts it; the flow rolls back to its last checkpoint).
     """
 
     def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
-                 num_cpus: int | None = None, fail_worker_after: int | None = None):
+                 num_cpus: int | None = None, round_rows: int = 262_144, fail_worker_after: int | None = None):
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
         if not isinstance(key_groups, int) or not parallelism <= key_groups <= 65536:
             raise ValueError(f"key_groups must be an int in parallelism ({parallelism})..65536, got {key_groups!r}")
-        self.parallelism, self.key_groups = parallelism, key_groups
+        if not isinstance(round_rows, int) or round_rows < 1:
+            raise ValueError(f"round_rows must be an int >= 1, got {round_rows!r}")
+        self.parallelism, self.key_groups, self.round_rows = parallelism, key_groups, round_rows
         self.address, self.num_cpus = address, num_cpus
         self.fail_worker_after = fail_worker_after
 

@@ -20,6 +20,7 @@ from test_checkpoints import Flaky  # noqa: E402  (an Arrays source that fails a
 
 DATA = meter_readings(40_000, 300, seed=5, max_delay_ms=60_000)
 TIME = dict(unit="ms", max_out_of_orderness="2m")  # covers the delays: nothing is late
+ROUND = 4_000  # rows per source per round: two 2,000-row batches, so runs take many rounds
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,7 +70,7 @@ def canon(batch):
 @pytest.mark.parametrize("kind", sorted(WINDOWS))
 def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     local = meter_flow(kind).run()
-    dist = meter_flow(kind).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16))
+    dist = meter_flow(kind).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND))
     assert len(local["out"]) > 100
     assert canon(dist["out"]) == canon(local["out"])
     assert len(local["late"]) == len(dist["late"]) == 0
@@ -85,7 +86,7 @@ def test_string_keys_and_an_unkeyed_window_run_on_ray():
             .sink(ps.sinks.Collect("load"))
         return f
 
-    local, dist = flow().run(), flow().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=8))
+    local, dist = flow().run(), flow().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=8, round_rows=ROUND))
     assert canon(dist["m"]) == canon(local["m"]) and canon(dist["load"]) == canon(local["load"])
     assert dist["m"]["meter"][0].startswith("m-")
 
@@ -94,7 +95,7 @@ def test_exactly_once_when_a_window_actor_is_killed_mid_run(tmp_path):
     local = meter_flow("sliding").run()["out"]
     out = str(tmp_path / "usage")
     res = meter_flow("sliding", ps.sinks.Files(out, name="usage")).run(
-        runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, fail_worker_after=7),
+        runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=7),
         checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
     assert res.metrics["ray"]["recoveries"] == 1
     got = ps.sinks.Files.read(out)
@@ -103,7 +104,8 @@ def test_exactly_once_when_a_window_actor_is_killed_mid_run(tmp_path):
     assert any("-w0." in n for n in names) and any("-w1." in n for n in names)
 
 
-def test_a_checkpoint_from_parallelism_2_restores_at_parallelism_3(tmp_path):
+@pytest.mark.parametrize("before,after", [(2, 3), (3, 2)])
+def test_a_checkpoint_restores_at_another_parallelism(tmp_path, before, after):
     local = meter_flow("tumbling").run()["out"]
     out, ckpt = str(tmp_path / "usage"), str(tmp_path / "ckpt")
 
@@ -118,14 +120,34 @@ def test_a_checkpoint_from_parallelism_2_restores_at_parallelism_3(tmp_path):
         return f
 
     with pytest.raises(Exception, match="source went away"):
-        flow(6).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16), checkpoints=ckpt,
+        flow(6).run(runtime=ps.runtimes.Ray(parallelism=before, key_groups=16, round_rows=ROUND), checkpoints=ckpt,
                     guarantee="exactly_once", checkpoint_every=2)
     first = ps.sinks.Files.read(out)
     assert 0 < len(first) < len(local)
-    res = flow(None).run(runtime=ps.runtimes.Ray(parallelism=3, key_groups=16), checkpoints=ckpt, resume=True,
+    res = flow(None).run(runtime=ps.runtimes.Ray(parallelism=after, key_groups=16, round_rows=ROUND), checkpoints=ckpt, resume=True,
                          guarantee="exactly_once", checkpoint_every=2)
     assert res.resumed_from is not None
     assert canon(ps.sinks.Files.read(out)) == canon(local)
+
+
+def test_a_round_takes_whole_batches_of_one_partition_up_to_round_rows():
+    clock = ps.testing.ManualClock()
+    b = {"meter_id": np.arange(10), "ts": np.arange(10), "kwh": np.ones(10)}
+    steps = [("p0", b), ("p0", b), ("p0", b), ("p1", b), ps.testing.Advance("1s"), ("p1", b), ("p0", b)]
+    f = ps.Flow("rounds")
+    f.source(ps.testing.Script(clock, steps), time=ps.EventTime("ts", unit="ms")).key_by("meter_id") \
+        .window(ps.windows.Tumbling("1m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+    src = f._nodes[0].id
+    w = ps.runtimes.SourceWorker(f, src, 2, 16, round_rows=25)
+    rounds = []
+    while True:
+        *parts, (label, position, done) = w.next()
+        if done:
+            break
+        rounds.append((label, position, sum(len(m[1]) for steps in parts for msgs in steps for m in msgs)))
+    # 25 rows: three 10-row batches of p0 (whole batches, the last one over the limit); a
+    # partition change or a no-data step ends a round early, and the step after it starts the next.
+    assert rounds == [("p0", 3, 30), ("p1", 4, 10), (None, 5, 0), ("p1", 6, 10), ("p0", 7, 10)]
 
 
 def test_key_groups_are_the_same_in_every_process():
