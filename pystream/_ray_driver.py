@@ -3,6 +3,7 @@ checkpoints and recovery."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import types
 
@@ -27,6 +28,11 @@ def _graph(flow, keep_source: int | None = None):
 class Driver:
     #: Recoveries in a row (no new checkpoint between them) before the run fails.
     MAX_RECOVERIES = 3
+    #: Reads queued at each source actor, so a source never waits for the driver.
+    SOURCE_AHEAD = 2
+    #: Rounds handed to the window actors before the oldest one's progress is collected: the
+    #: actors always have the next round queued; watermarks trail the data by up to this many.
+    WINDOW_AHEAD = 2
 
     def __init__(self, runtime, flow, ray):
         self.rt, self.flow, self.ray = runtime, flow, ray
@@ -85,14 +91,18 @@ class Driver:
             mine = {wid: [e for e in entries if e[0] < b and a < e[1]] for wid, entries in slots.items()}
             calls.append(w.start.remote(self._channels(), mine))
         ray.get(calls)
-        self.pending = {sid: self._read(sid) for sid in self.source_actors}
+        self.inflight: collections.deque = collections.deque()  # window rounds not yet collected
+        self.pending = {sid: collections.deque(self._read(sid) for _ in range(self.SOURCE_AHEAD))
+                        for sid in self.source_actors}
 
     def _channels(self) -> dict:
         return {w.id: [c for (sid, _), c in self.chan_ids.items() if any(s.id == sid for s in self.plan.sources_of[w.id])]
                 for w in self.plan.windows}
 
     def _read(self, sid: int):
-        return self.source_actors[sid].next.options(num_returns=self.n + 1).remote()
+        """One read: (every actor's messages, one object every window actor maps without a
+        copy; (label, position, done), small)."""
+        return self.source_actors[sid].next.options(num_returns=2).remote()
 
     def watermarks(self) -> dict:
         out = {}
@@ -166,6 +176,7 @@ class Driver:
                     self._recover_sinks(state, latest[0] if latest else -1)
                     self._start(state)
             if not finished:
+                self._drain()
                 ray.get([w.finish.remote() for w in self.workers])
                 if store is not None:
                     written.append(self._checkpoint(store, fingerprint, epoch, guarantee, True))
@@ -194,26 +205,36 @@ class Driver:
 
     def _round(self) -> None:
         ray = self.ray
-        metas = ray.get([refs[-1] for refs in self.pending.values()])
-        chans, parts, nxt = [], [[] for _ in range(self.n)], {}
-        for (sid, refs), (label, position, done) in zip(list(self.pending.items()), metas):
+        metas = ray.get([q[0][1] for q in self.pending.values()])
+        chans, parts = [], []
+        for (sid, q), (label, position, done) in zip(list(self.pending.items()), metas):
+            refs = q.popleft()
             if done:
                 self.ended.add(sid)
+                del self.pending[sid]
                 continue
             self.positions[sid] = position
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
-            for j in range(self.n):
-                parts[j].append(refs[j])
-            nxt[sid] = self._read(sid)  # the next round's read, in flight while windows work
+            parts.append(refs[0])
+            q.append(self._read(sid))  # keeps SOURCE_AHEAD reads queued while windows work
         wms = self.watermarks()
-        progress = ray.get([w.round.remote(wms, chans, *parts[j]) for j, w in enumerate(self.workers)])
-        for p in progress:
+        self.inflight.append([w.round.remote(wms, chans, *parts) for w in self.workers])
+        while len(self.inflight) >= self.WINDOW_AHEAD:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Waits for the oldest round in flight and takes in its progress (for watermarks)."""
+        for p in self.ray.get(self.inflight.popleft()):
             for key, t in p.items():
                 self.top[key] = max(self.top.get(key, t), t)
-        self.pending = nxt
+
+    def _drain(self) -> None:
+        while self.inflight:
+            self._collect()
 
     def _checkpoint(self, store, fingerprint, epoch, guarantee, done) -> int:
         ray = self.ray
+        self._drain()  # the snapshot holds every round the positions say were read
         snaps = ray.get([w.snapshot.remote() for w in self.workers])
         handles = ray.get([w.pre_commit.remote(epoch, guarantee) for w in self.workers])
         slots: dict = {}

@@ -169,8 +169,7 @@ class KafkaGroup:
                 last_msg[0] = time.monotonic()
                 for p, batch in src.batches_of(msgs):
                     router.partition = p
-                    (msgs_out,) = router.route(batch)
-                    worker.round({}, [p], [msgs_out])
+                    worker.round({}, [p], [[router.route(batch)[0]]])  # one read of one batch
                     offsets[p] = int(batch["kafka_offset"][-1]) + 1
                 batches += 1
                 if batches % self.checkpoint_every == 0:

@@ -13,13 +13,16 @@ emits, from a snapshot that also holds other actors' keys, only its own groups' 
 (filtered by key group; those keys receive no new rows there). Batches move
 through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
 
-Rounds: the driver asks every source for a batch, hands each window actor its parts, and
-waits for all of them (an aligned barrier), while the next round's source reads are already
-in flight. Watermarks: each window actor reports, per window and source partition
-(channel), the largest event time its engines accepted; the driver takes the max over actors
-and each actor advances its engines to min over live channels (max - out_of_orderness - 1),
-so a window fires once every channel has passed it, whichever actor saw the data. Lateness
-is decided against that watermark, one round behind the data: where no row is late, results
+Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
+each read is one object holding every actor's part, which each window actor maps without a
+copy) and hands it to all window actors; sources keep two reads queued and window actors the
+next round, so nobody waits for the driver, and a checkpoint first waits for every round in
+flight (an aligned barrier). Watermarks: each window actor reports, per window and source
+partition (channel), the largest event time its engines accepted; the driver takes the max
+over actors and each actor advances its engines to min over live channels (max -
+out_of_orderness - 1), so a window fires once every channel has passed it, whichever actor
+saw the data. Lateness is decided against that watermark, which trails the data by a round
+or two: where no row is late, results
 equal the local runtime's row for row (tests/test_ray.py checks every window kind).
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
@@ -55,7 +58,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
     """The key group of every row: a hash of the key columns that is the same in every process
     and run (integers and times by value, other values by the CRC-32 of their repr, computed
-    once per distinct value in the batch), modulo n_groups. Unkeyed: all rows in group 0."""
+    once per distinct value in the batch), its high 32 bits modulo n_groups. Unkeyed: all rows in group 0."""
     n = len(batch)
     if not keys:
         return np.zeros(n, dtype=np.int64)
@@ -77,7 +80,10 @@ def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
                 crc = np.array([zlib.crc32(repr(x).encode()) for x in interner.values()], dtype=np.uint64)
                 v = crc[codes]
             h = _mix(h * _U64(0x9E3779B97F4A7C15) + v)
-    return (h % _U64(n_groups)).astype(np.int64)
+    # The high half: the native key index places a key by the low bits of the same mix, so
+    # groups taken from the low bits would leave each actor's hash table a fraction of its
+    # slots (one actor's keys would all share their low bits).
+    return ((h >> _U64(32)) % _U64(n_groups)).astype(np.int64)
 
 
 def owner(group: int, parallelism: int, n_groups: int) -> int:
@@ -154,8 +160,8 @@ def _stateless(node, batch: Batch):
 
 class SourceWorker:
     """One source: reads it, runs the stateless steps to the windows, splits by key group.
-    `next()` returns, per window actor, one list of (window id, rows, key groups) messages per
-    batch read, then (label, position, done); one call
+    `next()` returns (parts, (label, position, done)): parts[j] holds window actor j's messages,
+    one list of (window id, rows, key groups) per batch read; one call
     reads whole batches up to `round_rows` rows (one partition label per call), so Ray's
     per-call cost is shared by many rows."""
 
@@ -184,7 +190,7 @@ class SourceWorker:
             item, self.held = self.held or next(self.it, None), None
             if item is None:
                 if not got:
-                    return (*([] for _ in range(self.parallelism)), (None, None, True))
+                    return [[] for _ in range(self.parallelism)], (None, None, True)
                 break  # the next call finds the end
             item_label = item[2] if len(item) > 2 else None
             batch = item[0]
@@ -203,7 +209,7 @@ class SourceWorker:
         for batch in batches:
             for j, msgs in enumerate(self.route(batch)):
                 out[j].append(msgs)
-        return (*out, (label, position, False))
+        return out, (label, position, False)
 
     def _push(self, node, batch, out) -> None:
         for child, _port in self.plan.children[node.id]:
@@ -338,8 +344,8 @@ class WindowWorker:
 
     # -- data ---------------------------------------------------------------------------------
     def round(self, watermarks: dict, chans: list, *messages) -> dict:
-        """Advances every window to the driver's watermark, then takes each source's messages,
-        one list per batch it read (chans[i] is the channel of messages[i]). Returns, per window and channel, the
+        """Advances every window to the driver's watermark, then takes this actor's part of each
+        source's read (`parts` of SourceWorker.next; chans[i] is the channel of messages[i]). Returns, per window and channel, the
         largest event time its engines hold (for the next round's watermark)."""
         for wid, w in watermarks.items():
             for slot in self.slots[wid]:
@@ -348,6 +354,7 @@ class WindowWorker:
                     self._emit(wid, slot, op.advance_watermark(w), None, None)
         # Sources take turns batch by batch (count windows over a union depend on that order,
         # and the local runtime interleaves the same way).
+        messages = [m[self.index] for m in messages]  # each source's read holds every actor's part
         for k in range(max((len(steps) for steps in messages), default=0)):
             for chan, steps in zip(chans, messages):
                 for wid, batch, groups in (steps[k] if k < len(steps) else ()):
