@@ -57,13 +57,15 @@ def main():
     ap.add_argument("--key-groups", type=int, default=128)
     ap.add_argument("--round-rows", type=int, default=262_144)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--separate-sources", action="store_true", help="one actor per source (colocate=False)")
     a = ap.parse_args()
     data = meter_readings(a.rows, a.meters, seed=42)
     t = time.perf_counter()
     want = flow([data]).run()["rows"]
     local = a.rows / (time.perf_counter() - t)
     print(f"machine: {machine()}; {a.rows:,} readings, {a.meters:,} meters; local runtime "
-          f"{local / 1e6:.1f} M events/s ({want:,} rows)", flush=True)
+          f"{local / 1e6:.1f} M events/s ({want:,} rows); sources {'in their own actors' if a.separate_sources else 'in the window actors'}, "
+          f"{a.round_rows:,} rows per source per round", flush=True)
     ps.runtimes.init()
     # end to end: flow.run() from call to return (actors start, sources receive their data);
     # rounds: the run once the actors are up (what adding workers speeds up).
@@ -76,7 +78,8 @@ def main():
         for _ in range(a.repeat):
             t = time.perf_counter()
             res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
-                                                             round_rows=a.round_rows))
+                                                             round_rows=a.round_rows,
+                                                             colocate=not a.separate_sources))
             total = a.rows / (time.perf_counter() - t)
             assert res["rows"] == want, (res["rows"], want)
             m = res.metrics["ray"]

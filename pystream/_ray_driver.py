@@ -66,8 +66,9 @@ class Driver:
         return guarantee
 
     def _start(self, state: dict | None) -> None:
-        """Fresh source actors at the state's positions; every window actor restarted from the
-        state's key groups (its own range of them)."""
+        """Every window actor restarted from the state's key groups (its own range of them);
+        sources opened afresh at the state's positions (in their own actors, or in the window
+        actors with colocate=True)."""
         ray = self.ray
         st = state or {}
         self.positions = dict(st.get("positions", {}))
@@ -78,22 +79,30 @@ class Driver:
             for s in self.plan.sources:
                 for label in s.params["source"].partitions():
                     self.chan_ids.setdefault((s.id, label), len(self.chan_ids))
-        for a in getattr(self, "source_actors", {}).values():
+        for a in self._source_only_actors():
             ray.kill(a)
-        src_cls = ray.remote(SourceWorker)
-        live = [s for s in self.plan.sources if s.id not in self.ended]
-        self.source_actors = {s.id: src_cls.remote(_graph(self.flow, s.id), s.id, self.n, self.groups,
-                                                    self.positions.get(s.id), round_rows=self.rt.round_rows) for s in live}
         slots = st.get("slots", {})
         calls = []
         for j, w in enumerate(self.workers):
             a, b = owned_range(j, self.n, self.groups)  # each actor gets the slots that overlap its groups
             mine = {wid: [e for e in entries if e[0] < b and a < e[1]] for wid, entries in slots.items()}
             calls.append(w.start.remote(self._channels(), mine))
+        live = [s for s in self.plan.sources if s.id not in self.ended]
+        args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
+        if self.rt.colocate:  # source i reads in window actor i mod N (after its start, in call order)
+            self.source_actors = {sid: self.workers[i % self.n] for i, sid in enumerate(args)}
+            calls += [self.source_actors[sid].open_source.remote(*a, round_rows=self.rt.round_rows)
+                      for sid, a in args.items()]
+        else:
+            src_cls = ray.remote(SourceWorker)
+            self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows) for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # window rounds not yet collected
         self.pending = {sid: collections.deque(self._read(sid) for _ in range(self.SOURCE_AHEAD))
                         for sid in self.source_actors}
+
+    def _source_only_actors(self) -> list:
+        return [] if self.rt.colocate else list(getattr(self, "source_actors", {}).values())
 
     def _channels(self) -> dict:
         return {w.id: [c for (sid, _), c in self.chan_ids.items() if any(s.id == sid for s in self.plan.sources_of[w.id])]
@@ -102,7 +111,7 @@ class Driver:
     def _read(self, sid: int):
         """One read: (every actor's messages, one object every window actor maps without a
         copy; (label, position, done), small)."""
-        return self.source_actors[sid].next.options(num_returns=2).remote()
+        return self.source_actors[sid].read_source.options(num_returns=2).remote(sid)
 
     def watermarks(self) -> dict:
         out = {}
@@ -182,7 +191,7 @@ class Driver:
                     written.append(self._checkpoint(store, fingerprint, epoch, guarantee, True))
             closed = ray.get([w.close.remote() for w in self.workers])
         finally:
-            for a in list(getattr(self, "source_actors", {}).values()) + self.workers:
+            for a in self._source_only_actors() + self.workers:
                 ray.kill(a)
         result = RunResult()
         for sid, node in self.sink_nodes.items():

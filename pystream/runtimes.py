@@ -183,6 +183,10 @@ class SourceWorker:
         self._push(self.node, batch, out)
         return out
 
+    def read_source(self, sid: int):
+        """`next()`, called as window actors that read sources are (colocate=True)."""
+        return self.next()
+
     def next(self):
         batches, got, label, position = [], False, None, None
         rows = 0
@@ -269,6 +273,17 @@ class WindowWorker:
             self.sinks[n.id] = sink
         self.pending: dict[int, list] = {sid: [] for sid, s in self.sinks.items() if isinstance(s, Collect)}
         self.last_input: dict[int, Batch] = {}
+        self.readers: dict[int, SourceWorker] = {}  # sources this actor reads (colocate=True)
+
+    # -- sources read here (colocate=True) ---------------------------------------------------
+    def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
+                    round_rows: int = 1) -> None:
+        """Opens (or reopens, at `position`) a source that this actor reads and routes."""
+        self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
+                                               round_rows=round_rows)
+
+    def read_source(self, sid: int):
+        return self.readers[sid].next()
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
@@ -495,12 +510,16 @@ class Ray:
         round_rows: rows a source actor reads per round, in whole batches (at least one):
             more rows per round share Ray's per-round cost; fewer move the watermark in
             finer steps.
+        colocate: read each source in a window actor (source i in actor i mod N, as Flink
+            shares a slot between a source and a window task): half the processes, each
+            alternating between reading and windowing. False: one actor per source.
         fail_worker_after: testing hook: kill window actor 0 once after this many rounds
             (Ray restarts it; the flow rolls back to its last checkpoint).
     """
 
     def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
-                 num_cpus: int | None = None, round_rows: int = 262_144, fail_worker_after: int | None = None):
+                 num_cpus: int | None = None, round_rows: int = 262_144, colocate: bool = True,
+                 fail_worker_after: int | None = None):
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
         if not isinstance(key_groups, int) or not parallelism <= key_groups <= 65536:
@@ -508,11 +527,12 @@ class Ray:
         if not isinstance(round_rows, int) or round_rows < 1:
             raise ValueError(f"round_rows must be an int >= 1, got {round_rows!r}")
         self.parallelism, self.key_groups, self.round_rows = parallelism, key_groups, round_rows
+        self.colocate = bool(colocate)
         self.address, self.num_cpus = address, num_cpus
         self.fail_worker_after = fail_worker_after
 
     def __repr__(self):
-        return f"Ray(parallelism={self.parallelism}, key_groups={self.key_groups})"
+        return f"Ray(parallelism={self.parallelism}, key_groups={self.key_groups}, colocate={self.colocate})"
 
     def run(self, flow, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3):
         try:

@@ -77,6 +77,13 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert dist.metrics["ray"]["rounds"] > 5
 
 
+def test_sources_in_their_own_actors_give_the_same_results():
+    local = meter_flow("sliding").run()
+    dist = meter_flow("sliding").run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND,
+                                                             colocate=False))
+    assert canon(dist["out"]) == canon(local["out"])
+
+
 def test_string_keys_and_an_unkeyed_window_run_on_ray():
     def flow():
         f = ps.Flow("ray-str")
