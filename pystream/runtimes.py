@@ -243,7 +243,7 @@ class _Slot:
     its state belongs to [lo, hi); a rescale that splits an actor's state gives each new
     owner a copy that is not, and such a slot's results are filtered by key group."""
 
-    __slots__ = ("lo", "hi", "pure", "op")
+    __slots__ = ("hi", "lo", "op", "pure")
 
     def __init__(self, lo: int, hi: int, pure: bool, op):
         self.lo, self.hi, self.pure, self.op = lo, hi, pure, op

@@ -113,28 +113,33 @@ def test_exactly_once_when_a_window_actor_is_killed_mid_run(tmp_path):
 
 @pytest.mark.parametrize("before,after", [(2, 3), (3, 2)])
 def test_a_checkpoint_restores_at_another_parallelism(tmp_path, before, after):
-    local = meter_flow("tumbling").run()["out"]
-    out, ckpt = str(tmp_path / "usage"), str(tmp_path / "ckpt")
+    out, load_out, ckpt = str(tmp_path / "usage"), str(tmp_path / "load"), str(tmp_path / "ckpt")
 
-    def flow(fail_after):
+    def flow(fail_after=None, local=False):
         window, lateness = WINDOWS["tumbling"]
         f = ps.Flow("ray-rescale")
-        s = sources(f, make=Flaky, fail_after=fail_after).filter(lambda b: b["kwh"] >= 0).key_by("meter_id")
-        s.window(window, allowed_lateness=lateness).aggregate(
+        s = (sources(f) if local else sources(f, make=Flaky, fail_after=fail_after)).filter(lambda b: b["kwh"] >= 0)
+        usage = s.key_by("meter_id").window(window, allowed_lateness=lateness).aggregate(
             kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh"), p90=ps.agg.quantile("kwh", 0.9),
-            mine=ps.agg.custom("kwh", init=np.zeros, update=np.add.reduceat, merge=np.add, finalize=lambda a: a)) \
-            .sink(ps.sinks.Files(out, name="usage"))
+            mine=ps.agg.custom("kwh", init=np.zeros, update=np.add.reduceat, merge=np.add, finalize=lambda a: a))
+        # Unkeyed: one key group, whose state a rescale copies to every new actor that overlaps
+        # its old owner's range; only the group's new owner may emit it.
+        load = s.window(ps.windows.Tumbling("1h")).aggregate(load=ps.agg.sum("kwh"), n=ps.agg.count())
+        usage.sink(ps.sinks.Collect("usage") if local else ps.sinks.Files(out, name="usage"))
+        load.sink(ps.sinks.Collect("load") if local else ps.sinks.Files(load_out, name="load"))
         return f
 
+    local = flow(local=True).run()
     with pytest.raises(Exception, match="source went away"):
         flow(6).run(runtime=ps.runtimes.Ray(parallelism=before, key_groups=16, round_rows=ROUND), checkpoints=ckpt,
                     guarantee="exactly_once", checkpoint_every=2)
     first = ps.sinks.Files.read(out)
-    assert 0 < len(first) < len(local)
-    res = flow(None).run(runtime=ps.runtimes.Ray(parallelism=after, key_groups=16, round_rows=ROUND), checkpoints=ckpt, resume=True,
-                         guarantee="exactly_once", checkpoint_every=2)
+    assert 0 < len(first) < len(local["usage"])
+    res = flow().run(runtime=ps.runtimes.Ray(parallelism=after, key_groups=16, round_rows=ROUND), checkpoints=ckpt,
+                     resume=True, guarantee="exactly_once", checkpoint_every=2)
     assert res.resumed_from is not None
-    assert canon(ps.sinks.Files.read(out)) == canon(local)
+    assert canon(ps.sinks.Files.read(out)) == canon(local["usage"])
+    assert canon(ps.sinks.Files.read(load_out)) == canon(local["load"])
 
 
 def test_a_round_takes_whole_batches_of_one_partition_up_to_round_rows():
