@@ -15,6 +15,7 @@
 #include "calendar_engine.h"
 #include "count_engine.h"
 #include "global_engine.h"
+#include "route.h"
 #include "session_engine.h"
 #include "stream_ops.h"
 #include "tuple_interner.h"
@@ -643,8 +644,32 @@ py::array_t<uint8_t> insert_pairs(PairSet& s, const I64Array& a, const I64Array&
 
 }  // namespace
 
+/// route_rows over NumPy arrays: checks at the boundary, the loop without the GIL.
+py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_style | py::array::forcecast>>& words,
+                        int64_t n_groups, int64_t parallelism) {
+  if (n_groups < 1 || n_groups > 65536) fail("route_rows: n_groups must be in 1..65536, got " + std::to_string(n_groups));
+  if (parallelism < 1 || parallelism > n_groups)
+    fail("route_rows: parallelism must be in 1..n_groups (" + std::to_string(n_groups) + "), got " + std::to_string(parallelism));
+  const int64_t n = words.empty() ? 0 : static_cast<int64_t>(words[0].size());
+  std::vector<const uint64_t*> ptrs;
+  for (const auto& w : words) {
+    if (w.ndim() != 1 || static_cast<int64_t>(w.size()) != n)
+      fail("route_rows: key columns must be 1-d and of one length, got lengths " + std::to_string(n) + " and " +
+           std::to_string(w.size()));
+    ptrs.push_back(w.data());
+  }
+  Routed r;
+  {
+    py::gil_scoped_release release;
+    r = route_rows(ptrs, n, n_groups, parallelism);
+  }
+  return py::make_tuple(to_numpy(std::move(r.order)), to_numpy(std::move(r.groups)), to_numpy(std::move(r.bounds)));
+}
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
+  m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
+        "Key groups of rows and a stable counting sort by owning actor: (order, groups in that order, bounds).");
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;
 

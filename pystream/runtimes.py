@@ -39,6 +39,7 @@ import zlib
 
 import numpy as np
 
+from . import _core
 from .batch import Batch
 from .operators import make_window_operator
 from .sinks import Collect, Files
@@ -55,30 +56,40 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _U64(31))
 
 
+def _key_words(batch: Batch, keys) -> list:
+    """Each key column as uint64 words that are the same in every process and run: integers
+    and times by value, floats by their bits (0.0 for -0.0), other values by the CRC-32 of
+    their repr, computed once per distinct value in the batch."""
+    words = []
+    for c in keys:
+        arr = batch[c]
+        if arr.dtype.kind in "iub":
+            v = arr.astype(np.int64).view(np.uint64)
+        elif arr.dtype.kind in "mM":
+            v = arr.view(np.int64).view(np.uint64)
+        elif arr.dtype.kind == "f":
+            v = np.where(arr == 0, 0.0, arr).astype(np.float64).view(np.uint64)
+        else:
+            from ._intern import ObjectInterner
+
+            interner = ObjectInterner(c)
+            codes = interner.intern(arr)
+            crc = np.array([zlib.crc32(repr(x).encode()) for x in interner.values()], dtype=np.uint64)
+            v = crc[codes]
+        words.append(v)
+    return words
+
+
 def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
-    """The key group of every row: a hash of the key columns that is the same in every process
-    and run (integers and times by value, other values by the CRC-32 of their repr, computed
-    once per distinct value in the batch), its high 32 bits modulo n_groups. Unkeyed: all rows in group 0."""
+    """The key group of every row: h = mix(h * C + word) over the key columns' words
+    (`_key_words`), its high 32 bits modulo n_groups. Unkeyed: all rows in group 0. (The
+    source actors compute the same groups natively: _core.route_rows.)"""
     n = len(batch)
     if not keys:
         return np.zeros(n, dtype=np.int64)
     h = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for c in keys:
-            arr = batch[c]
-            if arr.dtype.kind in "iub":
-                v = arr.astype(np.int64).view(np.uint64)
-            elif arr.dtype.kind in "mM":
-                v = arr.view(np.int64).view(np.uint64)
-            elif arr.dtype.kind == "f":
-                v = np.where(arr == 0, 0.0, arr).astype(np.float64).view(np.uint64)
-            else:
-                from ._intern import ObjectInterner
-
-                interner = ObjectInterner(c)
-                codes = interner.intern(arr)
-                crc = np.array([zlib.crc32(repr(x).encode()) for x in interner.values()], dtype=np.uint64)
-                v = crc[codes]
+        for v in _key_words(batch, keys):
             h = _mix(h * _U64(0x9E3779B97F4A7C15) + v)
     # The high half: the native key index places a key by the low bits of the same mix, so
     # groups taken from the low bits would leave each actor's hash table a fraction of its
@@ -127,6 +138,9 @@ class Plan:
         if not self.windows:
             raise ValueError("the flow has no window: the Ray runtime shuffles by key into windows")
         self.sources_of = {w.id: [s for s in self.sources if self._reaches(s.id, w.id)] for w in self.windows}
+        #: Some window's results depend on the order rows arrive in, not only on event time.
+        self.arrival_order = any(getattr(w.params["window"], a, False) for w in self.windows
+                                 for a in ("counted", "globally"))
 
     def _reaches(self, a: int, b: int) -> bool:
         todo, seen = [a], set()
@@ -171,11 +185,15 @@ class SourceWorker:
         self.node = self.plan.nodes[source_id]
         self.parallelism, self.n_groups, self.round_rows = parallelism, n_groups, round_rows
         self.it = iter(self.node.params["source"].read(position)) if read else None
+        self.coalesce = parallelism > 1 and not self.plan.arrival_order
         self.held = None  # an item read ahead (another partition's): the next call starts with it
 
     def groups(self, window, batch: Batch) -> np.ndarray:
-        """The key group of each row of `batch` on its way into `window`."""
-        return key_groups(batch, window.params["keys"], self.n_groups)
+        """The key group of each row of `batch` on its way into `window` (as key_groups)."""
+        keys = window.params["keys"]
+        if not keys:
+            return np.zeros(len(batch), dtype=np.uint16)
+        return _core.route_rows(_key_words(batch, keys), self.n_groups, 1)[1]  # one owner: rows stay in order
 
     def route(self, batch: Batch) -> list:
         """A batch of this source, through the stateless steps: one message list per actor."""
@@ -207,8 +225,12 @@ class SourceWorker:
             batches.append(batch)
             rows += len(batch)
         # One step per batch for every actor (empty where it has no rows for it), so actors can
-        # interleave sources batch by batch as the local runtime does. Batches are not
-        # concatenated: at parallelism 1 the source's own arrays travel.
+        # interleave sources batch by batch as the local runtime does where arrival order
+        # matters (count and global windows). Elsewhere, with several actors, the round's
+        # batches become one (each actor's share of a batch would be a small native call);
+        # at parallelism 1 the source's own arrays travel as they are.
+        if self.coalesce and len(batches) > 1 and all(b.columns == batches[0].columns for b in batches):
+            batches = [Batch.concat(batches)]
         out = [[] for _ in range(self.parallelism)]
         for batch in batches:
             for j, msgs in enumerate(self.route(batch)):
@@ -220,19 +242,16 @@ class SourceWorker:
             if child.kind == "window":
                 # Each window actor gets its rows in arrival order (an engine's watermark moves
                 # row by row, so order decides lateness), with their key groups.
-                groups = self.groups(child, batch).astype(np.uint16)  # key_groups <= 65536
-                n = self.parallelism
-                if n == 1:
-                    out[0].append((child.id, batch, groups))
+                keys, n = child.params["keys"], self.parallelism
+                if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
+                    out[0].append((child.id, batch, self.groups(child, batch).astype(np.uint16)))
                     continue
-                owners = (groups.astype(np.int64) * n // self.n_groups).astype(np.uint16)
-                order = np.argsort(owners, kind="stable")  # a radix sort: arrival order kept per actor
-                bounds = np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=n))])
-                grouped, groups = batch.take(order), groups[order]
+                order, groups, bounds = _core.route_rows(_key_words(batch, keys), self.n_groups, n)
+                routed = batch.take(order)
                 for j in range(n):
                     lo, hi = int(bounds[j]), int(bounds[j + 1])
                     if hi > lo:
-                        out[j].append((child.id, grouped.slice(lo, hi), groups[lo:hi]))
+                        out[j].append((child.id, routed.slice(lo, hi), groups[lo:hi]))
             else:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
