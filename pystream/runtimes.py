@@ -35,6 +35,8 @@ and replays the sources from its positions. Sinks run in the window actors (one 
 from __future__ import annotations
 
 import bisect
+import collections
+import time
 import zlib
 
 import numpy as np
@@ -293,6 +295,8 @@ class WindowWorker:
         self.pending: dict[int, list] = {sid: [] for sid, s in self.sinks.items() if isinstance(s, Collect)}
         self.last_input: dict[int, Batch] = {}
         self.readers: dict[int, SourceWorker] = {}  # sources this actor reads (colocate=True)
+        self.kept: dict[int, collections.deque] = {}  # by source: own parts of reads not yet in a round
+        self.busy = 0.0
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
@@ -300,9 +304,23 @@ class WindowWorker:
         """Opens (or reopens, at `position`) a source that this actor reads and routes."""
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
                                                round_rows=round_rows)
+        self.kept[source_id] = collections.deque()
 
     def read_source(self, sid: int):
-        return self.readers[sid].next()
+        t = time.perf_counter()
+        try:
+            parts, meta = self.readers[sid].next()
+            if not meta[2]:  # this actor's own part stays here (rounds take reads in read order)
+                self.kept[sid].append(parts[self.index])
+                parts = [p if j != self.index else sid for j, p in enumerate(parts)]  # the id marks it
+            return parts, meta
+        finally:
+            self.busy += time.perf_counter() - t
+
+    def busy_seconds(self) -> float:
+        """Seconds this actor spent reading and windowing (since it started): against the
+        run's seconds, how much of the time the actor itself was the work."""
+        return self.busy
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
@@ -379,8 +397,16 @@ class WindowWorker:
     # -- data ---------------------------------------------------------------------------------
     def round(self, watermarks: dict, chans: list, *messages) -> dict:
         """Advances every window to the driver's watermark, then takes this actor's part of each
-        source's read (`parts` of SourceWorker.next; chans[i] is the channel of messages[i]). Returns, per window and channel, the
-        largest event time its engines hold (for the next round's watermark)."""
+        source's read (`parts` of SourceWorker.next; chans[i] is the channel of messages[i]).
+        Returns, per window and channel, the largest event time its engines hold (for the next
+        round's watermark)."""
+        t = time.perf_counter()
+        try:
+            return self._round(watermarks, chans, messages)
+        finally:
+            self.busy += time.perf_counter() - t
+
+    def _round(self, watermarks: dict, chans: list, messages) -> dict:
         for wid, w in watermarks.items():
             for slot in self.slots[wid]:
                 op = slot.op
@@ -388,7 +414,10 @@ class WindowWorker:
                     self._emit(wid, slot, op.advance_watermark(w), None, None)
         # Sources take turns batch by batch (count windows over a union depend on that order,
         # and the local runtime interleaves the same way).
-        messages = [m[self.index] for m in messages]  # each source's read holds every actor's part
+        # Each source's read holds every actor's part; a source read here kept this actor's
+        # and holds its id instead.
+        messages = [self.kept[m[self.index]].popleft() if isinstance(m[self.index], int) else m[self.index]
+                    for m in messages]
         for k in range(max((len(steps) for steps in messages), default=0)):
             for chan, steps in zip(chans, messages):
                 for wid, batch, groups in (steps[k] if k < len(steps) else ()):
