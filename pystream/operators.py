@@ -316,6 +316,30 @@ class WindowAggregateOperator:
         if self._py is not None:
             self._py.restore(state.get("python_aggs") or {"seq": 1, "stores": [st.snapshot() for st in self._py.stores]})
 
+    #: retain_keys can drop keys from this operator's engine state (the slice table's layout).
+    PRUNABLE = True
+
+    def retain_keys(self, keep) -> bool:
+        """Drops the state of every key for which keep(key columns) is False (a rescale hands
+        an actor another actor's state, of which it owns part). True when done; False where
+        this state cannot be split yet (other window kinds, Python aggregations, unkeyed): the
+        caller then filters the operator's output instead."""
+        if not self.PRUNABLE or self._py is not None or not self.keys:
+            return False
+        if self._engine is None:
+            return True
+        state = self._engine.snapshot()
+        keys = np.asarray(state["keys"])
+        mask = np.asarray(keep(self._encoder.decode(keys)), dtype=bool)
+        if mask.all():
+            return True
+        rows = np.frombuffer(state["rows"], dtype=np.uint8).reshape(len(state["slice_used"]), len(keys),
+                                                                    state["row_bytes"])  # slices x keys x row
+        state["keys"], state["rows"] = keys[mask], rows[:, mask].tobytes()
+        self._build(self._repr)
+        self._engine.restore(state)
+        return True
+
     def fingerprint(self) -> tuple:
         return (
             repr(self.window), self.keys, tuple((n,) + a.fingerprint() for n, a in self.aggs.items()),
@@ -332,6 +356,7 @@ class CountWindowOperator(WindowAggregateOperator):
     EVENTS = "events"
     LEAD = (COUNT_SPEC,)
     BOUNDED = False
+    PRUNABLE = False
 
     def __init__(self, window, aggs, time, keys=(), allowed_lateness=0):
         if self.EVENTS in aggs:
@@ -399,6 +424,7 @@ class SessionWindowOperator(WindowAggregateOperator):
     side outputs, per-partition watermarks, idleness and quiet-stream handling as time windows."""
 
     BOUNDED = False  # a session ends a gap after its last event: nothing to hold samples up to
+    PRUNABLE = False
 
     def _build(self, rep: TimeRepr):
         gap = self.window.size
@@ -418,6 +444,8 @@ class CalendarWindowOperator(WindowAggregateOperator):
     (csrc/calendar_engine.h): bounds are precomputed per zone from the IANA database, so no
     Python runs per event; with `tz_column` each key gets the zone of its first row, and rows
     whose zone differs from their key's go to the invalid output."""
+
+    PRUNABLE = False
 
     def __init__(self, window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
         if window.tz_column is not None:

@@ -9,8 +9,9 @@ per window actor. Window actor j owns the contiguous range of key groups
 [j*G/N, (j+1)*G/N) with one native window operator for the whole range (one call per batch).
 A checkpoint keeps each operator's snapshot with the key-group range it covers, so it restores
 at any parallelism (rescaling): a new actor takes the snapshots that overlap its range and
-emits, from a snapshot that also holds other actors' keys, only its own groups' results
-(filtered by key group; those keys receive no new rows there). Batches move
+drops the keys of other actors' groups from them (tumbling and sliding windows), or keeps
+them and emits only its own groups' results (filtered by key group; those keys receive no new
+rows there). Batches move
 through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
 
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
@@ -261,8 +262,9 @@ class SourceWorker:
 
 class _Slot:
     """One window operator and the key groups [lo, hi) it answers for. `pure`: every key in
-    its state belongs to [lo, hi); a rescale that splits an actor's state gives each new
-    owner a copy that is not, and such a slot's results are filtered by key group."""
+    its state belongs to [lo, hi). A rescale that splits an actor's state gives each new
+    owner a copy; tumbling and sliding windows drop the other owners' keys from it
+    (retain_keys), other kinds keep them and filter the slot's results by key group."""
 
     __slots__ = ("hi", "lo", "op", "pure")
 
@@ -341,6 +343,8 @@ class WindowWorker:
                 if lo2 < hi2:
                     slot = self._new_slot(wid, lo2, hi2, pure and (lo2, hi2) == (lo, hi))
                     slot.op.restore(state)
+                    if not slot.pure:  # drop other actors' keys where the state allows it
+                        slot.pure = slot.op.retain_keys(lambda cols, s=slot, w=wid: self._owns(w, s, cols))
         for wid, slots_ in self.slots.items():  # groups no snapshot covered start empty
             edges = [a] + [x for s in slots_ for x in (s.lo, s.hi)] + [b]
             for lo, hi in zip(edges[::2], edges[1::2]):
@@ -350,6 +354,11 @@ class WindowWorker:
             sink.open()
             if sid in self.pending:
                 self.pending[sid] = []
+
+    def _owns(self, wid: int, slot: _Slot, cols: dict) -> np.ndarray:
+        """Which of these keys (key columns) fall in the slot's key groups."""
+        g = key_groups(Batch(cols), self.plan.nodes[wid].params["keys"], self.n_groups)
+        return (g >= slot.lo) & (g < slot.hi)
 
     def _new_slot(self, wid: int, lo: int, hi: int, pure: bool) -> _Slot:
         n = self.plan.nodes[wid]

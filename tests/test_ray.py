@@ -144,6 +144,62 @@ def test_a_checkpoint_restores_at_another_parallelism(tmp_path, before, after):
     assert canon(ps.sinks.Files.read(load_out)) == canon(local["load"])
 
 
+@pytest.mark.parametrize("kind", ["tumbling", "sliding", "session"])
+def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
+    # In process, without Ray: actors at parallelism 2 take the first half of the readings,
+    # their snapshots restart 3 actors, which take the rest; the union of what they emit is
+    # the local run's. Tumbling and sliding state is split (each new actor holds its own keys
+    # only); session state is copied whole and the output filtered.
+    window, lateness = WINDOWS[kind]
+
+    def flow(data):
+        f = ps.Flow("split")
+        f.source(ps.sources.Arrays(data, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME)) \
+            .key_by("meter_id").window(window, allowed_lateness=lateness) \
+            .aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+        return f
+
+    def feed(workers, data, slots):
+        f = flow(data)
+        src = f._nodes[0].id
+        reader = ps.runtimes.SourceWorker(f, src, len(workers), 16, round_rows=4_000)
+        for w in workers:
+            w.start({}, slots)
+        while True:
+            parts, (_label, _position, done) = reader.next()
+            if done:
+                return
+            for w in workers:
+                w.round({}, [0], parts)
+
+    half = len(DATA["ts"]) // 2
+    first = [ps.runtimes.WindowWorker(flow(DATA), j, 2, 16) for j in range(2)]
+    feed(first, {k: v[:half] for k, v in DATA.items()}, None)
+    slots = {}
+    for w in first:
+        for wid, entries in w.snapshot().items():
+            slots.setdefault(wid, []).extend(entries)
+    out = [b for w in first for b in w.pre_commit(0, None)[next(iter(w.pending))]]
+    second = [ps.runtimes.WindowWorker(flow(DATA), j, 3, 16) for j in range(3)]
+    feed(second, {k: v[half:] for k, v in DATA.items()}, slots)
+    held = [(s.pure, s.op.engine.num_keys if s.op.engine is not None else 0, s.lo, s.hi)
+            for w in second for ss in w.slots.values() for s in ss]
+    for w in second:
+        w.finish()
+        sid = next(iter(w.pending))
+        out += w.close()[sid]
+    got = ps.Batch.concat([b for b in out if len(b)])
+    assert canon(got) == canon(flow(DATA).run()["out"])
+    if kind == "session":
+        assert not all(pure for pure, *_ in held)  # copies that hold other actors' keys
+    else:
+        groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(DATA["meter_id"])}), ("meter_id",), 16)
+        assert all(pure for pure, *_ in held)
+        assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
+        for _, n, lo, hi in held:
+            assert n <= int(((groups >= lo) & (groups < hi)).sum())
+
+
 def test_a_round_takes_whole_batches_of_one_partition_up_to_round_rows():
     clock = ps.testing.ManualClock()
     b = {"meter_id": np.arange(10), "ts": np.arange(10), "kwh": np.ones(10)}
