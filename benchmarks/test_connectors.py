@@ -46,7 +46,8 @@ def test_parquet_to_window_to_parquet(benchmark, tmp_path):
 
 
 def test_kafka_mock_to_window(benchmark):
-    """JSON readings from 4 partitions of the mock cluster through a 15-minute window. The mock
+    """JSON readings from 4 partitions of the mock cluster through a 15-minute window (pystream's
+    own consumer; once through confluent-kafka's consume() for comparison). The mock
     keeps ~5 MB per partition (older message sets are dropped), so the topic is lz4-compressed
     (as production topics are) to hold ~0.9M readings; the run is timed from flow.run() to the
     end and also without the consumer's start (group join, metadata, first fetch: ~0.7 s)."""
@@ -74,11 +75,11 @@ def test_kafka_mock_to_window(benchmark):
     n = sum(hi - lo for lo, hi in (c.get_watermark_offsets(TopicPartition(topic, q), timeout=10) for q in range(4)))
     c.close()
 
-    def source():
-        return ps.sources.Kafka(topic, cluster.bootstrap, batch_size=50_000, stop_at_end=True)
+    def source(native=None):
+        return ps.sources.Kafka(topic, cluster.bootstrap, batch_size=50_000, stop_at_end=True, native=native)
 
-    def run():
-        return query(source(), ps.sinks.Collect("o")).run()["o"]
+    def run(native=None):
+        return query(source(native), ps.sinks.Collect("o")).run()["o"]
 
     def startup():
         t = time.perf_counter()
@@ -90,6 +91,9 @@ def test_kafka_mock_to_window(benchmark):
     benchmark.pedantic(run, rounds=2, iterations=1)
     rate = record(benchmark, "kafka (mock, 4 partitions, lz4) -> window 15m, msgs", n)
     RESULTS["kafka -> window 15m: JSON value bytes, B/s"] = rate * sum(len(v) for v in values) / len(values)
+    t = time.perf_counter()
+    run(native=False)  # confluent-kafka's consume(): a Python Message object per record
+    RESULTS["kafka -> window 15m via confluent-kafka consume(), msgs"] = n / (time.perf_counter() - t)
     start = min(startup() for _ in range(2))
     RESULTS["kafka -> window 15m without the consumer's start, msgs"] = n / (n / rate - start)
     RESULTS["kafka consumer start (join, metadata, first fetch), s"] = start

@@ -15,6 +15,7 @@
 #include "calendar_engine.h"
 #include "count_engine.h"
 #include "global_engine.h"
+#include "py_numpy.h"
 #include "route.h"
 #include "session_engine.h"
 #include "stream_ops.h"
@@ -31,12 +32,7 @@ using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 using I32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 using U8Array = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
-template <class T>
-py::array_t<T> to_numpy(std::vector<T>&& v) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>({static_cast<py::ssize_t>(heap->size())}, {sizeof(T)}, heap->data(), owner);
-}
+using pystream::to_numpy;
 
 /// Output columns: NumPy takes the pooled buffer; the capsule gives it back to the pool.
 template <class T>

@@ -4,8 +4,12 @@ Source: every partition of a topic, assigned explicitly; the position is {partit
 offset}, kept in checkpoints, so a restored run re-reads exactly what the epoch had not
 covered. Each batch holds one partition's messages (its label, so each Kafka partition has
 its own watermark). JSON values are decoded in one go by pyarrow's JSON reader over the
-newline-joined values (no per-record parsing in Python); `kafka_partition`, `kafka_offset`
-and `kafka_ts` (the Kafka timestamp, ms: usable as ingestion time with
+newline-joined values (no per-record parsing in Python). With that JSON decoder the messages
+come from pystream's own consumer (pystream._kafka over the librdkafka that confluent-kafka
+ships): one call per batch copies the values into one newline-separated buffer, checks each is
+one JSON object on one line, and fills partition/offset/timestamp arrays, with no Python
+object per message (`native=False` uses confluent-kafka's consume()). `kafka_partition`,
+`kafka_offset` and `kafka_ts` (the Kafka timestamp, ms: usable as ingestion time with
 `ps.IngestionTime("kafka_ts", unit="ms")`) are added. `stop_at_end=True` reads up to the end
 offsets seen at start and ends (bounded replays, tests).
 
@@ -47,14 +51,21 @@ def decode_json(values: list[bytes]) -> dict[str, np.ndarray]:
 
     from ._messages import first_non_object
 
-    if not isinstance(values, list):
+    joined = isinstance(values, JoinedValues)
+    if not joined and not isinstance(values, list):
         values = list(values)
     # Also a guard: pyarrow 26's JSON reader crashes the process on a top-level null.
-    i, why = first_non_object(values)
+    i, why = values.first_non_object() if joined else first_non_object(values)
     if i >= 0:
         hint = "; send compact JSON, one object per message" if why == "spans several lines" else f": {values[i][:40]!r}"
         raise ValueError(f"value {i} of the batch {why}{hint}")
-    table = pajson.read_json(io.BytesIO(b"\n".join(values)))
+    if joined:
+        import pyarrow as pa
+
+        data = pa.BufferReader(pa.py_buffer(values.buffer))  # read in place: no copy, no join
+    else:
+        data = io.BytesIO(b"\n".join(values))
+    table = pajson.read_json(data)
     if table.num_rows != len(values):
         raise ValueError(f"{len(values)} values decoded to {table.num_rows} JSON objects; each value must be one object")
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
@@ -84,6 +95,51 @@ def encode_json(batch: Batch) -> list[str]:
     return np.char.add(parts, "}").tolist()
 
 
+class JoinedValues:
+    """Consumed values in one buffer, each followed by a newline, as the native consumer
+    hands them out: decode_json reads the buffer in place; values[i] is one value's bytes."""
+
+    def __init__(self, buffer: np.ndarray, bounds: np.ndarray, bad: int = -1, bad_reason: str = ""):
+        self.buffer, self.bounds, self.bad, self.bad_reason = buffer, bounds, bad, bad_reason
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.buffer[self.bounds[i]:self.bounds[i + 1] - 1].tobytes()
+
+    def first_non_object(self) -> tuple:
+        """As pystream._messages.first_non_object (checked by the consumer while copying)."""
+        return (self.bad, self.bad_reason) if self.bad >= 0 else (-1, None)
+
+
+def librdkafka_path() -> str | None:
+    """The librdkafka that confluent-kafka uses (its wheels bundle one), else the system's
+    by name, else None."""
+    import ctypes.util
+    import glob
+    import os
+
+    import confluent_kafka
+
+    here = os.path.dirname(os.path.abspath(confluent_kafka.__file__))
+    bundled = sorted(glob.glob(os.path.join(os.path.dirname(here), "confluent_kafka.libs", "librdkafka*.so*")))
+    return bundled[0] if bundled else ctypes.util.find_library("rdkafka")
+
+
+def _native_settings(config: dict) -> list | None:
+    """Consumer settings as librdkafka's (name, text) pairs; None if one is a confluent-kafka
+    callback or object, which only confluent-kafka's own consumer can take."""
+    out = []
+    for k, v in config.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif not isinstance(v, (str, int, float)):
+            return None
+        out.append((str(k), str(v)))
+    return out
+
+
 #: Consumer settings the sources start from (a source's `config` overrides them). librdkafka
 #: stops fetching a partition once its local queue holds `queued.min.messages` (100k) and
 #: then waits `fetch.queue.backoff.ms`, by default a whole second: a consumer that keeps up
@@ -93,13 +149,20 @@ CONSUMER_DEFAULTS = {"fetch.queue.backoff.ms": 10}
 
 
 class Kafka(Source):
-    """`ps.sources.Kafka(topic, bootstrap, decoder="json", batch_size=10000, stop_at_end=False)`."""
+    """`ps.sources.Kafka(topic, bootstrap, decoder="json", batch_size=10000, stop_at_end=False)`.
+
+    native: None reads with pystream's own consumer where it can (the JSON decoder, settings
+    without confluent-kafka callbacks, librdkafka found), True requires it, False always uses
+    confluent-kafka's consume()."""
 
     replayable = True
 
     def __init__(self, topic: str, bootstrap: str, decoder="json", batch_size: int = 10_000, stop_at_end: bool = False,
-                 poll_timeout: float = 0.1, config: dict | None = None, name: str | None = None):
+                 poll_timeout: float = 0.1, config: dict | None = None, name: str | None = None,
+                 native: bool | None = None):
         _require()
+        if native not in (None, True, False):
+            raise ValueError(f"native must be None (when it can), True or False, got {native!r}")
         if decoder != "json" and not callable(decoder):
             raise ValueError(f"decoder must be 'json' or a function(values: list[bytes]) -> columns, got {decoder!r}")
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -108,16 +171,42 @@ class Kafka(Source):
         self.decoder = decode_json if decoder == "json" else decoder
         self.poll_timeout, self.config = poll_timeout, dict(config or {})
         self.name = name or topic
+        self.native = native
 
     def fingerprint(self) -> str:
         return f"Kafka:{self.name}:{self.topic}"
 
+    def _settings(self) -> dict:
+        return {"bootstrap.servers": self.bootstrap, "group.id": f"pystream-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False, "enable.partition.eof": False, "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest", **CONSUMER_DEFAULTS, **self.config}
+
     def _consumer(self):
         from confluent_kafka import Consumer
 
-        return Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"pystream-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "enable.partition.eof": False,
-                         "isolation.level": "read_committed", **CONSUMER_DEFAULTS, **self.config})
+        return Consumer(self._settings())
+
+    def _native_consumer(self):
+        """pystream's own consumer (whole batches, no Python object per message), used for the
+        JSON decoder unless native=False; None where it cannot be (native=True then raises)."""
+        if self.native is False:
+            return None
+        why = None
+        settings = _native_settings(self._settings())
+        lib = librdkafka_path()
+        if self.decoder is not decode_json:
+            why = "it decodes JSON values only (this source has a custom decoder)"
+        elif settings is None:
+            why = "config holds confluent-kafka callbacks or objects"
+        elif lib is None:
+            why = "no librdkafka library was found"
+        if why is None:
+            from . import _kafka
+
+            return _kafka.Consumer(lib, settings)
+        if self.native:
+            raise ValueError(f"Kafka source {self.name!r}: native=True, but the native consumer cannot run: {why}")
+        return None
 
     def partitions(self) -> list:
         c = self._consumer()
@@ -136,29 +225,51 @@ class Kafka(Source):
 
         parts = self.partitions()
         pos = {int(p): int(o) for p, o in (position or {}).items()}
-        c = self._consumer()
+        c = self._consumer()  # metadata and end offsets; the data too without the native consumer
+        fast = self._native_consumer()
         try:
-            c.assign([TopicPartition(self.topic, p, pos.get(p, OFFSET_BEGINNING)) for p in parts])
-            ends = {p: c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1] for p in parts}
+            marks = {p: c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10) for p in parts}
+            ends = {p: hi for p, (_lo, hi) in marks.items()}
+            # From the first offset the partition holds, not OFFSET_BEGINNING: a logical offset
+            # is resolved by a query that librdkafka retries on a 500 ms timer when the
+            # partition's leader is not yet known, which it never is right after assign.
+            start = [pos.get(p, marks[p][0] if marks[p][0] >= 0 else OFFSET_BEGINNING) for p in parts]
+            if fast is not None:
+                fast.assign(self.topic, parts, start)
+            else:
+                c.assign([TopicPartition(self.topic, p, o) for p, o in zip(parts, start)])
             tps = [TopicPartition(self.topic, p) for p in parts]
             last_msg = time.monotonic()
             while True:
-                msgs = c.consume(self.batch_size, self.poll_timeout)
-                if not msgs:
+                if fast is not None:
+                    got = fast.consume(self.batch_size, int(self.poll_timeout * 1000))
+                    if got["error"]:
+                        raise RuntimeError(f"Kafka topic {self.topic!r}: Kafka message {got['error']}")
+                    empty = not len(got["offset"])
+                else:
+                    msgs = c.consume(self.batch_size, self.poll_timeout)
+                    empty = not msgs
+                if empty:
                     # The consumer's position also steps over transaction markers, which are
                     # never delivered: compare it, not the last message, with the end offsets;
                     # an aborted or marker-only tail ends the read after 3 s without messages.
                     quiet = time.monotonic() - last_msg
-                    if self.stop_at_end and (quiet >= 3.0 or all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0
-                                                                 for tp in c.position(tps))):
-                        return
+                    if self.stop_at_end:
+                        at = fast.positions(self.topic, parts) if fast is not None else [tp.offset for tp in c.position(tps)]
+                        if quiet >= 3.0 or all(o >= ends[p] or ends[p] == 0 for p, o in zip(parts, at)):
+                            return
                     yield None, dict(pos), None
                     continue
                 last_msg = time.monotonic()
-                for p, batch in self.batches_of(msgs):
+                batches = self.batches_of(msgs) if fast is None else self._batches(
+                    got["partition"], got["offset"], got["timestamp"],
+                    JoinedValues(got["values"], got["bounds"], got["bad"], got["bad_reason"]))
+                for p, batch in batches:
                     pos[p] = int(batch["kafka_offset"][-1]) + 1
                     yield batch, dict(pos), p
         finally:
+            if fast is not None:
+                fast.close()
             c.close()
 
     def batches_of(self, msgs):
@@ -172,6 +283,11 @@ class Kafka(Source):
             part, offs, kts, values = message_columns(msgs)
         except RuntimeError as e:
             raise RuntimeError(f"Kafka topic {self.topic!r}: {e}") from None
+        return self._batches(part, offs, kts, values)
+
+    def _batches(self, part, offs, kts, values):
+        """batches_of from columns: partition, offset and timestamp arrays and the values (a
+        list of bytes, or JoinedValues from the native consumer)."""
         parts = np.unique(part)
         if len(parts) == 1:
             groups = [(int(parts[0]), None)]

@@ -112,6 +112,63 @@ def test_a_poison_message_names_its_partition_and_offsets(cluster):
             pass
 
 
+def read_all(src):
+    items = [b for b, _, _ in src.read() if b is not None]
+    got = ps.Batch.concat(items)
+    order = np.lexsort((got["kafka_offset"], got["kafka_partition"]))
+    return {c: got[c][order] for c in got.columns}
+
+
+def test_native_and_confluent_consumers_give_the_same_batches(cluster):
+    """pystream's own consumer (values in one buffer, no Python object per message) against
+    confluent-kafka's consume(): the same rows, offsets and Kafka timestamps."""
+    data = meter_readings(6_000, 60, seed=4)
+    t = topic()
+    cluster.produce_json(t, data, key="meter_id")
+    native = read_all(ps.sources.Kafka(t, cluster.bootstrap, batch_size=900, stop_at_end=True, native=True))
+    plain = read_all(ps.sources.Kafka(t, cluster.bootstrap, batch_size=900, stop_at_end=True, native=False))
+    assert len(native["ts"]) == 6_000 and sorted(native) == sorted(plain)
+    for c in native:
+        assert native[c].tolist() == plain[c].tolist(), c
+    assert (native["kafka_ts"] > 1_600_000_000_000).all()  # broker/producer time, ms
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("value,why", [(b'{"meter_id": 9,\n "ts": 9, "kwh": 1}', "spans several lines"),
+                                       (b'{"meter_id": 9, "ts": 9, "kwh": 1}\r', "spans several lines"),
+                                       (b"", "is not a JSON object"), (b"[1, 2]", "is not a JSON object"),
+                                       (b'\t {"meter_id": 9, "ts": 9, "kwh": 1} ', None)])
+def test_both_consumers_check_values_alike(cluster, native, value, why):
+    from confluent_kafka import Producer
+
+    t = topic()
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "log_level": 3})
+    for i in range(3):
+        p.produce(t, value=f'{{"meter_id": {i}, "ts": {i}, "kwh": 0.5}}'.encode(), partition=0)
+    p.produce(t, value=value, partition=0)
+    p.flush(10)
+    src = ps.sources.Kafka(t, cluster.bootstrap, stop_at_end=True, native=native)
+    if why is None:
+        assert read_all(src)["meter_id"].tolist() == [0, 1, 2, 9]
+    else:
+        with pytest.raises(ValueError, match=rf"partition 0 offsets \d+\.\.3: cannot decode the values: value \d+ of "
+                                             rf"the batch {why}"):
+            read_all(src)
+
+
+def test_native_true_refuses_what_only_confluent_kafka_reads(cluster):
+    with pytest.raises(ValueError, match="native must be None"):
+        ps.sources.Kafka("t", cluster.bootstrap, native="yes")
+    src = ps.sources.Kafka(topic(), cluster.bootstrap, decoder=lambda values: {"n": [len(v) for v in values]},
+                           native=True)
+    with pytest.raises(ValueError, match="native=True, but the native consumer cannot run: it decodes JSON values only"):
+        src._native_consumer()
+    src = ps.sources.Kafka(topic(), cluster.bootstrap, config={"error_cb": print}, native=True)
+    with pytest.raises(ValueError, match="config holds confluent-kafka callbacks"):
+        src._native_consumer()
+    assert ps.sources.Kafka(topic(), cluster.bootstrap, config={"error_cb": print})._native_consumer() is None
+
+
 class FakeMessage:
     def __init__(self, partition, offset, value, error=None):
         self._p, self._o, self._v, self._e = partition, offset, value, error
