@@ -640,9 +640,10 @@ py::array_t<uint8_t> insert_pairs(PairSet& s, const I64Array& a, const I64Array&
 
 }  // namespace
 
-/// route_rows over NumPy arrays: checks at the boundary, the loop without the GIL.
+/// route_rows over NumPy arrays: checks at the boundary, the loops without the GIL. Columns
+/// (fixed-width dtypes) come back in routed order too, scattered in one pass each.
 py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_style | py::array::forcecast>>& words,
-                        int64_t n_groups, int64_t parallelism) {
+                        int64_t n_groups, int64_t parallelism, const std::vector<py::array>& columns) {
   if (n_groups < 1 || n_groups > 65536) fail("route_rows: n_groups must be in 1..65536, got " + std::to_string(n_groups));
   if (parallelism < 1 || parallelism > n_groups)
     fail("route_rows: parallelism must be in 1..n_groups (" + std::to_string(n_groups) + "), got " + std::to_string(parallelism));
@@ -654,18 +655,35 @@ py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_sty
            std::to_string(w.size()));
     ptrs.push_back(w.data());
   }
+  std::vector<py::array> ins, outs;
+  for (const py::array& c : columns) {
+    if (c.ndim() != 1 || static_cast<int64_t>(c.size()) != n)
+      fail("route_rows: columns must be 1-d and as long as the keys (" + std::to_string(n) + "), got " +
+           std::to_string(c.size()));
+    if (c.dtype().kind() == 'O') fail("route_rows: object columns cannot be scattered natively; take them by `order`");
+    ins.push_back(py::array::ensure(c, py::array::c_style));
+    outs.emplace_back(c.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
+  }
   Routed r;
   {
     py::gil_scoped_release release;
-    r = route_rows(ptrs, n, n_groups, parallelism);
+    r = route_rows(ptrs, n, n_groups, parallelism, !ins.empty());
+    for (size_t k = 0; k < ins.size(); ++k)
+      scatter_rows(static_cast<const uint8_t*>(ins[k].data()), static_cast<uint8_t*>(outs[k].mutable_data()),
+                   r.dest.data(), n, static_cast<size_t>(ins[k].itemsize()));
   }
-  return py::make_tuple(to_numpy(std::move(r.order)), to_numpy(std::move(r.groups)), to_numpy(std::move(r.bounds)));
+  py::list routed;
+  for (auto& o : outs) routed.append(o);
+  return py::make_tuple(to_numpy(std::move(r.order)), to_numpy(std::move(r.groups)), to_numpy(std::move(r.bounds)),
+                        routed);
 }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
   m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
-        "Key groups of rows and a stable counting sort by owning actor: (order, groups in that order, bounds).");
+        py::arg("columns") = std::vector<py::array>{},
+        "Key groups of rows and a stable counting sort by owning actor: (order, groups in that order, bounds, "
+        "the columns in that order).");
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;
 

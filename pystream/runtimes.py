@@ -85,7 +85,7 @@ def _key_words(batch: Batch, keys) -> list:
 
 def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
     """The key group of every row: h = mix(h * C + word) over the key columns' words
-    (`_key_words`), its high 32 bits modulo n_groups. Unkeyed: all rows in group 0. (The
+    (`_key_words`), its high 32 bits scaled to [0, n_groups). Unkeyed: all rows in group 0. (The
     source actors compute the same groups natively: _core.route_rows.)"""
     n = len(batch)
     if not keys:
@@ -97,7 +97,7 @@ def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
     # The high half: the native key index places a key by the low bits of the same mix, so
     # groups taken from the low bits would leave each actor's hash table a fraction of its
     # slots (one actor's keys would all share their low bits).
-    return ((h >> _U64(32)) % _U64(n_groups)).astype(np.int64)
+    return (((h >> _U64(32)) * _U64(n_groups)) >> _U64(32)).astype(np.int64)  # scaled to [0, n_groups)
 
 
 def owner(group: int, parallelism: int, n_groups: int) -> int:
@@ -249,8 +249,14 @@ class SourceWorker:
                 if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
                     out[0].append((child.id, batch, self.groups(child, batch).astype(np.uint16)))
                     continue
-                order, groups, bounds = _core.route_rows(_key_words(batch, keys), self.n_groups, n)
-                routed = batch.take(order)
+                # Fixed-width columns are scattered into routed order natively (one pass each);
+                # object columns are taken by `order`.
+                fixed = [c for c in batch.columns if batch[c].dtype.kind != "O"]
+                order, groups, bounds, cols = _core.route_rows(_key_words(batch, keys), self.n_groups, n,
+                                                               [batch[c] for c in fixed])
+                cols = dict(zip(fixed, cols))
+                routed = Batch({c: cols[c] if c in cols else batch[c][order] for c in batch.columns},
+                               ts=None if batch.ts is None else batch.ts[order])
                 for j in range(n):
                     lo, hi = int(bounds[j]), int(bounds[j + 1])
                     if hi > lo:

@@ -248,11 +248,18 @@ def test_native_routing_matches_the_reference_key_groups(n, n_groups, parallelis
     batch = ps.Batch({f"k{i}": cols[k]() for i, k in enumerate(kinds)})
     keys = tuple(batch.columns)
     want = ps.runtimes.key_groups(batch, keys, n_groups)  # the plain-NumPy reference
-    order, groups, bounds = _core.route_rows(_key_words(batch, keys), n_groups, parallelism)
+    extra = {"f4": rng.random(n).astype(np.float32), "u1": rng.integers(0, 255, n).astype(np.uint8),
+             "i8": rng.integers(-9, 9, n), "s": rng.choice(np.array(["a", "bcd", "efghij"]), n),
+             "t": rng.integers(0, 10**9, n).astype("datetime64[ms]"), "pair": rng.random(n).astype(np.complex128),
+             "strided": rng.random(2 * n)[::2]}
+    order, groups, bounds, routed = _core.route_rows(_key_words(batch, keys), n_groups, parallelism,
+                                                     list(extra.values()))
     owners = want * parallelism // n_groups
     assert order.tolist() == np.argsort(owners, kind="stable").tolist()  # by owner, arrival order within
     assert groups.tolist() == want[order].tolist()
     assert bounds.tolist() == [0] + np.cumsum(np.bincount(owners, minlength=parallelism)).tolist()
+    for (name, col), got in zip(extra.items(), routed):  # the columns scattered into that order
+        assert got.dtype == col.dtype and got.tolist() == col[order].tolist(), name
 
 
 def test_routing_refuses_bad_arguments():
@@ -264,6 +271,10 @@ def test_routing_refuses_bad_arguments():
         _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 5)
     with pytest.raises(ValueError, match="of one length"):
         _core.route_rows([np.zeros(3, dtype=np.uint64), np.zeros(2, dtype=np.uint64)], 4, 2)
+    with pytest.raises(ValueError, match="as long as the keys"):
+        _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 2, [np.zeros(2)])
+    with pytest.raises(ValueError, match="object columns cannot be scattered"):
+        _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 2, [np.array(["a", "b", "c"], dtype=object)])
 
 
 def test_key_groups_are_the_same_in_every_process():
