@@ -109,8 +109,8 @@ class Driver:
                 for w in self.plan.windows}
 
     def _read(self, sid: int):
-        """One read: (every actor's messages, one object every window actor maps without a
-        copy; (label, position, done), small)."""
+        """One read: (the window actors' parts, one object each maps without a copy, the
+        reading actor's own part kept there when colocated; (label, position, done), small)."""
         return self.source_actors[sid].read_source.options(num_returns=2).remote(sid)
 
     def watermarks(self) -> dict:
