@@ -194,15 +194,19 @@ class Kafka(Source):
         why = None
         settings = _native_settings(self._settings())
         lib = librdkafka_path()
-        if self.decoder is not decode_json:
+        try:
+            from . import _kafka
+        except ImportError:
+            _kafka = None
+        if _kafka is None:
+            why = "this build of pystream has no native Kafka consumer (pystream._kafka)"
+        elif self.decoder is not decode_json:
             why = "it decodes JSON values only (this source has a custom decoder)"
         elif settings is None:
             why = "config holds confluent-kafka callbacks or objects"
         elif lib is None:
             why = "no librdkafka library was found"
         if why is None:
-            from . import _kafka
-
             return _kafka.Consumer(lib, settings)
         if self.native:
             raise ValueError(f"Kafka source {self.name!r}: native=True, but the native consumer cannot run: {why}")
