@@ -178,9 +178,9 @@ def _stateless(node, batch: Batch):
 class SourceWorker:
     """One source: reads it, runs the stateless steps to the windows, splits by key group.
     `next()` returns (parts, (label, position, done)): parts[j] holds window actor j's messages,
-    one list of (window id, rows, key groups) per batch read; one call
-    reads whole batches up to `round_rows` rows (one partition label per call), so Ray's
-    per-call cost is shared by many rows."""
+    one list of (window id, rows, key groups) per batch read; one call reads whole batches up
+    to `round_rows` rows (one partition label per call), so Ray's per-call cost is shared by
+    many rows."""
 
     def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True,
                  round_rows: int = 1):
