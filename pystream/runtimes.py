@@ -15,8 +15,8 @@ rows there). Batches move
 through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
 
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
-each read is one object holding every actor's part, which each window actor maps without a
-copy) and hands it to all window actors; sources keep two reads queued and window actors the
+each read is one object holding the actors' parts, which each window actor maps without a
+copy; an actor that reads a source keeps its own part) and hands it to all window actors; sources keep two reads queued and window actors the
 next round, so nobody waits for the driver, and a checkpoint first waits for every round in
 flight (an aligned barrier). Watermarks: each window actor reports, per window and source
 partition (channel), the largest event time its engines accepted; the driver takes the max
@@ -350,7 +350,7 @@ class WindowWorker:
                     slot = self._new_slot(wid, lo2, hi2, pure and (lo2, hi2) == (lo, hi))
                     slot.op.restore(state)
                     if not slot.pure:  # drop other actors' keys where the state allows it
-                        slot.pure = slot.op.retain_keys(lambda cols, s=slot, w=wid: self._owns(w, s, cols))
+                        slot.pure = slot.op.retain_keys(lambda cols, s=slot, w=wid: self._owns(w, s, Batch(cols)))
         for wid, slots_ in self.slots.items():  # groups no snapshot covered start empty
             edges = [a] + [x for s in slots_ for x in (s.lo, s.hi)] + [b]
             for lo, hi in zip(edges[::2], edges[1::2]):
@@ -361,9 +361,9 @@ class WindowWorker:
             if sid in self.pending:
                 self.pending[sid] = []
 
-    def _owns(self, wid: int, slot: _Slot, cols: dict) -> np.ndarray:
-        """Which of these keys (key columns) fall in the slot's key groups."""
-        g = key_groups(Batch(cols), self.plan.nodes[wid].params["keys"], self.n_groups)
+    def _owns(self, wid: int, slot: _Slot, rows: Batch) -> np.ndarray:
+        """Which of these rows' keys fall in the slot's key groups."""
+        g = key_groups(rows, self.plan.nodes[wid].params["keys"], self.n_groups)
         return (g >= slot.lo) & (g < slot.hi)
 
     def _new_slot(self, wid: int, lo: int, hi: int, pure: bool) -> _Slot:
@@ -479,8 +479,7 @@ class WindowWorker:
     def _emit(self, wid: int, slot: _Slot, res, late, invalid) -> None:
         node = self.plan.nodes[wid]
         if not slot.pure and res is not None and len(res):  # keys of other actors' groups, from a rescale: theirs to emit
-            g = key_groups(res, node.params["keys"], self.n_groups)
-            res = res.filter((g >= slot.lo) & (g < slot.hi))
+            res = res.filter(self._owns(wid, slot, res))
         for port, b in (("out", res), ("late", late), ("invalid", invalid)):
             if b is not None and len(b):
                 self._push(node, port, b)
