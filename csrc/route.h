@@ -31,11 +31,8 @@ inline Routed route_rows(const std::vector<const uint64_t*>& words, int64_t n, i
   r.order.resize(static_cast<size_t>(n));
   r.groups.resize(static_cast<size_t>(n));
   r.bounds.assign(static_cast<size_t>(parallelism) + 1, 0);
-  // Scratch kept per thread: fresh pages for every batch would cost more than the loops.
-  static thread_local std::vector<uint16_t> group;
-  static thread_local std::vector<uint32_t> owner;
-  group.resize(static_cast<size_t>(n));
-  owner.resize(static_cast<size_t>(n));
+  std::vector<uint16_t> group(static_cast<size_t>(n));
+  std::vector<uint32_t> owner(static_cast<size_t>(n));
   const uint64_t g_count = static_cast<uint64_t>(n_groups);
   std::vector<uint32_t> owner_of(static_cast<size_t>(n_groups));
   for (int64_t g = 0; g < n_groups; ++g) owner_of[g] = static_cast<uint32_t>(g * parallelism / n_groups);
@@ -67,7 +64,9 @@ inline void scatter_rows(const uint8_t* in, uint8_t* out, const int64_t* dest, i
     T* dst = reinterpret_cast<T*>(out);
     for (int64_t i = 0; i < n; ++i) dst[dest[i]] = src[i];
   };
-  switch (size) {
+  // Typed copies where both columns are aligned for them (NumPy's own arrays are); else bytes.
+  const bool aligned = (reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) % size == 0;
+  switch (aligned ? size : 0) {
     case 1: run(uint8_t{}); break;
     case 2: run(uint16_t{}); break;
     case 4: run(uint32_t{}); break;

@@ -251,7 +251,8 @@ def test_native_routing_matches_the_reference_key_groups(n, n_groups, parallelis
     extra = {"f4": rng.random(n).astype(np.float32), "u1": rng.integers(0, 255, n).astype(np.uint8),
              "i8": rng.integers(-9, 9, n), "s": rng.choice(np.array(["a", "bcd", "efghij"]), n),
              "t": rng.integers(0, 10**9, n).astype("datetime64[ms]"), "pair": rng.random(n).astype(np.complex128),
-             "strided": rng.random(2 * n)[::2]}
+             "strided": rng.random(2 * n)[::2],
+             "unaligned": np.frombuffer(rng.random(n + 1).tobytes(), dtype=np.float64, count=n, offset=1)}
     order, groups, bounds, routed = _core.route_rows(_key_words(batch, keys), n_groups, parallelism,
                                                      list(extra.values()))
     owners = want * parallelism // n_groups
