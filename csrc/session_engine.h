@@ -142,6 +142,12 @@ class SessionEngine {
 
   void restore(const State& s) {
     if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations");
+    // Checked before anything changes: a refused snapshot leaves the engine as it was.
+    if (s.rows.size() != s.start.size() * static_cast<size_t>(row_bytes_)) fail("corrupt snapshot: session state size");
+    const size_t nslots = keyed_ ? s.keys.size() : 1;
+    for (int32_t slot : s.slot) {
+      if (slot < 0 || static_cast<size_t>(slot) >= nslots) fail("corrupt snapshot: session key slot out of range");
+    }
     if (keyed_) keys_.assign(s.keys);
     by_slot_.assign(static_cast<size_t>(keyed_ ? keys_.size() : 1), {});
     pool_.clear();
@@ -154,7 +160,6 @@ class SessionEngine {
     if (s.has_wm) wm_.set(s.wm);
     flushed_ = s.flushed;
     parts_.assign(s.partitions);
-    if (s.rows.size() != s.start.size() * static_cast<size_t>(row_bytes_)) fail("corrupt snapshot: session state size");
     for (size_t i = 0; i < s.start.size(); ++i) {
       // Sessions the watermark has passed already fired: they wait only for cleanup.
       const bool due_later = !s.has_wm || s.last[i] + gap_ - 1 > s.wm;

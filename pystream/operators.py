@@ -316,15 +316,12 @@ class WindowAggregateOperator:
         if self._py is not None:
             self._py.restore(state.get("python_aggs") or {"seq": 1, "stores": [st.snapshot() for st in self._py.stores]})
 
-    #: retain_keys can drop keys from this operator's engine state (the slice table's layout).
-    PRUNABLE = True
-
     def retain_keys(self, keep) -> bool:
         """Drops the state of every key for which keep(key columns) is False (a rescale hands
         an actor another actor's state, of which it owns part). True when done; False where
-        this state cannot be split yet (other window kinds, Python aggregations, unkeyed): the
-        caller then filters the operator's output instead."""
-        if not self.PRUNABLE or self._py is not None or not self.keys:
+        this state cannot be split (Python aggregations keep theirs by handle, and an unkeyed
+        window is one key): the caller then filters the operator's output instead."""
+        if self._py is not None or not self.keys:
             return False
         if self._engine is None:
             return True
@@ -333,12 +330,19 @@ class WindowAggregateOperator:
         mask = np.asarray(keep(self._encoder.decode(keys)), dtype=bool)
         if mask.all():
             return True
-        rows = np.frombuffer(state["rows"], dtype=np.uint8).reshape(len(state["slice_used"]), len(keys),
-                                                                    state["row_bytes"])  # slices x keys x row
-        state["keys"], state["rows"] = keys[mask], rows[:, mask].tobytes()
+        state["keys"] = keys[mask]
+        self._retain_rows(state, mask)
         self._build(self._repr)
         self._engine.restore(state)
         return True
+
+    @staticmethod
+    def _retain_rows(state: dict, mask: np.ndarray) -> None:
+        """Keeps the engine snapshot's per-key state of the keys in `mask` (slot order): here
+        the slice table, slices x keys x state row."""
+        rows = np.frombuffer(state["rows"], dtype=np.uint8).reshape(len(state["slice_used"]), len(mask),
+                                                                    state["row_bytes"])
+        state["rows"] = rows[:, mask].tobytes()
 
     def fingerprint(self) -> tuple:
         return (
@@ -356,7 +360,6 @@ class CountWindowOperator(WindowAggregateOperator):
     EVENTS = "events"
     LEAD = (COUNT_SPEC,)
     BOUNDED = False
-    PRUNABLE = False
 
     def __init__(self, window, aggs, time, keys=(), allowed_lateness=0):
         if self.EVENTS in aggs:
@@ -409,6 +412,12 @@ class CountWindowOperator(WindowAggregateOperator):
     def declare_partitions(self, partitions) -> None:
         pass
 
+    @staticmethod
+    def _retain_rows(state: dict, mask: np.ndarray) -> None:
+        # Key-major: each key's panes together, and its event count.
+        state["rows"] = _rows_by_key(state["rows"], mask)
+        state["seen"] = np.asarray(state["seen"])[mask]
+
     @property
     def watermark(self):
         return None
@@ -424,7 +433,17 @@ class SessionWindowOperator(WindowAggregateOperator):
     side outputs, per-partition watermarks, idleness and quiet-stream handling as time windows."""
 
     BOUNDED = False  # a session ends a gap after its last event: nothing to hold samples up to
-    PRUNABLE = False
+
+    @staticmethod
+    def _retain_rows(state: dict, mask: np.ndarray) -> None:
+        # One entry per live session, naming its key's slot: kept keys' sessions, renumbered.
+        slot = np.asarray(state["slot"])
+        kept = mask[slot]
+        renumber = (np.cumsum(mask) - 1).astype(np.int32)
+        for name in ("start", "last", "emitted"):
+            state[name] = np.asarray(state[name])[kept]
+        state["slot"] = renumber[slot[kept]]
+        state["rows"] = _rows_by_key(state["rows"], kept)
 
     def _build(self, rep: TimeRepr):
         gap = self.window.size
@@ -444,8 +463,6 @@ class CalendarWindowOperator(WindowAggregateOperator):
     (csrc/calendar_engine.h): bounds are precomputed per zone from the IANA database, so no
     Python runs per event; with `tz_column` each key gets the zone of its first row, and rows
     whose zone differs from their key's go to the invalid output."""
-
-    PRUNABLE = False
 
     def __init__(self, window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
         if window.tz_column is not None:
@@ -470,6 +487,12 @@ class CalendarWindowOperator(WindowAggregateOperator):
             self._add_zone(name)
         for p in self._declared:
             self._engine.set_partition_idle(p, False)
+
+    @staticmethod
+    def _retain_rows(state: dict, mask: np.ndarray) -> None:
+        # Key-major rings, and each key's zone.
+        state["rows"] = _rows_by_key(state["rows"], mask)
+        state["zone_of_slot"] = np.asarray(state["zone_of_slot"])[mask]
 
     def _add_zone(self, name: str) -> int:
         self._engine.add_zone(self.window.bounds(name))
@@ -545,6 +568,11 @@ class GlobalWindowOperator(CountWindowOperator):
     def process(self, batch: Batch, partition: int = 0):
         return WindowAggregateOperator.process(self, batch, partition)
 
+    @staticmethod
+    def _retain_rows(state: dict, mask: np.ndarray) -> None:
+        state["rows"] = _rows_by_key(state["rows"], mask)  # one state row per key
+        state["pending"] = np.asarray(state["pending"])[mask]
+
     def _values(self, batch):
         return [None] + WindowAggregateOperator._values(self, batch)
 
@@ -574,6 +602,14 @@ class GlobalWindowOperator(CountWindowOperator):
         if self._engine is None:
             return self.empty_result()
         return self._results(self._engine.flush())
+
+
+def _rows_by_key(rows: bytes, mask: np.ndarray) -> bytes:
+    """The state bytes of the keys (or sessions) in `mask`, from bytes holding an equal-sized
+    block per key in slot order."""
+    if not len(mask):
+        return rows
+    return np.frombuffer(rows, dtype=np.uint8).reshape(len(mask), -1)[mask].tobytes()
 
 
 def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0, early_every=None):

@@ -170,6 +170,18 @@ def test_calendar_bounds_and_snapshots_are_validated():
             fresh.restore({**state, field: bad})
 
 
+
+def test_session_snapshots_naming_a_key_slot_out_of_range_are_refused_and_change_nothing():
+    e = _core.SessionEngine(10, 0, 0, -1, True, [(0, 1)], 1)
+    e.process(np.arange(3, dtype=np.int64), np.arange(3, dtype=np.int64), [None])
+    state = e.snapshot()
+    for bad in ([0, 1, 3], [0, -1, 2]):
+        with pytest.raises(ValueError, match="session key slot out of range"):
+            e.restore({**state, "slot": np.array(bad, dtype=np.int32)})
+        after = e.snapshot()
+        assert after["keys"].tolist() == state["keys"].tolist() and after["rows"] == state["rows"]
+        assert after["slot"].tolist() == state["slot"].tolist()
+
 @SETTINGS
 @given(ts=st.lists(EXTREME_T, max_size=20), trigger=st.sampled_from([0, 1, 2]), value=st.sampled_from([1, 3, 2**59]),
        max_future=st.sampled_from([-1, 0, 2**59]))

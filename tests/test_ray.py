@@ -144,19 +144,27 @@ def test_a_checkpoint_restores_at_another_parallelism(tmp_path, before, after):
     assert canon(ps.sinks.Files.read(load_out)) == canon(local["load"])
 
 
-@pytest.mark.parametrize("kind", ["tumbling", "sliding", "session"])
+@pytest.mark.parametrize("kind", [*WINDOWS, "calendar_tz", "custom"])
 def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
     # In process, without Ray: actors at parallelism 2 take the first half of the readings,
     # their snapshots restart 3 actors, which take the rest; the union of what they emit is
-    # the local run's. Tumbling and sliding state is split (each new actor holds its own keys
-    # only); session state is copied whole and the output filtered.
-    window, lateness = WINDOWS[kind]
+    # the local run's. Every window kind's state is split (each new actor holds its own keys
+    # only); a Python aggregation's state is copied whole and the output filtered.
+    data = DATA
+    if kind == "calendar_tz":  # a zone per meter: the keys' zones move with them
+        data = {**DATA, "tz": np.where(DATA["meter_id"] % 3 == 0, "America/New_York", "Europe/Berlin").astype(object)}
+        window, lateness = ps.windows.Calendar("day", tz_column="tz"), "0s"
+    else:
+        window, lateness = WINDOWS["tumbling" if kind == "custom" else kind]
+    aggs = {"kwh": ps.agg.sum("kwh"), "n": ps.agg.count(), "p90": ps.agg.quantile("kwh", 0.9)}
+    if kind == "custom":
+        aggs["mine"] = ps.agg.custom("kwh", init=np.zeros, update=np.add.reduceat, merge=np.add, finalize=lambda a: a)
 
     def flow(data):
         f = ps.Flow("split")
         f.source(ps.sources.Arrays(data, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME)) \
-            .key_by("meter_id").window(window, allowed_lateness=lateness) \
-            .aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+            .key_by("meter_id").window(window, allowed_lateness=lateness if kind not in ("count", "global") else "0s") \
+            .aggregate(**aggs).sink(ps.sinks.Collect("out"))
         return f
 
     def feed(workers, data, slots):
@@ -172,16 +180,16 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
             for w in workers:
                 w.round({}, [0], parts)
 
-    half = len(DATA["ts"]) // 2
-    first = [ps.runtimes.WindowWorker(flow(DATA), j, 2, 16) for j in range(2)]
-    feed(first, {k: v[:half] for k, v in DATA.items()}, None)
+    half = len(data["ts"]) // 2
+    first = [ps.runtimes.WindowWorker(flow(data), j, 2, 16) for j in range(2)]
+    feed(first, {k: v[:half] for k, v in data.items()}, None)
     slots = {}
     for w in first:
         for wid, entries in w.snapshot().items():
             slots.setdefault(wid, []).extend(entries)
     out = [b for w in first for b in w.pre_commit(0, None)[next(iter(w.pending))]]
-    second = [ps.runtimes.WindowWorker(flow(DATA), j, 3, 16) for j in range(3)]
-    feed(second, {k: v[half:] for k, v in DATA.items()}, slots)
+    second = [ps.runtimes.WindowWorker(flow(data), j, 3, 16) for j in range(3)]
+    feed(second, {k: v[half:] for k, v in data.items()}, slots)
     held = [(s.pure, s.op.engine.num_keys if s.op.engine is not None else 0, s.lo, s.hi)
             for w in second for ss in w.slots.values() for s in ss]
     for w in second:
@@ -189,11 +197,11 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
         sid = next(iter(w.pending))
         out += w.close()[sid]
     got = ps.Batch.concat([b for b in out if len(b)])
-    assert canon(got) == canon(flow(DATA).run()["out"])
-    if kind == "session":
+    assert canon(got) == canon(flow(data).run()["out"])
+    if kind == "custom":
         assert not all(pure for pure, *_ in held)  # copies that hold other actors' keys
     else:
-        groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(DATA["meter_id"])}), ("meter_id",), 16)
+        groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(data["meter_id"])}), ("meter_id",), 16)
         assert all(pure for pure, *_ in held)
         assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
         for _, n, lo, hi in held:
