@@ -4,6 +4,7 @@ restores at 3 (rescaling by key groups); key groups are stable across processes.
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -206,6 +207,36 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
         assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
         for _, n, lo, hi in held:
             assert n <= int(((groups >= lo) & (groups < hi)).sum())
+
+
+def _refaults() -> int:
+    """Page faults while a process writes a 64 MB array right after freeing one of that size."""
+    import resource
+
+    a = np.ones(8 << 20)
+    del a
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    b = np.ones(8 << 20)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del b
+    return faults
+
+
+def test_window_actors_reuse_freed_batch_memory():
+    from pystream._ray_driver import ActorWindowWorker, _graph
+
+    f = ps.Flow("pages")
+    sources(f).key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()) \
+        .sink(ps.sinks.Discard("n"))
+    actor = ray.remote(ActorWindowWorker).remote(_graph(f), 0, 1, 16)
+    in_actor = ray.get(actor.__ray_call__.remote(lambda _self: _refaults()))
+    ray.kill(actor)
+    # The same in a fresh Python with glibc's defaults: the array's pages come back from the
+    # kernel (fresh mmap), one fault per page or huge page.
+    code = f"import numpy as np\n{inspect.getsource(_refaults)}\nprint(_refaults())"
+    plain = int(subprocess.check_output([sys.executable, "-c", code]))
+    assert plain > 16  # what this measures: a 64 MB array in fresh pages
+    assert in_actor <= 2, (in_actor, plain)
 
 
 def test_a_round_takes_whole_batches_of_one_partition_up_to_round_rows():
