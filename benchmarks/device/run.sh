@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# On a lent device machine (see bundle.sh): unpacks .dev/ into a site directory and runs the
+# scaling benchmark; its output goes to $OUT/scaling.txt. Arguments replace the default run
+# (160M readings, parallelism 1 2 4 8 16, 512k rows per source per round: every source reads
+# at least 16 rounds at 16).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+py=
+for c in ${PYTHON312:-} python3.12 python3; do
+  if "$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then py=$c; break; fi
+done
+[ -n "$py" ] || { echo "run: the bundle is for CPython 3.12; none found (set PYTHON312)" >&2; exit 1; }
+site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
+tar -C "$site" -xJf .dev/site.tar.xz
+"$py" -m zipfile -e .dev/pystream-*.whl "$site"
+export PYTHONPATH=$site
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288)
+out=${OUT:-$repo/.dev/out}
+mkdir -p "$out"
+cd "$site"  # import the unpacked pystream, not the source tree
+nproc
+"$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee "$out/scaling.txt"
