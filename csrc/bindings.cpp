@@ -643,7 +643,7 @@ py::array_t<uint8_t> insert_pairs(PairSet& s, const I64Array& a, const I64Array&
 /// route_rows over NumPy arrays: checks at the boundary, the loops without the GIL. Columns
 /// (fixed-width dtypes) come back in routed order too, scattered in one pass each.
 py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_style | py::array::forcecast>>& words,
-                        int64_t n_groups, int64_t parallelism, const std::vector<py::array>& columns) {
+                        int64_t n_groups, int64_t parallelism, const std::vector<py::array>& columns, bool with_order) {
   if (n_groups < 1 || n_groups > 65536) fail("route_rows: n_groups must be in 1..65536, got " + std::to_string(n_groups));
   if (parallelism < 1 || parallelism > n_groups)
     fail("route_rows: parallelism must be in 1..n_groups (" + std::to_string(n_groups) + "), got " + std::to_string(parallelism));
@@ -664,26 +664,40 @@ py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_sty
     ins.push_back(py::array::ensure(c, py::array::c_style));
     outs.emplace_back(c.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
   }
-  Routed r;
+  py::array_t<int64_t> order(with_order ? n : 0), bounds(parallelism + 1);
+  py::array_t<uint16_t> groups(n);
+  const size_t scratch = static_cast<size_t>(std::max<int64_t>(n, 1));
+  std::unique_ptr<uint16_t[]> group(new uint16_t[scratch]);  // row order
   {
     py::gil_scoped_release release;
-    r = route_rows(ptrs, n, n_groups, parallelism, !ins.empty());
-    for (size_t k = 0; k < ins.size(); ++k)
-      scatter_rows(static_cast<const uint8_t*>(ins[k].data()), static_cast<uint8_t*>(outs[k].mutable_data()),
-                   r.dest.data(), n, static_cast<size_t>(ins[k].itemsize()));
+    Router router(n_groups, parallelism);
+    int64_t* b = bounds.mutable_data();
+    router.group_rows(ptrs, n, group.get(), b);
+    auto place = [&](auto* dest) {  // 32-bit places while they fit: half the scratch traffic
+      router.place_rows(group.get(), b, n, dest, with_order ? order.mutable_data() : nullptr, groups.mutable_data());
+      for (size_t k = 0; k < ins.size(); ++k)
+        Router::place_column(dest, n, static_cast<const uint8_t*>(ins[k].data()), static_cast<uint8_t*>(outs[k].mutable_data()),
+                             static_cast<size_t>(ins[k].itemsize()));
+    };
+    if (n <= static_cast<int64_t>(UINT32_MAX)) {
+      std::unique_ptr<uint32_t[]> dest(new uint32_t[scratch]);
+      place(dest.get());
+    } else {
+      std::unique_ptr<int64_t[]> dest(new int64_t[scratch]);
+      place(dest.get());
+    }
   }
   py::list routed;
   for (auto& o : outs) routed.append(o);
-  return py::make_tuple(to_numpy(std::move(r.order)), to_numpy(std::move(r.groups)), to_numpy(std::move(r.bounds)),
-                        routed);
+  return py::make_tuple(with_order ? py::object(order) : py::object(py::none()), groups, bounds, routed);
 }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
   m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
-        py::arg("columns") = std::vector<py::array>{},
-        "Key groups of rows and a stable counting sort by owning actor: (order, groups in that order, bounds, "
-        "the columns in that order).");
+        py::arg("columns") = std::vector<py::array>{}, py::arg("with_order") = true,
+        "Key groups of rows and a stable counting sort by owning actor: (order or None without with_order, groups in "
+        "that order, bounds, the columns in that order).");
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;
 

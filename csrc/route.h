@@ -1,6 +1,7 @@
 // Routing rows to window actors by key group (the Ray runtime's shuffle).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -13,67 +14,75 @@ namespace pystream {
 ///
 /// words[c][i] is key column c of row i as 64 bits (pystream/runtimes.py: _key_words). A row's
 /// hash is h = mix64(h * 0x9E3779B97F4A7C15 + word) over its columns from h = 0; its group is
-/// ((h >> 32) * n_groups) >> 32 (the high half: key indexes probe by the low bits of mix64); its owner
-/// is group * parallelism / n_groups. Output: `order` lists the rows owner by owner, in arrival
-/// order within each owner; `groups` holds their groups in that order; `bounds[j]..bounds[j+1]`
-/// is owner j's range. Callers check lengths and ranges.
-struct Routed {
-  std::vector<int64_t> order;
-  std::vector<uint16_t> groups;
-  std::vector<int64_t> bounds;
-  std::vector<int64_t> dest;  // dest[i]: row i's place in that order (when asked for)
+/// ((h >> 32) * n_groups) >> 32 (the high half: key indexes probe by the low bits of mix64); its
+/// owner is group * parallelism / n_groups. The routed order lists the rows owner by owner, in
+/// arrival order within each owner; owner j's range of it is bounds[j]..bounds[j+1].
+///
+/// `group_rows` takes one pass over the keys; `place_rows` one more that gives every row its
+/// place in the routed order (the owners' running counters are a dependency chain through
+/// memory, so it runs once) and writes the order and the groups there; each column is then one
+/// independent pass, out[dest[i]] = in[i]. Scratch and outputs are not zeroed first. Callers
+/// check lengths and ranges and give outputs of n items.
+class Router {
+ public:
+  Router(int64_t n_groups, int64_t parallelism) : n_groups_(n_groups), parallelism_(parallelism) {
+    owner_of_.resize(static_cast<size_t>(n_groups));
+    for (int64_t g = 0; g < n_groups; ++g) owner_of_[static_cast<size_t>(g)] = static_cast<uint32_t>(g * parallelism / n_groups);
+  }
+
+  /// group[i] for every row, and bounds (parallelism + 1 entries).
+  void group_rows(const std::vector<const uint64_t*>& words, int64_t n, uint16_t* group, int64_t* bounds) const {
+    std::fill(bounds, bounds + parallelism_ + 1, 0);
+    const uint64_t g_count = static_cast<uint64_t>(n_groups_);
+    for (int64_t i = 0; i < n; ++i) {
+      uint64_t h = 0;
+      for (const uint64_t* w : words) h = mix64(h * 0x9E3779B97F4A7C15ULL + w[i]);
+      const uint64_t g = ((h >> 32) * g_count) >> 32;  // the high half scaled to [0, n_groups): no division
+      group[i] = static_cast<uint16_t>(g);
+      ++bounds[owner_of_[g] + 1];
+    }
+    for (int64_t j = 0; j < parallelism_; ++j) bounds[j + 1] += bounds[j];
+  }
+
+  /// dest[i]: row i's place in the routed order; groups[place] = group[i], and order[place] = i
+  /// unless order is null.
+  template <typename Index>
+  void place_rows(const uint16_t* group, const int64_t* bounds, int64_t n, Index* dest, int64_t* order,
+                  uint16_t* groups) {
+    std::vector<int64_t> next(bounds, bounds + parallelism_);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t at = next[owner_of_[group[i]]]++;
+      dest[i] = static_cast<Index>(at);
+      if (order) order[at] = i;
+      groups[at] = group[i];
+    }
+  }
+
+  /// out[dest[i]] = in[i] for n items of `size` bytes (typed copies where both columns are
+  /// aligned for them, as NumPy's own arrays are; else bytes).
+  template <typename Index>
+  static void place_column(const Index* dest, int64_t n, const uint8_t* in, uint8_t* out, size_t size) {
+    auto typed = [&](auto tag) {
+      using T = decltype(tag);
+      const T* src = reinterpret_cast<const T*>(in);
+      T* dst = reinterpret_cast<T*>(out);
+      for (int64_t i = 0; i < n; ++i) dst[dest[i]] = src[i];
+    };
+    const bool aligned = (reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) % size == 0;
+    switch (aligned ? size : 0) {
+      case 1: typed(uint8_t{}); break;
+      case 2: typed(uint16_t{}); break;
+      case 4: typed(uint32_t{}); break;
+      case 8: typed(uint64_t{}); break;
+      default:
+        for (int64_t i = 0; i < n; ++i)
+          std::memcpy(out + static_cast<size_t>(dest[i]) * size, in + static_cast<size_t>(i) * size, size);
+    }
+  }
+
+ private:
+  int64_t n_groups_, parallelism_;
+  std::vector<uint32_t> owner_of_;
 };
-
-inline Routed route_rows(const std::vector<const uint64_t*>& words, int64_t n, int64_t n_groups, int64_t parallelism,
-                         bool with_dest = false) {
-  Routed r;
-  if (with_dest) r.dest.resize(static_cast<size_t>(n));
-  r.order.resize(static_cast<size_t>(n));
-  r.groups.resize(static_cast<size_t>(n));
-  r.bounds.assign(static_cast<size_t>(parallelism) + 1, 0);
-  std::vector<uint16_t> group(static_cast<size_t>(n));
-  std::vector<uint32_t> owner(static_cast<size_t>(n));
-  const uint64_t g_count = static_cast<uint64_t>(n_groups);
-  std::vector<uint32_t> owner_of(static_cast<size_t>(n_groups));
-  for (int64_t g = 0; g < n_groups; ++g) owner_of[g] = static_cast<uint32_t>(g * parallelism / n_groups);
-  for (int64_t i = 0; i < n; ++i) {
-    uint64_t h = 0;
-    for (const uint64_t* w : words) h = mix64(h * 0x9E3779B97F4A7C15ULL + w[i]);
-    const uint64_t g = ((h >> 32) * g_count) >> 32;  // the high half scaled to [0, n_groups): no division
-    group[i] = static_cast<uint16_t>(g);
-    owner[i] = owner_of[g];
-    ++r.bounds[owner[i] + 1];
-  }
-  for (int64_t j = 0; j < parallelism; ++j) r.bounds[j + 1] += r.bounds[j];
-  std::vector<int64_t> next(r.bounds.begin(), r.bounds.end() - 1);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t at = next[owner[i]]++;
-    r.order[at] = i;
-    r.groups[at] = group[i];
-    if (with_dest) r.dest[i] = at;
-  }
-  return r;
-}
-
-/// out[dest[i]] = in[i] for n items of `size` bytes (a column put into routed order: reads
-/// in row order, writes one stream per owner).
-inline void scatter_rows(const uint8_t* in, uint8_t* out, const int64_t* dest, int64_t n, size_t size) {
-  auto run = [&](auto tag) {
-    using T = decltype(tag);
-    const T* src = reinterpret_cast<const T*>(in);
-    T* dst = reinterpret_cast<T*>(out);
-    for (int64_t i = 0; i < n; ++i) dst[dest[i]] = src[i];
-  };
-  // Typed copies where both columns are aligned for them (NumPy's own arrays are); else bytes.
-  const bool aligned = (reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) % size == 0;
-  switch (aligned ? size : 0) {
-    case 1: run(uint8_t{}); break;
-    case 2: run(uint16_t{}); break;
-    case 4: run(uint32_t{}); break;
-    case 8: run(uint64_t{}); break;
-    default:
-      for (int64_t i = 0; i < n; ++i) std::memcpy(out + static_cast<size_t>(dest[i]) * size, in + static_cast<size_t>(i) * size, size);
-  }
-}
 
 }  // namespace pystream

@@ -7,12 +7,12 @@ import numpy as np
 MAX_ABS_TIME: int  # 2**62 ns: timestamps must lie in [-MAX_ABS_TIME, MAX_ABS_TIME]
 MAX_DURATION: int  # 2**60 ns: the largest window size, lateness, out-of-orderness
 
-def route_rows(words: Sequence[np.ndarray], n_groups: int, parallelism: int,
-               columns: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+def route_rows(words: Sequence[np.ndarray], n_groups: int, parallelism: int, columns: Sequence[np.ndarray] = (),
+               with_order: bool = True) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
     """Key groups of rows (h = mix64(h * C + word) over the key columns' uint64 words, high 32
     bits scaled to [0, n_groups)) and a stable counting sort by owner (group * parallelism // n_groups):
-    (order int64, groups uint16 in that order, bounds int64 of parallelism + 1, `columns` in
-    that order: fixed-width dtypes only)."""
+    (order int64, or None without with_order; groups uint16 in that order; bounds int64 of
+    parallelism + 1; `columns` in that order: fixed-width dtypes only)."""
 
 class Emitted(TypedDict):
     key: Optional[np.ndarray]  # int64[rows], None for a non-keyed operator

@@ -249,14 +249,15 @@ class SourceWorker:
                 if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
                     out[0].append((child.id, batch, self.groups(child, batch).astype(np.uint16)))
                     continue
-                # Fixed-width columns are scattered into routed order natively (one pass each);
-                # object columns are taken by `order`.
+                # Fixed-width columns (and the batch's own times) are scattered into routed
+                # order natively, one pass each; object columns are taken by `order`.
                 fixed = [c for c in batch.columns if batch[c].dtype.kind != "O"]
-                order, groups, bounds, cols = _core.route_rows(_key_words(batch, keys), self.n_groups, n,
-                                                               [batch[c] for c in fixed])
+                ins = [batch[c] for c in fixed] + ([] if batch.ts is None else [batch.ts])
+                order, groups, bounds, cols = _core.route_rows(_key_words(batch, keys), self.n_groups, n, ins,
+                                                               with_order=len(fixed) < len(batch.columns))
+                ts = cols.pop() if batch.ts is not None else None
                 cols = dict(zip(fixed, cols))
-                routed = Batch({c: cols[c] if c in cols else batch[c][order] for c in batch.columns},
-                               ts=None if batch.ts is None else batch.ts[order])
+                routed = Batch({c: cols[c] if c in cols else batch[c][order] for c in batch.columns}, ts=ts)
                 for j in range(n):
                     lo, hi = int(bounds[j]), int(bounds[j + 1])
                     if hi > lo:

@@ -11,8 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import pystream as ps
 from pystream.datagen import meter_readings
@@ -270,51 +268,6 @@ def test_one_actors_keys_spread_over_its_whole_key_index():
     mine = keys[ps.runtimes.owner(groups, 8, 128) == 0]  # actor 0 of 8: ~25,000 keys
     slots = _mix(mine.astype(np.uint64)) & np.uint64(1023)
     assert len(np.unique(slots)) == 1024
-
-
-@settings(max_examples=60, deadline=None)
-@given(n=st.integers(0, 300), n_groups=st.integers(1, 300), parallelism=st.integers(1, 20),
-       kinds=st.lists(st.sampled_from(["int", "float", "str"]), min_size=1, max_size=3), seed=st.integers(0, 2**32 - 1))
-def test_native_routing_matches_the_reference_key_groups(n, n_groups, parallelism, kinds, seed):
-    from pystream import _core
-    from pystream.runtimes import _key_words
-
-    parallelism = min(parallelism, n_groups)
-    rng = np.random.default_rng(seed)
-    cols = {"int": lambda: rng.integers(-5, 5, n) * 10**int(rng.integers(0, 17)),
-            "float": lambda: rng.choice([0.0, -0.0, 1.5, np.inf, -2.25], n),
-            "str": lambda: np.array([f"m{x}" for x in rng.integers(0, 50, n)], dtype=object)}
-    batch = ps.Batch({f"k{i}": cols[k]() for i, k in enumerate(kinds)})
-    keys = tuple(batch.columns)
-    want = ps.runtimes.key_groups(batch, keys, n_groups)  # the plain-NumPy reference
-    extra = {"f4": rng.random(n).astype(np.float32), "u1": rng.integers(0, 255, n).astype(np.uint8),
-             "i8": rng.integers(-9, 9, n), "s": rng.choice(np.array(["a", "bcd", "efghij"]), n),
-             "t": rng.integers(0, 10**9, n).astype("datetime64[ms]"), "pair": rng.random(n).astype(np.complex128),
-             "strided": rng.random(2 * n)[::2],
-             "unaligned": np.frombuffer(rng.random(n + 1).tobytes(), dtype=np.float64, count=n, offset=1)}
-    order, groups, bounds, routed = _core.route_rows(_key_words(batch, keys), n_groups, parallelism,
-                                                     list(extra.values()))
-    owners = want * parallelism // n_groups
-    assert order.tolist() == np.argsort(owners, kind="stable").tolist()  # by owner, arrival order within
-    assert groups.tolist() == want[order].tolist()
-    assert bounds.tolist() == [0] + np.cumsum(np.bincount(owners, minlength=parallelism)).tolist()
-    for (name, col), got in zip(extra.items(), routed):  # the columns scattered into that order
-        assert got.dtype == col.dtype and got.tolist() == col[order].tolist(), name
-
-
-def test_routing_refuses_bad_arguments():
-    from pystream import _core
-
-    with pytest.raises(ValueError, match="n_groups must be in 1..65536, got 0"):
-        _core.route_rows([np.zeros(3, dtype=np.uint64)], 0, 1)
-    with pytest.raises(ValueError, match="parallelism must be in 1..n_groups"):
-        _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 5)
-    with pytest.raises(ValueError, match="of one length"):
-        _core.route_rows([np.zeros(3, dtype=np.uint64), np.zeros(2, dtype=np.uint64)], 4, 2)
-    with pytest.raises(ValueError, match="as long as the keys"):
-        _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 2, [np.zeros(2)])
-    with pytest.raises(ValueError, match="object columns cannot be scattered"):
-        _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 2, [np.array(["a", "b", "c"], dtype=object)])
 
 
 def test_key_groups_are_the_same_in_every_process():
