@@ -381,22 +381,31 @@ class CalendarEngine {
   void restore(const State& s) {
     if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations (state row size)");
     if (s.zones != num_zones()) fail("snapshot does not match this operator: different time zones");
-    if (s.ring_cap < 1 || (s.ring_cap & (s.ring_cap - 1)) != 0) fail("corrupt snapshot: ring capacity");
+    if (s.ring_cap < 1 || s.ring_cap > 2 * kMaxRingWindows || (s.ring_cap & (s.ring_cap - 1)) != 0) {
+      fail("corrupt snapshot: ring capacity");
+    }
     const size_t nz = zones_.size();
     if (s.base.size() != nz || s.top.size() != nz || s.next_fire.size() != nz ||
         s.used.size() != nz * static_cast<size_t>(s.ring_cap)) {
       fail("corrupt snapshot: per-zone arrays");
     }
-    if (spec_.keyed) {
-      keys_.assign(s.keys);
-      nslots_ = keys_.size();
-    } else if (!s.keys.empty()) {
-      fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
-    }
-    if (s.zone_of_slot.size() != static_cast<size_t>(nslots_)) fail("corrupt snapshot: key zones");
-    if (s.rows.size() != static_cast<size_t>(nslots_ * s.ring_cap * row_bytes_)) fail("corrupt snapshot: state rows have the wrong size");
+    // Checked before anything changes: a refused snapshot leaves the engine as it was.
+    if (!spec_.keyed && !s.keys.empty()) fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
+    const int64_t nslots = spec_.keyed ? static_cast<int64_t>(s.keys.size()) : nslots_;
+    if (s.zone_of_slot.size() != static_cast<size_t>(nslots)) fail("corrupt snapshot: key zones");
+    if (s.rows.size() != static_cast<size_t>(nslots * s.ring_cap * row_bytes_)) fail("corrupt snapshot: state rows have the wrong size");
     for (int32_t z : s.zone_of_slot) {
       if (z < -1 || z >= static_cast<int32_t>(nz)) fail("corrupt snapshot: key zone out of range");
+    }
+    for (size_t z = 0; z < nz; ++z) {
+      // top >= base, so the unsigned difference is exact (a signed one could overflow)
+      if (s.top[z] < s.base[z] || static_cast<uint64_t>(s.top[z]) - static_cast<uint64_t>(s.base[z]) > static_cast<uint64_t>(s.ring_cap)) {
+        fail("corrupt snapshot: window range");
+      }
+    }
+    if (spec_.keyed) {
+      keys_.assign(s.keys);  // refuses duplicate keys, changing nothing
+      nslots_ = keys_.size();
     }
     reshape_empty(s.ring_cap, std::max<int64_t>(nslots_, spec_.keyed ? 1024 : 1));
     if (!s.rows.empty()) std::memcpy(storage_.data(), s.rows.data(), s.rows.size());
@@ -408,7 +417,6 @@ class CalendarEngine {
     }
     for (size_t z = 0; z < nz; ++z) {
       rings_[z] = Ring{s.base[z], s.top[z], s.next_fire[z]};
-      if (rings_[z].top < rings_[z].base || rings_[z].top - rings_[z].base > s.ring_cap) fail("corrupt snapshot: window range");
       used_[z].assign(s.used.begin() + static_cast<std::ptrdiff_t>(z * s.ring_cap),
                       s.used.begin() + static_cast<std::ptrdiff_t>((z + 1) * s.ring_cap));
     }

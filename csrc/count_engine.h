@@ -107,11 +107,12 @@ class CountWindowEngine {
 
   void restore(const State& s) {
     if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations");
-    if (keyed_) keys_.assign(s.keys);
-    const int64_t nslots = keyed_ ? keys_.size() : 1;
+    // Checked before anything changes: a refused snapshot leaves the engine as it was.
+    const int64_t nslots = keyed_ ? static_cast<int64_t>(s.keys.size()) : 1;
     if (static_cast<int64_t>(s.seen.size()) != nslots || s.rows.size() != static_cast<size_t>(nslots * row_bytes_ * panes_)) {
       fail("corrupt snapshot: count window state has the wrong size");
     }
+    if (keyed_) keys_.assign(s.keys);  // refuses duplicate keys, changing nothing
     grow(std::max<int64_t>(nslots, keyed_ ? 1024 : 1));
     std::copy(s.seen.begin(), s.seen.end(), seen_.begin());
     const size_t bytes = static_cast<size_t>(nslots * row_bytes_);

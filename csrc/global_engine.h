@@ -152,15 +152,13 @@ class GlobalEngine {
 
   void restore(const State& s) {
     if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations");
-    if (spec_.keyed) {
-      keys_.assign(s.keys);
-    } else if (!s.keys.empty()) {
-      fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
-    }
-    const int64_t nslots = spec_.keyed ? keys_.size() : 1;
+    // Checked before anything changes: a refused snapshot leaves the engine as it was.
+    if (!spec_.keyed && !s.keys.empty()) fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
+    const int64_t nslots = spec_.keyed ? static_cast<int64_t>(s.keys.size()) : 1;
     if (static_cast<int64_t>(s.pending.size()) != nslots || s.rows.size() != static_cast<size_t>(nslots * row_bytes_)) {
       fail("corrupt snapshot: global window state has the wrong size");
     }
+    if (spec_.keyed) keys_.assign(s.keys);  // refuses duplicate keys, changing nothing
     slot_cap_ = 0;
     rows_.clear();
     pending_.clear();

@@ -66,18 +66,19 @@ class KeyIndex {
     }
   }
 
-  /// Rebuilds the index from a slot -> key list (restore). Keys must be distinct.
+  /// Rebuilds the index from a slot -> key list (restore). Keys must be distinct; on a
+  /// duplicate the index is left as it was.
   void assign(const std::vector<int64_t>& keys) {
-    key_of_slot_.clear();
-    direct_.clear();
+    KeyIndex fresh;
     int64_t cap = 1024;
     while (cap < 2 * static_cast<int64_t>(keys.size()) + 2) cap <<= 1;
-    rehash(cap);
+    fresh.rehash(cap);
     for (int64_t k : keys) {
-      int64_t before = size();
-      find_or_insert(k);
-      if (size() == before) fail("corrupt snapshot: duplicate key in key index");
+      int64_t before = fresh.size();
+      fresh.find_or_insert(k);
+      if (fresh.size() == before) fail("corrupt snapshot: duplicate key in key index");
     }
+    *this = std::move(fresh);
   }
 
   bool contains(int64_t k) const { return find(k) >= 0; }

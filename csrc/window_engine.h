@@ -378,12 +378,19 @@ class WindowEngine {
   /// share the same engine; a restored engine's further output equals the original's.
   void restore(const EngineState& s) {
     if (s.row_bytes != row_bytes_) fail("snapshot does not match this operator: different aggregations (state row size)");
-    if (s.top < s.base || static_cast<int64_t>(s.slice_used.size()) != s.top - s.base) fail("corrupt snapshot: slice range");
+    // top >= base first, so the unsigned difference is exact (a signed one could overflow)
+    if (s.top < s.base || s.slice_used.size() != static_cast<uint64_t>(s.top) - static_cast<uint64_t>(s.base)) {
+      fail("corrupt snapshot: slice range");
+    }
+    // Checked before anything changes: a refused snapshot leaves the engine as it was.
+    if (!spec_.keyed && !s.keys.empty()) fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
+    const int64_t nslots = spec_.keyed ? static_cast<int64_t>(s.keys.size()) : nslots_;
+    if (s.rows.size() != static_cast<size_t>(nslots * row_bytes_) * static_cast<size_t>(s.top - s.base)) {
+      fail("corrupt snapshot: state rows have the wrong size");
+    }
     if (spec_.keyed) {
-      keys_.assign(s.keys);
+      keys_.assign(s.keys);  // refuses duplicate keys, changing nothing
       nslots_ = keys_.size();
-    } else if (!s.keys.empty()) {
-      fail("snapshot does not match this operator: keyed state restored into a non-keyed operator");
     }
     int64_t cap = kInitialRing;
     while (cap < s.top - s.base) cap <<= 1;
@@ -399,7 +406,6 @@ class WindowEngine {
     next_boundary_ = s.next_boundary;
     next_early_ = s.has_wm ? next_early_after(s.wm) : kNever;
     const size_t slice_bytes = static_cast<size_t>(nslots_ * row_bytes_);
-    if (s.rows.size() != slice_bytes * static_cast<size_t>(top_ - base_)) fail("corrupt snapshot: state rows have the wrong size");
     for (int64_t k = base_; k < top_; ++k) {
       slice_used_[k & (ring_cap_ - 1)] = s.slice_used[k - base_] != 0;
       if (slice_bytes) std::memcpy(table_.row(k & (ring_cap_ - 1), 0), s.rows.data() + slice_bytes * static_cast<size_t>(k - base_), slice_bytes);

@@ -171,6 +171,42 @@ def test_calendar_bounds_and_snapshots_are_validated():
 
 
 
+def _engines():
+    from pystream import _calendar
+
+    specs = [(0, 1), (1, 1)]  # count, sum: value columns [None, values]
+    cal = _core.CalendarEngine(0, 0, -1, True, specs)
+    cal.add_zone(_calendar.bounds("UTC", "day"))
+    return {"window": _core.WindowEngine(10, 10, 0, 0, 0, -1, True, specs),
+            "count": _core.CountWindowEngine(3, 1, True, specs),
+            "global": _core.GlobalEngine(0, 3, 0, True, 0, -1, True, specs),
+            "calendar": cal,
+            "session": _core.SessionEngine(10, 0, 0, -1, True, specs, 1)}
+
+
+@pytest.mark.parametrize("kind", ["window", "count", "global", "calendar", "session"])
+@pytest.mark.parametrize("damage", ["duplicate key", "short rows"])
+def test_a_refused_snapshot_leaves_a_live_engine_as_it_was(kind, damage):
+    e = _engines()[kind]
+    n = 6
+    keys, ts = np.arange(n, dtype=np.int64) % 3, np.arange(n, dtype=np.int64)
+    values = [None, np.ones(n)]
+    e.process(keys, ts, values)
+    state = e.snapshot()
+    bad = dict(state)
+    if damage == "duplicate key":
+        k = np.asarray(state["keys"]).copy()
+        k[1] = k[0]
+        bad["keys"] = k
+    else:
+        bad["rows"] = state["rows"][:-1]
+    with pytest.raises(ValueError, match="snapshot"):
+        e.restore(bad)
+    after = e.snapshot()
+    assert after["keys"].tolist() == state["keys"].tolist() and after["rows"] == state["rows"]
+    e.process(keys, ts + n, values)  # and it goes on
+
+
 def test_session_snapshots_naming_a_key_slot_out_of_range_are_refused_and_change_nothing():
     e = _core.SessionEngine(10, 0, 0, -1, True, [(0, 1)], 1)
     e.process(np.arange(3, dtype=np.int64), np.arange(3, dtype=np.int64), [None])
