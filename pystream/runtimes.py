@@ -16,9 +16,11 @@ through Ray's object store as NumPy buffers (zero-copy reads); the driver only r
 
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
 each read is one object holding the actors' parts, which each window actor maps without a
-copy; an actor that reads a source keeps its own part) and hands it to all window actors; sources keep two reads queued and window actors the
-next round, so nobody waits for the driver, and a checkpoint first waits for every round in
-flight (an aligned barrier). Watermarks: each window actor reports, per window and source
+copy; an actor that reads a source keeps its own part) and hands it to all window actors;
+sources keep two reads queued and window actors the next round, so nobody waits for the
+driver, and a checkpoint first waits for every round in flight (an aligned barrier). An
+actor that reads a source takes each next read on a thread of its own while its rounds run
+(routing and the window kernels release the GIL). Watermarks: each window actor reports, per window and source
 partition (channel), the largest event time its engines accepted; the driver takes the max
 over actors and each actor advances its engines to min over live channels (max -
 out_of_orderness - 1), so a window fires once every channel has passed it, whichever actor
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import concurrent.futures
 import time
 import zlib
 
@@ -305,21 +308,34 @@ class WindowWorker:
         self.last_input: dict[int, Batch] = {}
         self.readers: dict[int, SourceWorker] = {}  # sources this actor reads (colocate=True)
         self.kept: dict[int, collections.deque] = {}  # by source: own parts of reads not yet in a round
+        self.ahead: dict[int, concurrent.futures.Future] = {}  # by source: its next read, under way
+        self.reading = None  # the thread that reads ahead (made with the first source)
         self.busy = 0.0
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
                     round_rows: int = 1) -> None:
         """Opens (or reopens, at `position`) a source that this actor reads and routes."""
+        old = self.ahead.pop(source_id, None)
+        if old is not None:  # a read of the replaced reader finishes first; what it read is dropped
+            old.exception()
+        if self.reading is None:
+            self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
                                                round_rows=round_rows)
         self.kept[source_id] = collections.deque()
 
     def read_source(self, sid: int):
+        """The source's next read (SourceWorker.next), already taken by a thread of this actor
+        while its rounds ran: the driver asks for reads in order, so each read starts the next
+        one. Routing and the windows' kernels release the GIL, so reading overlaps windowing."""
         t = time.perf_counter()
         try:
-            parts, meta = self.readers[sid].next()
-            if not meta[2]:  # this actor's own part stays here (rounds take reads in read order)
+            ahead = self.ahead.pop(sid, None)
+            parts, meta = ahead.result() if ahead is not None else self.readers[sid].next()
+            if not meta[2]:
+                self.ahead[sid] = self.reading.submit(self.readers[sid].next)
+                # This actor's own part stays here (rounds take reads in read order).
                 self.kept[sid].append(parts[self.index])
                 parts = [p if j != self.index else sid for j, p in enumerate(parts)]  # the id marks it
             return parts, meta
@@ -536,6 +552,8 @@ class WindowWorker:
                 self.sinks[sid].commit(h)
 
     def close(self) -> dict:
+        if self.reading is not None:
+            self.reading.shutdown(wait=True, cancel_futures=True)
         out = {}
         for sid, sink in self.sinks.items():
             out[sid] = self.pending.pop(sid) if sid in self.pending else sink.close()

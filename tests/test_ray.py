@@ -237,6 +237,49 @@ def test_window_actors_reuse_freed_batch_memory():
     assert in_actor <= 2, (in_actor, plain)
 
 
+def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_on_the_next_read():
+    # In process: the actor's reads (each taken on its thread while the previous one was
+    # being windowed) are the source's reads, in order; a read that fails ahead of time
+    # raises when the driver asks for it, after every read before it was returned whole.
+    def flow(source):
+        f = ps.Flow("ahead")
+        f.source(source, time=ps.EventTime("ts", **TIME)).key_by("meter_id").window(ps.windows.Tumbling("15m")) \
+            .aggregate(n=ps.agg.count()).sink(ps.sinks.Discard("n"))
+        return f
+
+    def reads(read):
+        rows = []
+        while True:
+            parts, (_label, _position, done) = read()
+            if done:
+                return rows
+            rows.append(sum(len(b) for msgs in parts[1] for _wid, b, _g in msgs))  # actor 1's part
+
+    f = flow(ps.sources.Arrays(DATA, batch_size=2_000, name="all"))
+    src = f._nodes[0].id
+    want = reads(ps.runtimes.SourceWorker(f, src, 2, 16, round_rows=4_000).next)
+    w = ps.runtimes.WindowWorker(f, 0, 2, 16)
+    w.open_source(f, src, 2, 16, round_rows=4_000)
+
+    def read():
+        out = w.read_source(src)
+        if not out[1][2]:
+            assert src in w.ahead  # the next read is under way
+        return out
+
+    assert reads(read) == want and len(want) == 10
+    w.close()
+
+    f = flow(Flaky(DATA, fail_after=5, batch_size=2_000, name="all"))  # batches 0-4: reads 0-1, half of 2
+    w = ps.runtimes.WindowWorker(f, 0, 2, 16)
+    w.open_source(f, src, 2, 16, round_rows=4_000)
+    got = [w.read_source(src) for _ in range(2)]
+    for (parts, _meta), own in zip(got, w.kept[src]):  # two whole batches each
+        assert sum(len(b) for msgs in parts[1] + own for _wid, b, _g in msgs) == 4_000
+    with pytest.raises(ConnectionError, match="source went away"):
+        w.read_source(src)
+
+
 def test_a_round_takes_whole_batches_of_one_partition_up_to_round_rows():
     clock = ps.testing.ManualClock()
     b = {"meter_id": np.arange(10), "ts": np.arange(10), "kwh": np.ones(10)}
