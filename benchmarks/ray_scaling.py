@@ -46,6 +46,10 @@ def flow(parts: list):
     return f
 
 
+def _mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
 def machine() -> str:
     model = ""
     try:
@@ -83,13 +87,16 @@ def main():
     # end to end: flow.run() from call to return (actors start, sources receive their data);
     # rounds: the run once the actors are up (what adding workers speeds up).
     # busy: the share of the rounds' time a window actor spent in its own work (mean over
-    # actors); the rest it waited for data or for the driver.
+    # actors); the rest it waited for data or for the driver. read / round ms: mean per call
+    # (a read that its read-ahead thread finished in time costs ~0); spread: how long after
+    # the first actor the last one finished a round; wait: the driver's share of the run spent
+    # waiting for the oldest round in flight.
     print(f"{'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} {'efficiency':>10} "
-          f"{'start s':>8} {'busy':>5}")
+          f"{'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5}")
     base = None
     for p in a.parallelism:
         parts = split(data, p)
-        best_total, best_run, start, busy = 0.0, 0.0, 0.0, 0.0
+        best_total, best, best_run = 0.0, None, 0.0
         for _ in range(a.repeat):
             t = time.perf_counter()
             res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
@@ -99,14 +106,14 @@ def main():
             assert res["rows"] == want, (res["rows"], want)
             m = res.metrics["ray"]
             if a.rows / m["run_s"] > best_run:
-                best_run, start = a.rows / m["run_s"], m["start_s"]
-                busy = sum(m["busy_s"]) / len(m["busy_s"]) / m["run_s"]
+                best_run, best = a.rows / m["run_s"], m
             best_total = max(best_total, total)
         base = base or best_run
         speed = best_run / base
         print(f"{p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x {speed / p:>9.0%} "
-              f"{start:>8.2f} {busy:>5.0%}", flush=True)
-
+              f"{best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} {_mean(best['read_ms']):>8.1f} "
+              f"{_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} {best['driver_wait_s'] / best['run_s']:>5.0%}",
+              flush=True)
 
 if __name__ == "__main__":
     main()

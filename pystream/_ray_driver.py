@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import copy
 import ctypes
+import time
 import types
 
 from .batch import Batch
@@ -45,6 +46,16 @@ class ActorWindowWorker(WindowWorker):
     def __init__(self, *args, **kwargs):
         keep_freed_pages()
         super().__init__(*args, **kwargs)
+
+
+def round_spread(ends: list) -> float:
+    """Mean over rounds of how long after the first actor the last one finished it (ms), from
+    each actor's round end times (wall clock; the latest rounds, aligned from the last)."""
+    n = min((len(e) for e in ends), default=0)
+    if len(ends) < 2 or n == 0:
+        return 0.0
+    tails = [e[len(e) - n:] for e in ends]
+    return 1e3 * sum(max(r) - min(r) for r in zip(*tails)) / n
 
 
 def _graph(flow, keep_source: int | None = None):
@@ -159,8 +170,6 @@ class Driver:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, checkpoints, resume, guarantee, checkpoint_every, keep) -> RunResult:
-        import time
-
         from .checkpoint import CheckpointStore
 
         ray = self.ray
@@ -185,6 +194,7 @@ class Driver:
                 epoch = resumed_from + 1
             self._recover_sinks(state, resumed_from if state else -1)
         started = time.perf_counter()
+        self.waited = 0.0  # seconds the driver blocked on the oldest round in flight
         self._start(state)
         running = time.perf_counter()
         finished = bool(state and state["finished"])
@@ -223,7 +233,7 @@ class Driver:
                 ray.get([w.finish.remote() for w in self.workers])
                 if store is not None:
                     written.append(self._checkpoint(store, fingerprint, epoch, guarantee, True))
-            busy = ray.get([w.busy_seconds.remote() for w in self.workers])
+            timings = ray.get([w.timings.remote() for w in self.workers])
             closed = ray.get([w.close.remote() for w in self.workers])
         finally:
             for a in self._source_only_actors() + self.workers:
@@ -239,11 +249,19 @@ class Driver:
                 ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
                 result[sink.name] = sum(values) if ints else values[0]
         # seconds: starting the actors (sources receive their data) and running the rounds
-        # (to the last commit), which is what throughput vs parallelism measures; busy_s: per
-        # window actor, the part of it spent in its own work (reading, windowing).
-        result.metrics = {"ray": {"parallelism": self.n, "key_groups": self.groups, "rounds": rounds,
-                                  "recoveries": recoveries, "start_s": running - started,
-                                  "run_s": time.perf_counter() - running, "busy_s": busy}}
+        # (to the last commit), which is what throughput vs parallelism measures; per window
+        # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call; the
+        # driver's wait for the oldest round in flight; spread_ms: how long after the first
+        # actor the last one ended the same round (mean over rounds).
+        run_s = time.perf_counter() - running
+        result.metrics = {"ray": {
+            "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
+            "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited,
+            "busy_s": [t["read_s"] + t["round_s"] for t in timings],
+            "read_ms": [1e3 * t["read_s"] / max(t["reads"], 1) for t in timings],
+            "round_ms": [1e3 * t["round_s"] / max(t["rounds"], 1) for t in timings],
+            "spread_ms": round_spread([t["round_ends"] for t in timings]),
+        }}
         result.checkpoints = written
         result.resumed_from = resumed_from
         return result
@@ -269,7 +287,10 @@ class Driver:
 
     def _collect(self) -> None:
         """Waits for the oldest round in flight and takes in its progress (for watermarks)."""
-        for p in self.ray.get(self.inflight.popleft()):
+        t = time.perf_counter()
+        progress = self.ray.get(self.inflight.popleft())
+        self.waited += time.perf_counter() - t
+        for p in progress:
             for key, t in p.items():
                 self.top[key] = max(self.top.get(key, t), t)
 

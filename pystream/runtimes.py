@@ -310,7 +310,10 @@ class WindowWorker:
         self.kept: dict[int, collections.deque] = {}  # by source: own parts of reads not yet in a round
         self.ahead: dict[int, concurrent.futures.Future] = {}  # by source: its next read, under way
         self.reading = None  # the thread that reads ahead (made with the first source)
-        self.busy = 0.0
+        # Seconds and calls of this actor's reads and rounds, and when its latest rounds ended
+        # (wall clock, comparable across actors on a machine): see timings().
+        self.spent = {"read": [0, 0.0], "round": [0, 0.0]}
+        self.round_ends: collections.deque = collections.deque(maxlen=4096)
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
@@ -340,12 +343,20 @@ class WindowWorker:
                 parts = [p if j != self.index else sid for j, p in enumerate(parts)]  # the id marks it
             return parts, meta
         finally:
-            self.busy += time.perf_counter() - t
+            self._spent("read", t)
 
-    def busy_seconds(self) -> float:
-        """Seconds this actor spent reading and windowing (since it started): against the
-        run's seconds, how much of the time the actor itself was the work."""
-        return self.busy
+    def _spent(self, kind: str, since: float) -> None:
+        entry = self.spent[kind]
+        entry[0] += 1
+        entry[1] += time.perf_counter() - since
+
+    def timings(self) -> dict:
+        """Since the actor started: reads and rounds (calls, seconds; a read's seconds include
+        waiting for its read-ahead), and the wall-clock end of each of the latest 4,096 rounds.
+        Against the run's seconds, reads + rounds say how much of the time the actor itself
+        was the work; round ends across actors show how far the slowest trails (stragglers)."""
+        return {"reads": self.spent["read"][0], "read_s": self.spent["read"][1], "rounds": self.spent["round"][0],
+                "round_s": self.spent["round"][1], "round_ends": list(self.round_ends)}
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
@@ -436,7 +447,8 @@ class WindowWorker:
         try:
             return self._round(watermarks, chans, messages)
         finally:
-            self.busy += time.perf_counter() - t
+            self._spent("round", t)
+            self.round_ends.append(time.time())
 
     def _round(self, watermarks: dict, chans: list, messages) -> dict:
         for wid, w in watermarks.items():

@@ -75,7 +75,20 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert len(local["out"]) > 100
     assert canon(dist["out"]) == canon(local["out"])
     assert len(local["late"]) == len(dist["late"]) == 0
-    assert dist.metrics["ray"]["rounds"] > 5
+    m = dist.metrics["ray"]
+    assert m["rounds"] > 5
+    # Timings: each actor's reads and rounds; together no more than the run (one task thread).
+    assert len(m["busy_s"]) == len(m["read_ms"]) == len(m["round_ms"]) == 2
+    assert all(0 < b <= m["run_s"] for b in m["busy_s"]) and all(r > 0 for r in m["round_ms"])
+    assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
+
+
+def test_round_spread_is_how_long_after_the_first_actor_the_last_finished_a_round():
+    from pystream._ray_driver import round_spread
+
+    assert round_spread([[1.0, 2.0, 3.0], [1.5, 2.0, 3.25]]) == pytest.approx(1e3 * (0.5 + 0 + 0.25) / 3)
+    assert round_spread([[0.5, 1.0, 2.0], [1.25, 2.5]]) == pytest.approx(1e3 * (0.25 + 0.5) / 2)  # latest rounds aligned
+    assert round_spread([[1.0]]) == 0.0 and round_spread([[], [1.0]]) == 0.0
 
 
 def test_sources_in_their_own_actors_give_the_same_results():
