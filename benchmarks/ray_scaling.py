@@ -69,6 +69,8 @@ def main():
     ap.add_argument("--round-rows", type=int, default=262_144)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--separate-sources", action="store_true", help="one actor per source (colocate=False)")
+    ap.add_argument("--ahead", type=int, nargs="+", default=[2],
+                    help="reads queued per source and rounds in flight (one sweep of --parallelism per value)")
     a = ap.parse_args()
     data = meter_readings(a.rows, a.meters, seed=42)
     t = time.perf_counter()
@@ -91,29 +93,31 @@ def main():
     # (a read that its read-ahead thread finished in time costs ~0); spread: how long after
     # the first actor the last one finished a round; wait: the driver's share of the run spent
     # waiting for the oldest round in flight.
-    print(f"{'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} {'efficiency':>10} "
-          f"{'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5}")
-    base = None
-    for p in a.parallelism:
-        parts = split(data, p)
-        best_total, best, best_run = 0.0, None, 0.0
-        for _ in range(a.repeat):
-            t = time.perf_counter()
-            res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
-                                                             round_rows=a.round_rows,
-                                                             colocate=not a.separate_sources))
-            total = a.rows / (time.perf_counter() - t)
-            assert res["rows"] == want, (res["rows"], want)
-            m = res.metrics["ray"]
-            if a.rows / m["run_s"] > best_run:
-                best_run, best = a.rows / m["run_s"], m
-            best_total = max(best_total, total)
-        base = base or best_run
-        speed = best_run / base
-        print(f"{p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x {speed / p:>9.0%} "
-              f"{best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} {_mean(best['read_ms']):>8.1f} "
-              f"{_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} {best['driver_wait_s'] / best['run_s']:>5.0%}",
-              flush=True)
+    print(f"{'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
+          f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5}")
+    for ahead in a.ahead:
+        base = None  # each sweep against its own first parallelism
+        for p in a.parallelism:
+            parts = split(data, p)
+            best_total, best, best_run = 0.0, None, 0.0
+            for _ in range(a.repeat):
+                t = time.perf_counter()
+                res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
+                                                                 round_rows=a.round_rows, ahead=ahead,
+                                                                 colocate=not a.separate_sources))
+                total = a.rows / (time.perf_counter() - t)
+                assert res["rows"] == want, (res["rows"], want)
+                m = res.metrics["ray"]
+                if a.rows / m["run_s"] > best_run:
+                    best_run, best = a.rows / m["run_s"], m
+                best_total = max(best_total, total)
+            base = base or best_run
+            speed = best_run / base
+            print(f"{ahead:>5} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
+                  f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
+                  f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
+                  f"{best['driver_wait_s'] / best['run_s']:>5.0%}", flush=True)
+
 
 if __name__ == "__main__":
     main()

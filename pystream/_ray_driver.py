@@ -73,12 +73,6 @@ def _graph(flow, keep_source: int | None = None):
 class Driver:
     #: Recoveries in a row (no new checkpoint between them) before the run fails.
     MAX_RECOVERIES = 3
-    #: Reads queued at each source actor, so a source never waits for the driver.
-    SOURCE_AHEAD = 2
-    #: Rounds handed to the window actors before the oldest one's progress is collected: the
-    #: actors always have the next round queued; watermarks trail the data by up to this many.
-    WINDOW_AHEAD = 2
-
     def __init__(self, runtime, flow, ray):
         self.rt, self.flow, self.ray = runtime, flow, ray
         self.plan = Plan(flow)
@@ -143,7 +137,7 @@ class Driver:
             self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows) for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # window rounds not yet collected
-        self.pending = {sid: collections.deque(self._read(sid) for _ in range(self.SOURCE_AHEAD))
+        self.pending = {sid: collections.deque(self._read(sid) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
 
     def _source_only_actors(self) -> list:
@@ -279,10 +273,10 @@ class Driver:
             self.positions[sid] = position
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
             parts.append(refs[0])
-            q.append(self._read(sid))  # keeps SOURCE_AHEAD reads queued while windows work
+            q.append(self._read(sid))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
         self.inflight.append([w.round.remote(wms, chans, *parts) for w in self.workers])
-        while len(self.inflight) >= self.WINDOW_AHEAD:
+        while len(self.inflight) >= self.rt.ahead:
             self._collect()
 
     def _collect(self) -> None:

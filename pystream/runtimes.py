@@ -605,13 +605,17 @@ class Ray:
             finer steps.
         colocate: read each source in a window actor (source i in actor i mod N, as Flink
             shares a slot between a source and a window task): half the processes, each
-            alternating between reading and windowing. False: one actor per source.
+            windowing while a thread of it reads ahead. False: one actor per source.
+        ahead: reads queued per source, and rounds handed to the window actors before the
+            driver waits for the oldest: deeper lets an actor run further ahead of a slow one
+            (holding that many more reads in Ray's object store); watermarks trail the data by
+            up to this many rounds.
         fail_worker_after: testing hook: kill window actor 0 once after this many rounds
             (Ray restarts it; the flow rolls back to its last checkpoint).
     """
 
     def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
-                 num_cpus: int | None = None, round_rows: int = 262_144, colocate: bool = True,
+                 num_cpus: int | None = None, round_rows: int = 262_144, colocate: bool = True, ahead: int = 2,
                  fail_worker_after: int | None = None):
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -619,13 +623,16 @@ class Ray:
             raise ValueError(f"key_groups must be an int in parallelism ({parallelism})..65536, got {key_groups!r}")
         if not isinstance(round_rows, int) or round_rows < 1:
             raise ValueError(f"round_rows must be an int >= 1, got {round_rows!r}")
-        self.parallelism, self.key_groups, self.round_rows = parallelism, key_groups, round_rows
+        if not isinstance(ahead, int) or ahead < 1:
+            raise ValueError(f"ahead must be an int >= 1, got {ahead!r}")
+        self.parallelism, self.key_groups, self.round_rows, self.ahead = parallelism, key_groups, round_rows, ahead
         self.colocate = bool(colocate)
         self.address, self.num_cpus = address, num_cpus
         self.fail_worker_after = fail_worker_after
 
     def __repr__(self):
-        return f"Ray(parallelism={self.parallelism}, key_groups={self.key_groups}, colocate={self.colocate})"
+        return (f"Ray(parallelism={self.parallelism}, key_groups={self.key_groups}, colocate={self.colocate}, "
+                f"ahead={self.ahead})")
 
     def run(self, flow, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3):
         try:

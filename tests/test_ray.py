@@ -91,6 +91,14 @@ def test_round_spread_is_how_long_after_the_first_actor_the_last_finished_a_roun
     assert round_spread([[1.0]]) == 0.0 and round_spread([[], [1.0]]) == 0.0
 
 
+@pytest.mark.parametrize("ahead", [1, 4])
+def test_any_number_of_rounds_ahead_gives_the_local_results(ahead):
+    local = meter_flow("session").run()
+    dist = meter_flow("session").run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND,
+                                                            ahead=ahead))
+    assert canon(dist["out"]) == canon(local["out"])
+
+
 def test_sources_in_their_own_actors_give_the_same_results():
     local = meter_flow("sliding").run()
     dist = meter_flow("sliding").run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND,
@@ -361,3 +369,7 @@ def test_graphs_the_ray_runtime_refuses():
         ps.runtimes.Ray(parallelism=0)
     with pytest.raises(ValueError, match=r"key_groups must be an int in parallelism \(4\)..65536, got 2"):
         ps.runtimes.Ray(parallelism=4, key_groups=2)
+    with pytest.raises(ValueError, match="round_rows must be an int >= 1, got 0"):
+        ps.runtimes.Ray(round_rows=0)
+    with pytest.raises(ValueError, match="ahead must be an int >= 1, got 0"):
+        ps.runtimes.Ray(ahead=0)

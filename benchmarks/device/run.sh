@@ -2,7 +2,7 @@
 # On a lent device machine (see bundle.sh): unpacks .dev/ into a site directory and runs the
 # scaling benchmark; its output goes to $OUT/scaling.txt. Arguments replace the default run
 # (160M readings, parallelism 1 2 4 8 16, 512k rows per source per round: every source reads
-# at least 16 rounds at 16).
+# at least 16 rounds at 16; once with 2 rounds ahead, the default, and once with 4).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -17,7 +17,7 @@ tar -C "$site" -xJf .dev/site.tar.xz
 "$py" -m zipfile -e .dev/pystream-*.whl "$site"
 export PYTHONPATH=$site
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288)
+[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288 --ahead 2 4)
 out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
