@@ -326,6 +326,12 @@ class PythonAggs:
                 rows, vals = st.emit(a, b, bounds if self.bounded else None)
                 result[rows] = vals
 
+    def retain(self, engine) -> None:
+        """Drops the accumulators no state row of `engine` refers to any more (after its
+        state lost keys: a rescale)."""
+        for i, st in zip(self.index, self.stores):
+            st.gc(engine.live_handles(self.lead + i))
+
     def snapshot(self) -> dict:
         return {"seq": self.seq, "stores": [st.snapshot() for st in self.stores]}
 

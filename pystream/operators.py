@@ -319,9 +319,9 @@ class WindowAggregateOperator:
     def retain_keys(self, keep) -> bool:
         """Drops the state of every key for which keep(key columns) is False (a rescale hands
         an actor another actor's state, of which it owns part). True when done; False where
-        this state cannot be split (Python aggregations keep theirs by handle, and an unkeyed
-        window is one key): the caller then filters the operator's output instead."""
-        if self._py is not None or not self.keys:
+        an unkeyed window (one key) cannot be split: the caller then filters the operator's
+        output instead. Python aggregations keep only the accumulators the kept keys use."""
+        if not self.keys:
             return False
         if self._engine is None:
             return True
@@ -334,6 +334,8 @@ class WindowAggregateOperator:
         self._retain_rows(state, mask)
         self._build(self._repr)
         self._engine.restore(state)
+        if self._py is not None:
+            self._py.retain(self._engine)
         return True
 
     @staticmethod

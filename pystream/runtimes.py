@@ -9,9 +9,9 @@ per window actor. Window actor j owns the contiguous range of key groups
 [j*G/N, (j+1)*G/N) with one native window operator for the whole range (one call per batch).
 A checkpoint keeps each operator's snapshot with the key-group range it covers, so it restores
 at any parallelism (rescaling): a new actor takes the snapshots that overlap its range and
-drops the keys of other actors' groups from them (every keyed window kind), or, where the state
-cannot be split by key (unkeyed windows, Python aggregations), keeps it and emits only its own
-groups' results (filtered by key group; those keys receive no new rows there). Batches move
+drops the keys of other actors' groups from them (every keyed window kind); an unkeyed
+window's state (one key, one group) is kept by every actor that took it, and only the group's
+owner emits its results (filtered by key group; the others receive no new rows for it). Batches move
 through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
 
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
@@ -273,8 +273,8 @@ class SourceWorker:
 class _Slot:
     """One window operator and the key groups [lo, hi) it answers for. `pure`: every key in
     its state belongs to [lo, hi). A rescale that splits an actor's state gives each new
-    owner a copy; keyed windows drop the other owners' keys from it (retain_keys); unkeyed
-    windows and Python aggregations keep them and filter the slot's results by key group."""
+    owner a copy; keyed windows drop the other owners' keys from it (retain_keys); an
+    unkeyed window keeps its one key and filters the slot's results by key group."""
 
     __slots__ = ("hi", "lo", "op", "pure")
 

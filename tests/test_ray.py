@@ -169,7 +169,7 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
     # In process, without Ray: actors at parallelism 2 take the first half of the readings,
     # their snapshots restart 3 actors, which take the rest; the union of what they emit is
     # the local run's. Every window kind's state is split (each new actor holds its own keys
-    # only); a Python aggregation's state is copied whole and the output filtered.
+    # only), a Python aggregation's accumulators with it.
     data = DATA
     if kind == "calendar_tz":  # a zone per meter: the keys' zones move with them
         data = {**DATA, "tz": np.where(DATA["meter_id"] % 3 == 0, "America/New_York", "Europe/Berlin").astype(object)}
@@ -212,20 +212,23 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
     feed(second, {k: v[half:] for k, v in data.items()}, slots)
     held = [(s.pure, s.op.engine.num_keys if s.op.engine is not None else 0, s.lo, s.hi)
             for w in second for ss in w.slots.values() for s in ss]
+    stores = [(s.lo < 8, s.op._py.stores[0]) for w in second for ss in w.slots.values() for s in ss  # by old actor
+              if s.op._py is not None]
     for w in second:
         w.finish()
         sid = next(iter(w.pending))
         out += w.close()[sid]
     got = ps.Batch.concat([b for b in out if len(b)])
     assert canon(got) == canon(flow(data).run()["out"])
-    if kind == "custom":
-        assert not all(pure for pure, *_ in held)  # copies that hold other actors' keys
-    else:
-        groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(data["meter_id"])}), ("meter_id",), 16)
-        assert all(pure for pure, *_ in held)
-        assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
-        for _, n, lo, hi in held:
-            assert n <= int(((groups >= lo) & (groups < hi)).sum())
+    groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(data["meter_id"])}), ("meter_id",), 16)
+    assert all(pure for pure, *_ in held)
+    assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
+    for _, n, lo, hi in held:
+        assert n <= int(((groups >= lo) & (groups < hi)).sum())
+    if kind == "custom":  # each of an old operator's accumulators kept once, by the actor whose rows use it
+        for origin in (True, False):
+            handles = [set(st.handles.tolist()) for o, st in stores if o == origin]
+            assert sum(len(h) for h in handles) == len(set().union(*handles)) > 0
 
 
 def _refaults() -> int:
