@@ -9,9 +9,8 @@ per window actor. Window actor j owns the contiguous range of key groups
 [j*G/N, (j+1)*G/N) with one native window operator for the whole range (one call per batch).
 A checkpoint keeps each operator's snapshot with the key-group range it covers, so it restores
 at any parallelism (rescaling): a new actor takes the snapshots that overlap its range and
-drops the keys of other actors' groups from them (every keyed window kind); an unkeyed
-window's state (one key, one group) is kept by every actor that took it, and only the group's
-owner emits its results (filtered by key group; the others receive no new rows for it). Batches move
+drops the keys of other actors' groups from them (every keyed window kind; an unkeyed window's
+state, one key in group 0, goes to group 0's owner alone). Batches move
 through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
 
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
@@ -273,8 +272,9 @@ class SourceWorker:
 class _Slot:
     """One window operator and the key groups [lo, hi) it answers for. `pure`: every key in
     its state belongs to [lo, hi). A rescale that splits an actor's state gives each new
-    owner a copy; keyed windows drop the other owners' keys from it (retain_keys); an
-    unkeyed window keeps its one key and filters the slot's results by key group."""
+    owner a copy; keyed windows drop the other owners' keys from it (retain_keys), and an
+    unkeyed window's state goes to group 0's owner alone. A slot that is not pure (a state
+    that cannot be split) has its results filtered by key group."""
 
     __slots__ = ("hi", "lo", "op", "pure")
 
@@ -372,10 +372,13 @@ class WindowWorker:
         a, b = self.owned()
         self.slots = {w.id: [] for w in self.plan.windows}
         for wid, entries in (slots or {}).items():
+            unkeyed = not self.plan.nodes[wid].params["keys"]
             for lo, hi, pure, state in entries:
                 lo2, hi2 = max(lo, a), min(hi, b)
+                if unkeyed and not lo2 <= 0 < hi2:
+                    continue  # an unkeyed window's one key is group 0: only that group's owner takes it
                 if lo2 < hi2:
-                    slot = self._new_slot(wid, lo2, hi2, pure and (lo2, hi2) == (lo, hi))
+                    slot = self._new_slot(wid, lo2, hi2, unkeyed or (pure and (lo2, hi2) == (lo, hi)))
                     slot.op.restore(state)
                     if not slot.pure:  # drop other actors' keys where the state allows it
                         slot.pure = slot.op.retain_keys(lambda cols, s=slot, w=wid: self._owns(w, s, Batch(cols)))

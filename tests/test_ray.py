@@ -164,7 +164,7 @@ def test_a_checkpoint_restores_at_another_parallelism(tmp_path, before, after):
     assert canon(ps.sinks.Files.read(load_out)) == canon(local["load"])
 
 
-@pytest.mark.parametrize("kind", [*WINDOWS, "calendar_tz", "custom"])
+@pytest.mark.parametrize("kind", [*WINDOWS, "calendar_tz", "custom", "unkeyed"])
 def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
     # In process, without Ray: actors at parallelism 2 take the first half of the readings,
     # their snapshots restart 3 actors, which take the rest; the union of what they emit is
@@ -175,15 +175,16 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
         data = {**DATA, "tz": np.where(DATA["meter_id"] % 3 == 0, "America/New_York", "Europe/Berlin").astype(object)}
         window, lateness = ps.windows.Calendar("day", tz_column="tz"), "0s"
     else:
-        window, lateness = WINDOWS["tumbling" if kind == "custom" else kind]
+        window, lateness = WINDOWS["tumbling" if kind in ("custom", "unkeyed") else kind]
     aggs = {"kwh": ps.agg.sum("kwh"), "n": ps.agg.count(), "p90": ps.agg.quantile("kwh", 0.9)}
     if kind == "custom":
         aggs["mine"] = ps.agg.custom("kwh", init=np.zeros, update=np.add.reduceat, merge=np.add, finalize=lambda a: a)
 
     def flow(data):
         f = ps.Flow("split")
-        f.source(ps.sources.Arrays(data, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME)) \
-            .key_by("meter_id").window(window, allowed_lateness=lateness if kind not in ("count", "global") else "0s") \
+        s = f.source(ps.sources.Arrays(data, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME))
+        s = s if kind == "unkeyed" else s.key_by("meter_id")
+        s.window(window, allowed_lateness=lateness if kind not in ("count", "global") else "0s") \
             .aggregate(**aggs).sink(ps.sinks.Collect("out"))
         return f
 
@@ -220,8 +221,12 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
         out += w.close()[sid]
     got = ps.Batch.concat([b for b in out if len(b)])
     assert canon(got) == canon(flow(data).run()["out"])
-    groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(data["meter_id"])}), ("meter_id",), 16)
     assert all(pure for pure, *_ in held)
+    if kind == "unkeyed":  # its one key is group 0: only group 0's owner took the state
+        assert [lo for _, _, lo, _hi in held] == [0, 6, 11]
+        assert [s.op.engine is not None for w in second for ss in w.slots.values() for s in ss] == [True, False, False]
+        return
+    groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(data["meter_id"])}), ("meter_id",), 16)
     assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
     for _, n, lo, hi in held:
         assert n <= int(((groups >= lo) & (groups < hi)).sum())
