@@ -148,9 +148,10 @@ class Driver:
                 for w in self.plan.windows}
 
     def _read(self, sid: int):
-        """One read: (the window actors' parts, one object each maps without a copy, the
-        reading actor's own part kept there when colocated; (label, position, done), small)."""
-        return self.source_actors[sid].read_source.options(num_returns=2).remote(sid)
+        """One read: (a ref to the object holding the window actors' parts, which each maps
+        without a copy: the reading actor's own part kept there when colocated; (label,
+        position, done)). Small: the parts went into the object store on the reader's side."""
+        return self.source_actors[sid].read_source.remote(sid)
 
     def watermarks(self) -> dict:
         out = {}
@@ -207,7 +208,8 @@ class Driver:
                             or (every_seconds and time.monotonic() - last_ckpt >= every_seconds)):
                         written.append(self._checkpoint(store, fingerprint, epoch, guarantee, False))
                         epoch, last_ckpt = epoch + 1, time.monotonic()
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
+                        ray.exceptions.ObjectLostError) as e:  # lost: reads a dead actor had put
                     if store is None:
                         raise RuntimeError(f"an actor died ({e}) and the flow has no checkpoints to recover "
                                            f"from; run with checkpoints='DIR'") from e
@@ -262,17 +264,17 @@ class Driver:
 
     def _round(self) -> None:
         ray = self.ray
-        metas = ray.get([q[0][1] for q in self.pending.values()])
+        reads = ray.get([q[0] for q in self.pending.values()])
         chans, parts = [], []
-        for (sid, q), (label, position, done) in zip(list(self.pending.items()), metas):
-            refs = q.popleft()
+        for (sid, q), (ref, (label, position, done)) in zip(list(self.pending.items()), reads):
+            q.popleft()
             if done:
                 self.ended.add(sid)
                 del self.pending[sid]
                 continue
             self.positions[sid] = position
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
-            parts.append(refs[0])
+            parts.append(ref)  # Ray resolves it for each round (a zero-copy map)
             q.append(self._read(sid))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
         self.inflight.append([w.round.remote(wms, chans, *parts) for w in self.workers])

@@ -18,8 +18,8 @@ each read is one object holding the actors' parts, which each window actor maps 
 copy; an actor that reads a source keeps its own part) and hands it to all window actors;
 sources keep two reads queued and window actors the next round, so nobody waits for the
 driver, and a checkpoint first waits for every round in flight (an aligned barrier). An
-actor that reads a source takes each next read on a thread of its own while its rounds run
-(routing and the window kernels release the GIL). Watermarks: each window actor reports, per window and source
+actor that reads a source takes each next read, and puts it into the object store, on a
+thread of its own while its rounds run (routing and the window kernels release the GIL). Watermarks: each window actor reports, per window and source
 partition (channel), the largest event time its engines accepted; the driver takes the max
 over actors and each actor advances its engines to min over live channels (max -
 out_of_orderness - 1), so a window fires once every channel has passed it, whichever actor
@@ -207,8 +207,10 @@ class SourceWorker:
         return out
 
     def read_source(self, sid: int):
-        """`next()`, called as window actors that read sources are (colocate=True)."""
-        return self.next()
+        """`next()` for the Ray driver (a source actor of its own, colocate=False): the parts go
+        into Ray's object store as one object; returns (its ref, (label, position, done))."""
+        parts, meta = self.next()
+        return _put(parts), meta
 
     def next(self):
         batches, got, label, position = [], False, None, None
@@ -267,6 +269,14 @@ class SourceWorker:
             else:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
+
+
+def _put(parts: list):
+    """A read's parts as one object in Ray's object store (each window actor maps its part
+    without a copy); called in Ray actors."""
+    import ray
+
+    return ray.put(parts)
 
 
 class _Slot:
@@ -335,15 +345,23 @@ class WindowWorker:
         t = time.perf_counter()
         try:
             ahead = self.ahead.pop(sid, None)
-            parts, meta = ahead.result() if ahead is not None else self.readers[sid].next()
+            own, ref, meta = ahead.result() if ahead is not None else self._read(sid)
             if not meta[2]:
-                self.ahead[sid] = self.reading.submit(self.readers[sid].next)
-                # This actor's own part stays here (rounds take reads in read order).
-                self.kept[sid].append(parts[self.index])
-                parts = [p if j != self.index else sid for j, p in enumerate(parts)]  # the id marks it
-            return parts, meta
+                self.ahead[sid] = self.reading.submit(self._read, sid)
+                self.kept[sid].append(own)  # this actor's part stays here (rounds take reads in read order)
+            return ref, meta
         finally:
             self._spent("read", t)
+
+    def _read(self, sid: int):
+        """One read, the other actors' parts put into Ray's object store as one object here (on
+        the read-ahead thread, so that copy overlaps windowing too): (own part, ref, meta).
+        The object holds this actor's part as the source id."""
+        parts, meta = self.readers[sid].next()
+        if meta[2]:
+            return None, None, meta
+        own = parts[self.index]
+        return own, _put([p if j != self.index else sid for j, p in enumerate(parts)]), meta
 
     def _spent(self, kind: str, since: float) -> None:
         entry = self.spent[kind]

@@ -291,10 +291,13 @@ def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_o
     w.open_source(f, src, 2, 16, round_rows=4_000)
 
     def read():
-        out = w.read_source(src)
-        if not out[1][2]:
-            assert src in w.ahead  # the next read is under way
-        return out
+        ref, meta = w.read_source(src)
+        if meta[2]:
+            return None, meta
+        assert src in w.ahead  # the next read is under way
+        parts = ray.get(ref)  # the other actors' parts, put into Ray's object store
+        assert parts[0] == src  # actor 0's own part stays here
+        return parts, meta
 
     assert reads(read) == want and len(want) == 10
     w.close()
@@ -303,8 +306,8 @@ def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_o
     w = ps.runtimes.WindowWorker(f, 0, 2, 16)
     w.open_source(f, src, 2, 16, round_rows=4_000)
     got = [w.read_source(src) for _ in range(2)]
-    for (parts, _meta), own in zip(got, w.kept[src]):  # two whole batches each
-        assert sum(len(b) for msgs in parts[1] + own for _wid, b, _g in msgs) == 4_000
+    for (ref, _meta), own in zip(got, w.kept[src]):  # two whole batches each
+        assert sum(len(b) for msgs in ray.get(ref)[1] + own for _wid, b, _g in msgs) == 4_000
     with pytest.raises(ConnectionError, match="source went away"):
         w.read_source(src)
 
