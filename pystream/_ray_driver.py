@@ -283,9 +283,9 @@ class Driver:
 
     def _collect(self) -> None:
         """Waits for the oldest round in flight and takes in its progress (for watermarks)."""
-        t = time.perf_counter()
+        since = time.perf_counter()
         progress = self.ray.get(self.inflight.popleft())
-        self.waited += time.perf_counter() - t
+        self.waited += time.perf_counter() - since
         for p in progress:
             for key, t in p.items():
                 self.top[key] = max(self.top.get(key, t), t)

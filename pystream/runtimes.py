@@ -16,16 +16,17 @@ through Ray's object store as NumPy buffers (zero-copy reads); the driver only r
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
 each read is one object holding the actors' parts, which each window actor maps without a
 copy; an actor that reads a source keeps its own part) and hands it to all window actors;
-sources keep two reads queued and window actors the next round, so nobody waits for the
-driver, and a checkpoint first waits for every round in flight (an aligned barrier). An
+sources keep `ahead` reads queued and window actors up to `ahead` rounds, so nobody waits for
+the driver, and a checkpoint first waits for every round in flight (an aligned barrier). An
 actor that reads a source takes each next read, and puts it into the object store, on a
-thread of its own while its rounds run (routing and the window kernels release the GIL). Watermarks: each window actor reports, per window and source
-partition (channel), the largest event time its engines accepted; the driver takes the max
-over actors and each actor advances its engines to min over live channels (max -
-out_of_orderness - 1), so a window fires once every channel has passed it, whichever actor
-saw the data. Lateness is decided against that watermark, which trails the data by a round
-or two: where no row is late, results
-equal the local runtime's row for row (tests/test_ray.py checks every window kind).
+thread of its own while its rounds run (routing and the window kernels release the GIL).
+
+Watermarks: each window actor reports, per window and source partition (channel), the
+largest event time its engines accepted; the driver takes the max over actors and each actor
+advances its engines to min over live channels (max - out_of_orderness - 1), so a window
+fires once every channel has passed it, whichever actor saw the data. Lateness is decided
+against that watermark, which trails the data by up to `ahead` rounds: where no row is late,
+results equal the local runtime's row for row (tests/test_ray.py checks every window kind).
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
 its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
@@ -339,9 +340,10 @@ class WindowWorker:
         self.kept[source_id] = collections.deque()
 
     def read_source(self, sid: int):
-        """The source's next read (SourceWorker.next), already taken by a thread of this actor
-        while its rounds ran: the driver asks for reads in order, so each read starts the next
-        one. Routing and the windows' kernels release the GIL, so reading overlaps windowing."""
+        """The source's next read as (a ref to its parts in Ray's object store, (label,
+        position, done)), already taken by a thread of this actor while its rounds ran: the
+        driver asks for reads in order, so each read starts the next one. Routing and the
+        windows' kernels release the GIL, so reading overlaps windowing."""
         t = time.perf_counter()
         try:
             ahead = self.ahead.pop(sid, None)
