@@ -13,7 +13,8 @@ done
 [ -n "$py" ] || { echo "run: the bundle is for CPython 3.12; none found (set PYTHON312)" >&2; exit 1; }
 site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
-tar -C "$site" -xJf .dev/site.tar.xz
+# Python's own tarfile and zipfile: the machine may lack xz
+"$py" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' .dev/site.tar.xz "$site"
 "$py" -m zipfile -e .dev/pystream-*.whl "$site"
 export PYTHONPATH=$site
 args=("$@")
