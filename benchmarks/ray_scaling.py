@@ -23,9 +23,8 @@ import numpy as np
 import pystream as ps
 from pystream.datagen import meter_readings
 
-
-#: Rounds each source should read at least for a run to measure sustained throughput: the first round
-#: of an actor also builds its key table, and the last ones drain the pipeline.
+#: Rounds each source should read at least for a run to measure sustained throughput: the first
+#: round of an actor also builds its key table, and the last ones drain the pipeline.
 MIN_ROUNDS = 16
 
 
