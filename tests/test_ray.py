@@ -237,14 +237,15 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
 
 
 def _refaults() -> int:
-    """Page faults while a process writes a 64 MB array right after freeing one of that size."""
+    """Page faults while this thread writes a 64 MB array right after freeing one of that size (the
+    thread's own: a Ray worker's other threads fault pages too)."""
     import resource
 
     a = np.ones(8 << 20)
     del a
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     b = np.ones(8 << 20)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
     del b
     return faults
 
@@ -263,7 +264,7 @@ def test_window_actors_reuse_freed_batch_memory():
     code = f"import numpy as np\n{inspect.getsource(_refaults)}\nprint(_refaults())"
     plain = int(subprocess.check_output([sys.executable, "-c", code]))
     assert plain > 16  # what this measures: a 64 MB array in fresh pages
-    assert in_actor <= 2, (in_actor, plain)
+    assert in_actor <= 8, (in_actor, plain)
 
 
 def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_on_the_next_read():
