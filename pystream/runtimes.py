@@ -346,8 +346,10 @@ class WindowWorker:
         windows' kernels release the GIL, so reading overlaps windowing."""
         t = time.perf_counter()
         try:
-            ahead = self.ahead.pop(sid, None)
-            own, ref, meta = ahead.result() if ahead is not None else self._read(sid)
+            # Every read runs on the reading thread, the first one too: a source is only ever
+            # used from one thread.
+            ahead = self.ahead.pop(sid, None) or self.reading.submit(self._read, sid)
+            own, ref, meta = ahead.result()
             if not meta[2]:
                 self.ahead[sid] = self.reading.submit(self._read, sid)
                 self.kept[sid].append(own)  # this actor's part stays here (rounds take reads in read order)
