@@ -304,19 +304,19 @@ def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_o
     assert reads(read) == want and len(want) == 10
     w.close()
 
-    class Threads(ps.sources.Arrays):  # notes the thread each batch is read on
-        seen: set = set()
+    seen = set()
 
+    class Threads(ps.sources.Arrays):  # notes the thread each batch is read on
         def read(self, position=None):
             for item in super().read(position):
-                Threads.seen.add(threading.get_ident())
+                seen.add(threading.get_ident())
                 yield item
 
     f = flow(Threads(DATA, batch_size=2_000, name="all"))
     w = ps.runtimes.WindowWorker(f, 0, 2, 16)
     w.open_source(f, src, 2, 16, round_rows=4_000)
     reads(read)
-    assert len(Threads.seen) == 1 and threading.get_ident() not in Threads.seen  # one thread, not the task's
+    assert len(seen) == 1 and threading.get_ident() not in seen  # one thread, not the task's
     w.close()
 
     f = flow(Flaky(DATA, fail_after=5, batch_size=2_000, name="all"))  # batches 0-4: reads 0-1, half of 2
