@@ -316,27 +316,26 @@ class WindowAggregateOperator:
         if self._py is not None:
             self._py.restore(state.get("python_aggs") or {"seq": 1, "stores": [st.snapshot() for st in self._py.stores]})
 
-    def retain_keys(self, keep) -> bool:
+    def retain_keys(self, keep) -> None:
         """Drops the state of every key for which keep(key columns) is False (a rescale hands
-        an actor another actor's state, of which it owns part). True when done; False where
-        an unkeyed window (one key) cannot be split: the caller then filters the operator's
-        output instead. Python aggregations keep only the accumulators the kept keys use."""
+        an actor another actor's state, of which it owns part). Python aggregations keep only
+        the accumulators the kept keys use. Keyed windows only: an unkeyed window's state is
+        one key."""
         if not self.keys:
-            return False
+            raise ValueError("an unkeyed window's state is one key: it cannot be split by key")
         if self._engine is None:
-            return True
+            return
         state = self._engine.snapshot()
         keys = np.asarray(state["keys"])
         mask = np.asarray(keep(self._encoder.decode(keys)), dtype=bool)
         if mask.all():
-            return True
+            return
         state["keys"] = keys[mask]
         self._retain_rows(state, mask)
         self._build(self._repr)
         self._engine.restore(state)
         if self._py is not None:
             self._py.retain(self._engine)
-        return True
 
     @staticmethod
     def _retain_rows(state: dict, mask: np.ndarray) -> None:

@@ -199,7 +199,7 @@ class SourceWorker:
         keys = window.params["keys"]
         if not keys:
             return np.zeros(len(batch), dtype=np.uint16)
-        return _core.route_rows(_key_words(batch, keys), self.n_groups, 1)[1]  # one owner: rows stay in order
+        return _core.route_rows(_key_words(batch, keys), self.n_groups, 1, with_order=False)[1]  # one owner: row order
 
     def route(self, batch: Batch) -> list:
         """A batch of this source, through the stateless steps: one message list per actor."""
@@ -252,7 +252,7 @@ class SourceWorker:
                 # row by row, so order decides lateness), with their key groups.
                 keys, n = child.params["keys"], self.parallelism
                 if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
-                    out[0].append((child.id, batch, self.groups(child, batch).astype(np.uint16)))
+                    out[0].append((child.id, batch, self.groups(child, batch).astype(np.uint16, copy=False)))
                     continue
                 # Fixed-width columns (and the batch's own times) are scattered into routed
                 # order natively, one pass each; object columns are taken by `order`.
@@ -283,9 +283,8 @@ def _put(parts: list):
 class _Slot:
     """One window operator and the key groups [lo, hi) it answers for. `pure`: every key in
     its state belongs to [lo, hi). A rescale that splits an actor's state gives each new
-    owner a copy; keyed windows drop the other owners' keys from it (retain_keys), and an
-    unkeyed window's state goes to group 0's owner alone. A slot that is not pure (a state
-    that cannot be split) has its results filtered by key group."""
+    owner a copy, from which a keyed window drops the other owners' keys (retain_keys); an
+    unkeyed window's state goes to group 0's owner alone. Every slot is pure once started."""
 
     __slots__ = ("hi", "lo", "op", "pure")
 
@@ -402,8 +401,9 @@ class WindowWorker:
                 if lo2 < hi2:
                     slot = self._new_slot(wid, lo2, hi2, unkeyed or (pure and (lo2, hi2) == (lo, hi)))
                     slot.op.restore(state)
-                    if not slot.pure:  # drop other actors' keys where the state allows it
-                        slot.pure = slot.op.retain_keys(lambda cols, s=slot, w=wid: self._owns(w, s, Batch(cols)))
+                    if not slot.pure:  # drop other actors' keys
+                        slot.op.retain_keys(lambda cols, s=slot, w=wid: self._owns(w, s, Batch(cols)))
+                        slot.pure = True
         for wid, slots_ in self.slots.items():  # groups no snapshot covered start empty
             edges = [a] + [x for s in slots_ for x in (s.lo, s.hi)] + [b]
             for lo, hi in zip(edges[::2], edges[1::2]):
@@ -480,7 +480,7 @@ class WindowWorker:
             for slot in self.slots[wid]:
                 op = slot.op
                 if op.watermark is None or w > op.watermark:
-                    self._emit(wid, slot, op.advance_watermark(w), None, None)
+                    self._emit(wid, op.advance_watermark(w), None, None)
         # Sources take turns batch by batch (count windows over a union depend on that order,
         # and the local runtime interleaves the same way).
         # Each source's read holds every actor's part; a source read here kept this actor's
@@ -493,7 +493,7 @@ class WindowWorker:
                     self._channel(wid, chan)
                     for slot, sub in self._split(wid, batch, groups):
                         self.last_input[wid] = sub
-                        self._emit(wid, slot, *slot.op.process(sub, chan))
+                        self._emit(wid, *slot.op.process(sub, chan))
         return self.progress()
 
     def _split(self, wid: int, batch: Batch, groups: np.ndarray) -> list:
@@ -530,10 +530,8 @@ class WindowWorker:
                         top[key] = max(top.get(key, p["max_ts"]), p["max_ts"])
         return top
 
-    def _emit(self, wid: int, slot: _Slot, res, late, invalid) -> None:
+    def _emit(self, wid: int, res, late, invalid) -> None:
         node = self.plan.nodes[wid]
-        if not slot.pure and res is not None and len(res):  # keys of other actors' groups, from a rescale: theirs to emit
-            res = res.filter(self._owns(wid, slot, res))
         for port, b in (("out", res), ("late", late), ("invalid", invalid)):
             if b is not None and len(b):
                 self._push(node, port, b)
@@ -556,7 +554,7 @@ class WindowWorker:
         sinks their columns."""
         for wid, slots in self.slots.items():
             for slot in slots:
-                self._emit(wid, slot, slot.op.finish(), None, None)
+                self._emit(wid, slot.op.finish(), None, None)
             if wid in self.last_input:
                 empty = self.last_input[wid].take(np.empty(0, dtype=np.int64))
                 node = self.plan.nodes[wid]
