@@ -15,6 +15,7 @@ parallelism (rows >= 16 * p * round_rows): shorter runs measure pipeline fill an
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import time
 
@@ -62,6 +63,29 @@ def flow(parts: list):
     return f
 
 
+def _independent_run(part, start, out) -> None:
+    f = flow([part])
+    start.wait()
+    t = time.perf_counter()
+    f.run()
+    out.put(time.perf_counter() - t)
+
+
+def independent(parts: list) -> float:
+    """Events/s of one local runtime per part, all started at once in forked processes that
+    exchange nothing: the machine's own ceiling for running p copies of the single-worker work
+    side by side (shared cores, caches and memory bandwidth), which no shuffle can beat."""
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Barrier(len(parts)), ctx.Queue()
+    procs = [ctx.Process(target=_independent_run, args=(part, start, out)) for part in parts]
+    for p in procs:
+        p.start()
+    took = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(len(part["ts"]) for part in parts) / max(took)
+
+
 def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
@@ -85,6 +109,8 @@ def main():
     ap.add_argument("--round-rows", type=int, default=262_144)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--separate-sources", action="store_true", help="one actor per source (colocate=False)")
+    ap.add_argument("--independent", action="store_true",
+                    help="first measure p local runtimes side by side on the parts (no exchange): the machine's ceiling")
     ap.add_argument("--ahead", type=int, nargs="+", default=[2],
                     help="reads queued per source and rounds in flight (each parallelism runs with each value)")
     a = ap.parse_args()
@@ -101,6 +127,13 @@ def main():
         print(f"note: at parallelism {short} a source reads fewer than {MIN_ROUNDS} rounds: such runs are mostly "
               f"pipeline fill and drain, not sustained throughput (use --rows >= "
               f"{MIN_ROUNDS * max(short) * a.round_rows:,})", flush=True)
+    if a.independent:  # before Ray starts its threads (the runs fork)
+        one = None
+        for p in a.parallelism:
+            rate = independent(split(data, p))
+            one = one or rate
+            print(f"independent local runtimes, no exchange: {p:>2} x {rate / 1e6:6.1f} M events/s in all, "
+                  f"{rate / (p * one):4.0%} of {p} x the first", flush=True)
     ps.runtimes.init()
     # end to end: flow.run() from call to return (actors start, sources receive their data);
     # rounds: the run once the actors are up (what adding workers speeds up).
@@ -108,9 +141,11 @@ def main():
     # actors); the rest it waited for data or for the driver. read / round ms: mean per call
     # (a read that its read-ahead thread finished in time costs ~0); spread: how long after
     # the first actor the last one finished a round; wait: the driver's share of the run spent
-    # waiting for the oldest round in flight.
+    # waiting for the oldest round in flight; faults: minor page faults per round and per read
+    # (the reading thread's), memory mapped afresh.
     print(f"{'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
-          f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5}")
+          f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
+          f"{'faults/round':>12} {'faults/read':>11}")
     base: dict = {}  # by ahead: the first parallelism's rate
     for p in a.parallelism:
         parts = split(data, p)
@@ -131,7 +166,8 @@ def main():
             print(f"{ahead:>5} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
-                  f"{best['driver_wait_s'] / best['run_s']:>5.0%}", flush=True)
+                  f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "
+                  f"{_mean(best['read_faults']):>11.0f}", flush=True)
         del parts
 
 

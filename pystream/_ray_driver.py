@@ -130,7 +130,7 @@ class Driver:
         args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
         if self.rt.colocate:  # source i reads in window actor i mod N (after its start, in call order)
             self.source_actors = {sid: self.workers[i % self.n] for i, sid in enumerate(args)}
-            calls += [self.source_actors[sid].open_source.remote(*a, round_rows=self.rt.round_rows)
+            calls += [self.source_actors[sid].open_source.remote(*a, round_rows=self.rt.round_rows, depth=self.rt.ahead)
                       for sid, a in args.items()]
         else:
             src_cls = ray.remote(ActorSourceWorker)
@@ -246,7 +246,8 @@ class Driver:
                 result[sink.name] = sum(values) if ints else values[0]
         # seconds: starting the actors (sources receive their data) and running the rounds
         # (to the last commit), which is what throughput vs parallelism measures; per window
-        # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call; the
+        # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call, page
+        # faults per round and per read (the reading thread's); the
         # driver's wait for the oldest round in flight; spread_ms: how long after the first
         # actor the last one ended the same round (mean over rounds).
         run_s = time.perf_counter() - running
@@ -256,6 +257,8 @@ class Driver:
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": [1e3 * t["read_s"] / max(t["reads"], 1) for t in timings],
             "round_ms": [1e3 * t["round_s"] / max(t["rounds"], 1) for t in timings],
+            "round_faults": [t["round_faults"] / max(t["rounds"], 1) for t in timings],
+            "read_faults": [t["read_faults"] / max(t["reads"], 1) for t in timings],
             "spread_ms": round_spread([t["round_ends"] for t in timings]),
         }}
         result.checkpoints = written

@@ -45,6 +45,11 @@ import zlib
 
 import numpy as np
 
+try:
+    import resource
+except ImportError:  # not on Windows: no fault counts there
+    resource = None
+
 from . import _core
 from .batch import Batch
 from .operators import make_window_operator
@@ -292,6 +297,12 @@ class _Slot:
         self.lo, self.hi, self.pure, self.op = lo, hi, pure, op
 
 
+def _faults() -> int:
+    """Minor page faults of the calling thread so far (Linux; 0 where threads are not counted)."""
+    who = getattr(resource, "RUSAGE_THREAD", None) if resource is not None else None
+    return 0 if who is None else resource.getrusage(who).ru_minflt
+
+
 def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
     """The key groups [lo, hi) window actor `index` owns (those `owner` maps to it)."""
     return (-(-index * n_groups // parallelism), -(-(index + 1) * n_groups // parallelism))
@@ -318,39 +329,49 @@ class WindowWorker:
         self.last_input: dict[int, Batch] = {}
         self.readers: dict[int, SourceWorker] = {}  # sources this actor reads (colocate=True)
         self.kept: dict[int, collections.deque] = {}  # by source: own parts of reads not yet in a round
-        self.ahead: dict[int, concurrent.futures.Future] = {}  # by source: its next read, under way
+        self.ahead: dict[int, collections.deque] = {}  # by source: its next reads, under way or done
         self.reading = None  # the thread that reads ahead (made with the first source)
         # Seconds and calls of this actor's reads and rounds, and when its latest rounds ended
         # (wall clock, comparable across actors on a machine): see timings().
-        self.spent = {"read": [0, 0.0], "round": [0, 0.0]}
+        self.spent = {"read": [0, 0.0, 0], "round": [0, 0.0, 0]}  # calls, seconds, page faults
+        self.read_faults = 0  # page faults of the reading thread's reads
+        self.depth = 1  # reads the reading thread keeps done ahead of the driver's requests
         self.round_ends: collections.deque = collections.deque(maxlen=4096)
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
-                    round_rows: int = 1) -> None:
-        """Opens (or reopens, at `position`) a source that this actor reads and routes."""
-        old = self.ahead.pop(source_id, None)
-        if old is not None:  # a read of the replaced reader finishes first; what it read is dropped
+                    round_rows: int = 1, depth: int = 1) -> None:
+        """Opens (or reopens, at `position`) a source that this actor reads and routes, keeping
+        up to `depth` reads done ahead."""
+        for old in self.ahead.pop(source_id, ()):  # reads of the replaced reader finish first; what they read is dropped
             old.exception()
+        self.depth = depth
         if self.reading is None:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
                                                round_rows=round_rows)
         self.kept[source_id] = collections.deque()
+        self.ahead[source_id] = collections.deque()
 
     def read_source(self, sid: int):
         """The source's next read as (a ref to its parts in Ray's object store, (label,
         position, done)), already taken by a thread of this actor while its rounds ran: the
-        driver asks for reads in order, so each read starts the next one. Routing and the
-        windows' kernels release the GIL, so reading overlaps windowing."""
+        reading thread keeps up to `depth` reads done ahead of the driver's requests, so a
+        request rarely waits (a request that waited would hold up this actor's rounds behind
+        it). Routing and the windows' kernels release the GIL, so reading overlaps windowing."""
         t = time.perf_counter()
         try:
             # Every read runs on the reading thread, the first one too: a source is only ever
-            # used from one thread.
-            ahead = self.ahead.pop(sid, None) or self.reading.submit(self._read, sid)
-            own, ref, meta = ahead.result()
-            if not meta[2]:
-                self.ahead[sid] = self.reading.submit(self._read, sid)
+            # used from one thread; reads queue on it in order.
+            queued = self.ahead[sid]
+            if not queued:
+                queued.append(self.reading.submit(self._read, sid))
+            own, ref, meta = queued.popleft().result()
+            if meta[2]:
+                queued.clear()  # reads after the end find the end again
+            else:
+                while len(queued) < self.depth:
+                    queued.append(self.reading.submit(self._read, sid))
                 self.kept[sid].append(own)  # this actor's part stays here (rounds take reads in read order)
             return ref, meta
         finally:
@@ -360,24 +381,32 @@ class WindowWorker:
         """One read, the other actors' parts put into Ray's object store as one object here (on
         the read-ahead thread, so that copy overlaps windowing too): (own part, ref, meta).
         The object holds this actor's part as the source id."""
-        parts, meta = self.readers[sid].next()
-        if meta[2]:
-            return None, None, meta
-        own = parts[self.index]
-        return own, _put([p if j != self.index else sid for j, p in enumerate(parts)]), meta
+        faults = _faults()
+        try:
+            parts, meta = self.readers[sid].next()
+            if meta[2]:
+                return None, None, meta
+            own = parts[self.index]
+            return own, _put([p if j != self.index else sid for j, p in enumerate(parts)]), meta
+        finally:
+            self.read_faults += _faults() - faults
 
-    def _spent(self, kind: str, since: float) -> None:
+    def _spent(self, kind: str, since: float, faults: int = 0) -> None:
         entry = self.spent[kind]
         entry[0] += 1
         entry[1] += time.perf_counter() - since
+        entry[2] += faults
 
     def timings(self) -> dict:
         """Since the actor started: reads and rounds (calls, seconds; a read's seconds include
-        waiting for its read-ahead), and the wall-clock end of each of the latest 4,096 rounds.
+        waiting for its read-ahead), page faults of the rounds and of the reading thread's
+        reads (Linux; 0 elsewhere), and the wall-clock end of each of the latest 4,096 rounds.
         Against the run's seconds, reads + rounds say how much of the time the actor itself
-        was the work; round ends across actors show how far the slowest trails (stragglers)."""
+        was the work; round ends across actors show how far the slowest trails (stragglers);
+        faults show memory that each call maps afresh (a new page costs a kernel trip)."""
         return {"reads": self.spent["read"][0], "read_s": self.spent["read"][1], "rounds": self.spent["round"][0],
-                "round_s": self.spent["round"][1], "round_ends": list(self.round_ends)}
+                "round_s": self.spent["round"][1], "round_faults": self.spent["round"][2],
+                "read_faults": self.read_faults, "round_ends": list(self.round_ends)}
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
@@ -468,11 +497,11 @@ class WindowWorker:
         source's read (`parts` of SourceWorker.next; chans[i] is the channel of messages[i]).
         Returns, per window and channel, the largest event time its engines hold (for the next
         round's watermark)."""
-        t = time.perf_counter()
+        t, faults = time.perf_counter(), _faults()
         try:
             return self._round(watermarks, chans, messages)
         finally:
-            self._spent("round", t)
+            self._spent("round", t, _faults() - faults)
             self.round_ends.append(time.time())
 
     def _round(self, watermarks: dict, chans: list, messages) -> dict:
@@ -629,10 +658,11 @@ class Ray:
         colocate: read each source in a window actor (source i in actor i mod N, as Flink
             shares a slot between a source and a window task): half the processes, each
             windowing while a thread of it reads ahead. False: one actor per source.
-        ahead: reads queued per source, and rounds handed to the window actors before the
-            driver waits for the oldest: deeper lets an actor run further ahead of a slow one
-            (holding that many more reads in Ray's object store); watermarks trail the data by
-            up to this many rounds.
+        ahead: reads queued per source (a colocated source's reading thread also keeps that
+            many done before they are asked for), and rounds handed to the window actors
+            before the driver waits for the oldest: deeper lets an actor run further ahead of
+            a slow one (holding that many more reads in memory and in Ray's object store);
+            watermarks trail the data by up to this many rounds.
         fail_worker_after: testing hook: kill window actor 0 once after this many rounds
             (Ray restarts it; the flow rolls back to its last checkpoint).
     """

@@ -289,20 +289,23 @@ def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_o
     f = flow(ps.sources.Arrays(DATA, batch_size=2_000, name="all"))
     src = f._nodes[0].id
     want = reads(ps.runtimes.SourceWorker(f, src, 2, 16, round_rows=4_000).next)
-    w = ps.runtimes.WindowWorker(f, 0, 2, 16)
-    w.open_source(f, src, 2, 16, round_rows=4_000)
 
     def read():
         ref, meta = w.read_source(src)
         if meta[2]:
+            assert not w.ahead[src]  # nothing is read past the end
             return None, meta
-        assert src in w.ahead  # the next read is under way
+        assert len(w.ahead[src]) == w.depth  # the next reads are under way
         parts = ray.get(ref)  # the other actors' parts, put into Ray's object store
         assert parts[0] == src  # actor 0's own part stays here
         return parts, meta
 
-    assert reads(read) == want and len(want) == 10
-    w.close()
+    for depth in (1, 3):
+        w = ps.runtimes.WindowWorker(f, 0, 2, 16)
+        w.open_source(f, src, 2, 16, round_rows=4_000, depth=depth)
+        assert w.depth == depth
+        assert reads(read) == want and len(want) == 10
+        w.close()
 
     seen = set()
 

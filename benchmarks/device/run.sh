@@ -2,7 +2,8 @@
 # On a lent device machine (see bundle.sh): unpacks .dev/ into a site directory and runs the
 # scaling benchmark; its output goes to $OUT/scaling.txt. Arguments replace the default run
 # (160M readings, parallelism 1 2 4 8 16, 512k rows per source per round: every source reads
-# at least 16 rounds at 16; once with 2 rounds ahead, the default, and once with 4).
+# at least 16 rounds at 16; once with 2 rounds ahead, the default, and once with 4; first the
+# same parallelism as independent local runtimes, the machine's ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -18,9 +19,9 @@ trap 'rm -rf "$site"' EXIT
 "$py" -m zipfile -e .dev/pystream-*.whl "$site"
 export PYTHONPATH=$site
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288 --ahead 2 4)
+[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288 --ahead 2 4 --independent)
 out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
-nproc
-"$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee "$out/scaling.txt"
+{ nproc; lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|L2|L3)" || true; } | tee "$out/scaling.txt"
+"$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee -a "$out/scaling.txt"
