@@ -640,30 +640,57 @@ py::array_t<uint8_t> insert_pairs(PairSet& s, const I64Array& a, const I64Array&
 
 }  // namespace
 
-/// route_rows over NumPy arrays: checks at the boundary, the loops without the GIL. Columns
-/// (fixed-width dtypes) come back in routed order too, scattered in one pass each.
-py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_style | py::array::forcecast>>& words,
-                        int64_t n_groups, int64_t parallelism, const std::vector<py::array>& columns, bool with_order) {
-  if (n_groups < 1 || n_groups > 65536) fail("route_rows: n_groups must be in 1..65536, got " + std::to_string(n_groups));
+/// route_rows / route_chunks over NumPy arrays: checks at the boundary, the loops without the
+/// GIL. Columns (fixed-width dtypes) come back in routed order too, scattered in one pass each.
+/// Chunk c holds words[c] (one array per key column) and columns[c] (one per routed column):
+/// every chunk has the same key columns and the same routed columns (count and dtypes), and
+/// the rows of all chunks are routed as one batch, chunk after chunk.
+using WordArray = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>;
+
+py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
+                           const std::vector<std::vector<py::array>>& columns, bool with_order, const char* name) {
+  const std::string fn(name);
+  if (n_groups < 1 || n_groups > 65536) fail(fn + ": n_groups must be in 1..65536, got " + std::to_string(n_groups));
   if (parallelism < 1 || parallelism > n_groups)
-    fail("route_rows: parallelism must be in 1..n_groups (" + std::to_string(n_groups) + "), got " + std::to_string(parallelism));
-  const int64_t n = words.empty() ? 0 : static_cast<int64_t>(words[0].size());
-  std::vector<const uint64_t*> ptrs;
-  for (const auto& w : words) {
-    if (w.ndim() != 1 || static_cast<int64_t>(w.size()) != n)
-      fail("route_rows: key columns must be 1-d and of one length, got lengths " + std::to_string(n) + " and " +
-           std::to_string(w.size()));
-    ptrs.push_back(w.data());
+    fail(fn + ": parallelism must be in 1..n_groups (" + std::to_string(n_groups) + "), got " + std::to_string(parallelism));
+  if (columns.size() != words.size())
+    fail(fn + ": every chunk needs its columns, got " + std::to_string(words.size()) + " chunks of keys and " +
+         std::to_string(columns.size()) + " of columns");
+  const size_t n_chunks = words.size();
+  std::vector<std::vector<const uint64_t*>> ptrs(n_chunks);
+  std::vector<std::vector<py::array>> ins(n_chunks);
+  std::vector<int64_t> start(n_chunks + 1, 0);  // chunk c's rows are start[c]..start[c + 1]
+  for (size_t c = 0; c < n_chunks; ++c) {
+    if (words[c].size() != words[0].size())
+      fail(fn + ": every chunk needs the same key columns, got " + std::to_string(words[0].size()) + " and " +
+           std::to_string(words[c].size()));
+    if (columns[c].size() != columns[0].size())
+      fail(fn + ": every chunk needs the same columns, got " + std::to_string(columns[0].size()) + " and " +
+           std::to_string(columns[c].size()));
+    const int64_t n = words[c].empty() ? 0 : static_cast<int64_t>(words[c][0].size());
+    for (const auto& w : words[c]) {
+      if (w.ndim() != 1 || static_cast<int64_t>(w.size()) != n)
+        fail(fn + ": key columns must be 1-d and of one length, got lengths " + std::to_string(n) + " and " +
+             std::to_string(w.size()));
+      ptrs[c].push_back(w.data());
+    }
+    for (size_t k = 0; k < columns[c].size(); ++k) {
+      const py::array& col = columns[c][k];
+      if (col.ndim() != 1 || static_cast<int64_t>(col.size()) != n)
+        fail(fn + ": columns must be 1-d and as long as the keys (" + std::to_string(n) + "), got " +
+             std::to_string(col.size()));
+      if (col.dtype().kind() == 'O') fail(fn + ": object columns cannot be scattered natively; take them by `order`");
+      if (!col.dtype().equal(columns[0][k].dtype()))
+        fail(fn + ": column " + std::to_string(k) + " must have one dtype in every chunk, got " +
+             py::str(columns[0][k].dtype()).cast<std::string>() + " and " + py::str(col.dtype()).cast<std::string>());
+      ins[c].push_back(py::array::ensure(col, py::array::c_style));
+    }
+    start[c + 1] = start[c] + n;
   }
-  std::vector<py::array> ins, outs;
-  for (const py::array& c : columns) {
-    if (c.ndim() != 1 || static_cast<int64_t>(c.size()) != n)
-      fail("route_rows: columns must be 1-d and as long as the keys (" + std::to_string(n) + "), got " +
-           std::to_string(c.size()));
-    if (c.dtype().kind() == 'O') fail("route_rows: object columns cannot be scattered natively; take them by `order`");
-    ins.push_back(py::array::ensure(c, py::array::c_style));
-    outs.emplace_back(c.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
-  }
+  const int64_t n = start[n_chunks];
+  std::vector<py::array> outs;
+  for (const py::array& col : n_chunks ? columns[0] : std::vector<py::array>{})
+    outs.emplace_back(col.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
   py::array_t<int64_t> order(with_order ? n : 0), bounds(parallelism + 1);
   py::array_t<uint16_t> groups(n);
   const size_t scratch = static_cast<size_t>(std::max<int64_t>(n, 1));
@@ -672,12 +699,15 @@ py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_sty
     py::gil_scoped_release release;
     Router router(n_groups, parallelism);
     int64_t* b = bounds.mutable_data();
-    router.group_rows(ptrs, n, group.get(), b);
+    std::fill(b, b + parallelism + 1, 0);
+    for (size_t c = 0; c < n_chunks; ++c) router.group_rows(ptrs[c], start[c + 1] - start[c], group.get() + start[c], b);
+    router.bounds_from_counts(b);
     auto place = [&](auto* dest) {  // 32-bit places while they fit: half the scratch traffic
       router.place_rows(group.get(), b, n, dest, with_order ? order.mutable_data() : nullptr, groups.mutable_data());
-      for (size_t k = 0; k < ins.size(); ++k)
-        Router::place_column(dest, n, static_cast<const uint8_t*>(ins[k].data()), static_cast<uint8_t*>(outs[k].mutable_data()),
-                             static_cast<size_t>(ins[k].itemsize()));
+      for (size_t c = 0; c < n_chunks; ++c)
+        for (size_t k = 0; k < ins[c].size(); ++k)
+          Router::place_column(dest + start[c], start[c + 1] - start[c], static_cast<const uint8_t*>(ins[c][k].data()),
+                               static_cast<uint8_t*>(outs[k].mutable_data()), static_cast<size_t>(ins[c][k].itemsize()));
     };
     if (n <= static_cast<int64_t>(UINT32_MAX)) {
       std::unique_ptr<uint32_t[]> dest(new uint32_t[scratch]);
@@ -692,12 +722,26 @@ py::tuple py_route_rows(const std::vector<py::array_t<uint64_t, py::array::c_sty
   return py::make_tuple(with_order ? py::object(order) : py::object(py::none()), groups, bounds, routed);
 }
 
+py::tuple py_route_rows(const std::vector<WordArray>& words, int64_t n_groups, int64_t parallelism,
+                        const std::vector<py::array>& columns, bool with_order) {
+  return route_chunk_list({words}, n_groups, parallelism, {columns}, with_order, "route_rows");
+}
+
+py::tuple py_route_chunks(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
+                          const std::vector<std::vector<py::array>>& columns, bool with_order) {
+  return route_chunk_list(words, n_groups, parallelism, columns, with_order, "route_chunks");
+}
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
   m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
         py::arg("columns") = std::vector<py::array>{}, py::arg("with_order") = true,
         "Key groups of rows and a stable counting sort by owning actor: (order or None without with_order, groups in "
         "that order, bounds, the columns in that order).");
+  m.def("route_chunks", &py_route_chunks, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
+        py::arg("columns"), py::arg("with_order") = true,
+        "route_rows over rows that come as chunks (words[c] and columns[c] per chunk), routed as one batch: the "
+        "same result as route_rows over the chunks joined, without joining them.");
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;
 

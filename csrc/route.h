@@ -18,6 +18,8 @@ namespace pystream {
 /// owner is group * parallelism / n_groups. The routed order lists the rows owner by owner, in
 /// arrival order within each owner; owner j's range of it is bounds[j]..bounds[j+1].
 ///
+/// The rows may come as several chunks (a source's batches, routed as one without joining
+/// them first): row numbers, groups and places run on across chunks as if they were one.
 /// `group_rows` takes one pass over the keys; `place_rows` one more that gives every row its
 /// place in the routed order (the owners' running counters are a dependency chain through
 /// memory, so it runs once) and writes the order and the groups there; each column is then one
@@ -30,18 +32,22 @@ class Router {
     for (int64_t g = 0; g < n_groups; ++g) owner_of_[static_cast<size_t>(g)] = static_cast<uint32_t>(g * parallelism / n_groups);
   }
 
-  /// group[i] for every row, and bounds (parallelism + 1 entries).
-  void group_rows(const std::vector<const uint64_t*>& words, int64_t n, uint16_t* group, int64_t* bounds) const {
-    std::fill(bounds, bounds + parallelism_ + 1, 0);
+  /// group[i] for every row of one chunk, counted into counts[owner + 1]: a caller zeroes
+  /// counts (parallelism + 1 entries) once, counts every chunk of the routed rows, then turns
+  /// the counts into bounds with `bounds_from_counts`.
+  void group_rows(const std::vector<const uint64_t*>& words, int64_t n, uint16_t* group, int64_t* counts) const {
     const uint64_t g_count = static_cast<uint64_t>(n_groups_);
     for (int64_t i = 0; i < n; ++i) {
       uint64_t h = 0;
       for (const uint64_t* w : words) h = mix64(h * 0x9E3779B97F4A7C15ULL + w[i]);
       const uint64_t g = ((h >> 32) * g_count) >> 32;  // the high half scaled to [0, n_groups): no division
       group[i] = static_cast<uint16_t>(g);
-      ++bounds[owner_of_[g] + 1];
+      ++counts[owner_of_[g] + 1];
     }
-    for (int64_t j = 0; j < parallelism_; ++j) bounds[j + 1] += bounds[j];
+  }
+
+  void bounds_from_counts(int64_t* counts) const {
+    for (int64_t j = 0; j < parallelism_; ++j) counts[j + 1] += counts[j];
   }
 
   /// dest[i]: row i's place in the routed order; groups[place] = group[i], and order[place] = i

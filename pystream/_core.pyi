@@ -14,6 +14,13 @@ def route_rows(words: Sequence[np.ndarray], n_groups: int, parallelism: int, col
     (order int64, or None without with_order; groups uint16 in that order; bounds int64 of
     parallelism + 1; `columns` in that order: fixed-width dtypes only)."""
 
+def route_chunks(words: Sequence[Sequence[np.ndarray]], n_groups: int, parallelism: int,
+                 columns: Sequence[Sequence[np.ndarray]], with_order: bool = True
+                 ) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
+    """route_rows over rows that come as chunks (words[c], columns[c]: chunk c's key words and
+    columns, the same columns and dtypes in every chunk), routed as one batch, chunk after chunk:
+    equal to route_rows over the joined chunks, without joining them (no copy of the rows)."""
+
 class Emitted(TypedDict):
     key: Optional[np.ndarray]  # int64[rows], None for a non-keyed operator
     start: np.ndarray  # int64[rows], window start in ns / out_div

@@ -75,7 +75,7 @@ def _key_words(batch: Batch, keys) -> list:
     for c in keys:
         arr = batch[c]
         if arr.dtype.kind in "iub":
-            v = arr.astype(np.int64).view(np.uint64)
+            v = arr.astype(np.int64, copy=False).view(np.uint64)
         elif arr.dtype.kind in "mM":
             v = arr.view(np.int64).view(np.uint64)
         elif arr.dtype.kind == "f":
@@ -197,7 +197,24 @@ class SourceWorker:
         self.parallelism, self.n_groups, self.round_rows = parallelism, n_groups, round_rows
         self.it = iter(self.node.params["source"].read(position)) if read else None
         self.coalesce = parallelism > 1 and not self.plan.arrival_order
+        self.direct = self._direct_windows()
         self.held = None  # an item read ahead (another partition's): the next call starts with it
+
+    def _direct_windows(self) -> list | None:
+        """The windows this source's batches reach unchanged (through unions only), each once,
+        in the order `_push` reaches them; None where a step changes batches on the way or a
+        window is reached twice."""
+        found, todo = [], [self.node]
+        while todo:
+            node = todo.pop(0)
+            for child, _port in self.plan.children[node.id]:
+                if child.kind == "window":
+                    found.append(child)
+                elif child.kind == "union":
+                    todo.append(child)
+                else:
+                    return None
+        return found if len({w.id for w in found}) == len(found) else None
 
     def groups(self, window, batch: Batch) -> np.ndarray:
         """The key group of each row of `batch` on its way into `window` (as key_groups)."""
@@ -240,11 +257,19 @@ class SourceWorker:
         # One step per batch for every actor (empty where it has no rows for it), so actors can
         # interleave sources batch by batch as the local runtime does where arrival order
         # matters (count and global windows). Elsewhere, with several actors, the round's
-        # batches become one (each actor's share of a batch would be a small native call);
-        # at parallelism 1 the source's own arrays travel as they are.
-        if self.coalesce and len(batches) > 1 and all(b.columns == batches[0].columns for b in batches):
-            batches = [Batch.concat(batches)]
+        # batches become one (each actor's share of a batch would be a small native call):
+        # routed as chunks where they reach the windows unchanged (no joined copy), else joined
+        # first. At parallelism 1 the source's own arrays travel as they are.
         out = [[] for _ in range(self.parallelism)]
+        if self.coalesce and len(batches) > 1 and all(b.columns == batches[0].columns for b in batches):
+            if self.direct is not None and _chunkable(batches):
+                step = [[] for _ in range(self.parallelism)]
+                for window in self.direct:
+                    self._route(window, batches, step)
+                for j, msgs in enumerate(step):
+                    out[j].append(msgs)
+                return out, (label, position, False)
+            batches = [Batch.concat(batches)]
         for batch in batches:
             for j, msgs in enumerate(self.route(batch)):
                 out[j].append(msgs)
@@ -253,28 +278,55 @@ class SourceWorker:
     def _push(self, node, batch, out) -> None:
         for child, _port in self.plan.children[node.id]:
             if child.kind == "window":
-                # Each window actor gets its rows in arrival order (an engine's watermark moves
-                # row by row, so order decides lateness), with their key groups.
-                keys, n = child.params["keys"], self.parallelism
-                if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
-                    out[0].append((child.id, batch, self.groups(child, batch).astype(np.uint16, copy=False)))
-                    continue
-                # Fixed-width columns (and the batch's own times) are scattered into routed
-                # order natively, one pass each; object columns are taken by `order`.
-                fixed = [c for c in batch.columns if batch[c].dtype.kind != "O"]
-                ins = [batch[c] for c in fixed] + ([] if batch.ts is None else [batch.ts])
-                order, groups, bounds, cols = _core.route_rows(_key_words(batch, keys), self.n_groups, n, ins,
-                                                               with_order=len(fixed) < len(batch.columns))
-                ts = cols.pop() if batch.ts is not None else None
-                cols = dict(zip(fixed, cols))
-                routed = Batch({c: cols[c] if c in cols else batch[c][order] for c in batch.columns}, ts=ts)
-                for j in range(n):
-                    lo, hi = int(bounds[j]), int(bounds[j + 1])
-                    if hi > lo:
-                        out[j].append((child.id, routed.slice(lo, hi), groups[lo:hi]))
+                self._route(child, [batch], out)
             else:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
+
+    def _route(self, window, batches: list, out) -> None:
+        """Rows on their way into `window` (one batch, or several that `_chunkable` passed,
+        routed as one), to each actor's message list in `out`. Each window actor gets its rows
+        in arrival order (an engine's watermark moves row by row, so order decides lateness),
+        with their key groups."""
+        keys, n = window.params["keys"], self.parallelism
+        if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
+            batch = batches[0] if len(batches) == 1 else Batch.concat(batches)
+            out[0].append((window.id, batch, self.groups(window, batch).astype(np.uint16, copy=False)))
+            return
+        # Fixed-width columns (and the batches' own times) are scattered into routed order
+        # natively, one pass each; object columns are taken by `order`.
+        first = batches[0]
+        fixed = [c for c in first.columns if first[c].dtype.kind != "O"]
+        with_ts = first.ts is not None
+        if len(batches) == 1:
+            ins = [first[c] for c in fixed] + ([first.ts] if with_ts else [])
+            order, groups, bounds, cols = _core.route_rows(_key_words(first, keys), self.n_groups, n, ins,
+                                                           with_order=len(fixed) < len(first.columns))
+        else:  # _chunkable: fixed-width columns only
+            order, groups, bounds, cols = _core.route_chunks(
+                [_key_words(b, keys) for b in batches], self.n_groups, n,
+                [[b[c] for c in fixed] + ([b.ts] if with_ts else []) for b in batches], with_order=False)
+        ts = cols.pop() if with_ts else None
+        cols = dict(zip(fixed, cols))
+        routed = Batch({c: cols[c] if c in cols else first[c][order] for c in first.columns}, ts=ts)
+        for j in range(n):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            if hi > lo:
+                out[j].append((window.id, routed.slice(lo, hi), groups[lo:hi]))
+
+
+def _chunkable(batches: list) -> bool:
+    """Whether these batches (of one source, same columns) can be routed as one without being
+    joined: the same fixed-width dtype per column, and times on all or none."""
+    first = batches[0]
+    if any(first[c].dtype.kind == "O" for c in first.columns):
+        return False
+    for b in batches[1:]:
+        if (b.ts is None) != (first.ts is None) or (b.ts is not None and b.ts.dtype != first.ts.dtype):
+            return False
+        if any(b[c].dtype != first[c].dtype for c in first.columns):
+            return False
+    return True
 
 
 def _put(parts: list):

@@ -78,3 +78,80 @@ def test_routing_refuses_bad_arguments():
         _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 2, [np.zeros(2)])
     with pytest.raises(ValueError, match="object columns cannot be scattered"):
         _core.route_rows([np.zeros(3, dtype=np.uint64)], 4, 2, [np.array(["a", "b", "c"], dtype=object)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 400), cuts=st.lists(st.integers(0, 400), max_size=5), parallelism=st.integers(1, 9),
+       seed=st.integers(0, 2**32 - 1))
+def test_routing_chunks_equals_routing_the_joined_batch(n, cuts, parallelism, seed):
+    # A source's batches routed as chunks (no joined copy) give what routing them joined gives.
+    from pystream import _core
+
+    rng = np.random.default_rng(seed)
+    keys = [rng.integers(0, 50, n).astype(np.uint64), rng.integers(-3, 3, n).astype(np.uint64)]
+    cols = [rng.random(n), rng.integers(0, 255, n).astype(np.uint8), rng.integers(0, 10**9, n).astype("datetime64[ms]"),
+            np.frombuffer(rng.random(n + 1).tobytes(), dtype=np.float64, count=n, offset=1)]
+    edges = [0] + sorted(min(c, n) for c in cuts) + [n]
+    chunks = list(zip(edges[:-1], edges[1:]))
+    want = _core.route_rows(keys, 16, parallelism, cols)
+    got = _core.route_chunks([[k[a:b] for k in keys] for a, b in chunks], 16, parallelism,
+                             [[c[a:b] for c in cols] for a, b in chunks])
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    assert got[2].tolist() == want[2].tolist()
+    for g, w in zip(got[3], want[3]):
+        assert g.dtype == w.dtype and g.tolist() == w.tolist()
+    none, *rest = _core.route_chunks([[k[a:b] for k in keys] for a, b in chunks], 16, parallelism,
+                                     [[c[a:b] for c in cols] for a, b in chunks], with_order=False)
+    assert none is None and rest[0].tolist() == want[1].tolist()
+
+
+def test_routing_chunks_refuses_chunks_that_do_not_match():
+    from pystream import _core
+
+    k = np.arange(4, dtype=np.uint64)
+    with pytest.raises(ValueError, match="column 0 must have one dtype in every chunk, got float64 and int64"):
+        _core.route_chunks([[k], [k]], 8, 2, [[np.zeros(4)], [np.zeros(4, dtype=np.int64)]])
+    with pytest.raises(ValueError, match="every chunk needs the same columns, got 1 and 0"):
+        _core.route_chunks([[k], [k]], 8, 2, [[np.zeros(4)], []])
+    with pytest.raises(ValueError, match="every chunk needs the same key columns, got 1 and 2"):
+        _core.route_chunks([[k], [k, k]], 8, 2, [[], []])
+    with pytest.raises(ValueError, match="every chunk needs its columns, got 2 chunks of keys and 1 of columns"):
+        _core.route_chunks([[k], [k]], 8, 2, [[]])
+    with pytest.raises(ValueError, match="route_chunks: columns must be 1-d and as long as the keys"):
+        _core.route_chunks([[k], [k]], 8, 2, [[np.zeros(4)], [np.zeros(3)]])
+
+
+def _flow(*steps):
+    f = ps.Flow("chunks")
+    s = f.source(ps.sources.Arrays(DATA, batch_size=300, name="all"), time=ps.EventTime("ts", unit="ms"))
+    for step in steps:
+        s = step(s)
+    s.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Discard("n"))
+    return f
+
+
+def _reads(worker) -> list:
+    out = []
+    while True:
+        parts, (_label, _position, done) = worker.next()
+        if done:
+            return out
+        out.append([[(wid, {c: b[c].tolist() for c in b.columns}, None if b.ts is None else b.ts.tolist(), g.tolist())
+                     for step in part for wid, b, g in step] for part in parts])
+
+
+def test_a_sources_batches_reach_the_windows_routed_as_chunks_as_joined():
+    # Through unions only, a round's batches are routed as chunks; the actors get what routing
+    # the joined batches gave (each actor one message per read); a map on the way joins them.
+    from pystream.runtimes import SourceWorker
+
+    f = _flow(lambda s: s.union())
+    worker = SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=1_000)
+    assert [w.kind for w in worker.direct] == ["window"]
+    chunked = _reads(worker)
+    joined = SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=1_000)
+    joined.direct = None  # the joining path
+    assert chunked == _reads(joined) and len(chunked) == 2
+    assert all(len(part) == 1 for read in chunked for part in read)  # one message per actor per read
+    mapped = _flow(lambda s: s.map(lambda b: b))
+    assert SourceWorker(mapped, mapped._nodes[0].id, 3, 16).direct is None
