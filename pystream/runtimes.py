@@ -204,17 +204,17 @@ class SourceWorker:
         """The windows this source's batches reach unchanged (through unions only), each once,
         in the order `_push` reaches them; None where a step changes batches on the way or a
         window is reached twice."""
-        found, todo = [], [self.node]
-        while todo:
-            node = todo.pop(0)
+        found = []
+
+        def walk(node) -> bool:  # depth first, children in order: as _push goes
             for child, _port in self.plan.children[node.id]:
                 if child.kind == "window":
                     found.append(child)
-                elif child.kind == "union":
-                    todo.append(child)
-                else:
-                    return None
-        return found if len({w.id for w in found}) == len(found) else None
+                elif child.kind != "union" or not walk(child):
+                    return False
+            return True
+
+        return found if walk(self.node) and len({w.id for w in found}) == len(found) else None
 
     def groups(self, window, batch: Batch) -> np.ndarray:
         """The key group of each row of `batch` on its way into `window` (as key_groups)."""

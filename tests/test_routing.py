@@ -155,3 +155,16 @@ def test_a_sources_batches_reach_the_windows_routed_as_chunks_as_joined():
     assert all(len(part) == 1 for read in chunked for part in read)  # one message per actor per read
     mapped = _flow(lambda s: s.map(lambda b: b))
     assert SourceWorker(mapped, mapped._nodes[0].id, 3, 16).direct is None
+
+    # Two windows, one behind a union made first: messages in the order the joining path
+    # reaches them (depth first), so sinks fed by both see the same order.
+    f = ps.Flow("two")
+    src = f.source(ps.sources.Arrays(DATA, batch_size=300, name="all"), time=ps.EventTime("ts", unit="ms"))
+    behind = src.union()
+    src.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Discard("a"))
+    behind.key_by("meter_id").window(ps.windows.Tumbling("1h")).aggregate(n=ps.agg.count()).sink(ps.sinks.Discard("b"))
+    worker = SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=1_000)
+    assert [w.params["window"].size for w in worker.direct] == [3_600 * 10**9, 900 * 10**9]
+    joined = SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=1_000)
+    joined.direct = None
+    assert _reads(worker) == _reads(joined)
