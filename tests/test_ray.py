@@ -82,6 +82,24 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert len(m["busy_s"]) == len(m["read_ms"]) == len(m["round_ms"]) == 2
     assert all(0 < b <= m["run_s"] for b in m["busy_s"]) and all(r > 0 for r in m["round_ms"])
     assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
+    assert len(m["round_faults"]) == len(m["read_faults"]) == 2
+    assert all(f >= 0 for f in m["round_faults"] + m["read_faults"])
+
+
+def test_fault_counts_are_the_calling_threads():
+    # The page-fault columns count the thread that does the work: fresh pages touched here
+    # count, those touched on another thread meanwhile do not.
+    from pystream.runtimes import _faults
+
+    before = _faults()
+    a = np.ones(8 << 20)  # 64 MB: mmapped fresh (over glibc's largest mmap threshold)
+    here = _faults() - before
+    before = _faults()
+    t = threading.Thread(target=lambda: np.ones(8 << 20).sum())
+    t.start()
+    t.join()
+    assert here > 16 and _faults() - before < 16, here
+    del a
 
 
 def test_round_spread_is_how_long_after_the_first_actor_the_last_finished_a_round():
