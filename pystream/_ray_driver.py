@@ -129,7 +129,8 @@ class Driver:
         live = [s for s in self.plan.sources if s.id not in self.ended]
         args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
         if self.rt.colocate:  # source i reads in window actor i mod N (after its start, in call order)
-            self.source_actors = {sid: self.workers[i % self.n] for i, sid in enumerate(args)}
+            self.reader_of = {sid: i % self.n for i, sid in enumerate(args)}
+            self.source_actors = {sid: self.workers[j] for sid, j in self.reader_of.items()}
             calls += [self.source_actors[sid].open_source.remote(*a, round_rows=self.rt.round_rows, depth=self.rt.ahead)
                       for sid, a in args.items()]
         else:
@@ -137,7 +138,9 @@ class Driver:
             self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows) for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # window rounds not yet collected
-        self.pending = {sid: collections.deque(self._read(sid) for _ in range(self.rt.ahead))
+        # By source: its reads asked for, oldest first, each as (ref, None) of a read_source
+        # call, or (ref, sid) of the round that takes the read after its windowing.
+        self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
 
     def _source_only_actors(self) -> list:
@@ -266,11 +269,19 @@ class Driver:
         return result
 
     def _round(self) -> None:
+        """One round: every live source's oldest read to every window actor. A colocated
+        source's next read comes back with its reading actor's round (one task per actor and
+        round, not two); a source actor of its own (colocate=False) is asked for it."""
         ray = self.ray
-        reads = ray.get([q[0] for q in self.pending.values()])
+        got = ray.get([q[0][0] for q in self.pending.values()])
         chans, parts = [], []
-        for (sid, q), (ref, (label, position, done)) in zip(list(self.pending.items()), reads):
-            q.popleft()
+        reads_in = {j: [] for j in range(self.n)}  # by window actor: the sources whose next read its round takes
+        for (sid, q), value in zip(list(self.pending.items()), got):
+            _, in_round = q.popleft()
+            value = value if in_round is None else value[1][in_round]
+            if isinstance(value, BaseException):  # a read that failed in its round: it fails here, in its turn
+                raise value
+            ref, (label, position, done) = value
             if done:
                 self.ended.add(sid)
                 del self.pending[sid]
@@ -278,19 +289,26 @@ class Driver:
             self.positions[sid] = position
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
             parts.append(ref)  # Ray resolves it for each round (a zero-copy map)
-            q.append(self._read(sid))  # keeps `ahead` reads queued while windows work
+            if self.rt.colocate:
+                reads_in[self.reader_of[sid]].append(sid)
+            else:
+                q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
-        self.inflight.append([w.round.remote(wms, chans, *parts) for w in self.workers])
+        refs = [w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j])) for j, w in enumerate(self.workers)]
+        for j, ref in enumerate(refs):
+            for sid in reads_in[j]:
+                self.pending[sid].append((ref, sid))
+        self.inflight.append(refs)
         while len(self.inflight) >= self.rt.ahead:
             self._collect()
 
     def _collect(self) -> None:
         """Waits for the oldest round in flight and takes in its progress (for watermarks)."""
         since = time.perf_counter()
-        progress = self.ray.get(self.inflight.popleft())
+        results = self.ray.get(self.inflight.popleft())
         self.waited += time.perf_counter() - since
-        for p in progress:
-            for key, t in p.items():
+        for progress, _reads in results:
+            for key, t in progress.items():
                 self.top[key] = max(self.top.get(key, t), t)
 
     def _drain(self) -> None:

@@ -544,17 +544,26 @@ class WindowWorker:
             self._slot(wid, g).op.restore(state)
 
     # -- data ---------------------------------------------------------------------------------
-    def round(self, watermarks: dict, chans: list, *messages) -> dict:
+    def round(self, watermarks: dict, chans: list, *messages, reads: tuple = ()) -> tuple:
         """Advances every window to the driver's watermark, then takes this actor's part of each
         source's read (`parts` of SourceWorker.next; chans[i] is the channel of messages[i]).
-        Returns, per window and channel, the largest event time its engines hold (for the next
-        round's watermark)."""
+        Returns (per window and channel, the largest event time its engines hold, for the next
+        round's watermark; {sid: read_source(sid)} for the sources in `reads`, this actor's
+        next reads, taken after the windowing: a read that failed is there as its exception,
+        raised where the driver takes that read, so the round itself stands)."""
         t, faults = time.perf_counter(), _faults()
         try:
-            return self._round(watermarks, chans, messages)
+            progress = self._round(watermarks, chans, messages)
         finally:
             self._spent("round", t, _faults() - faults)
             self.round_ends.append(time.time())
+        taken = {}
+        for sid in reads:
+            try:
+                taken[sid] = self.read_source(sid)
+            except Exception as e:  # noqa: BLE001 - handed to the driver, which raises it in its turn
+                taken[sid] = e
+        return progress, taken
 
     def _round(self, watermarks: dict, chans: list, messages) -> dict:
         for wid, w in watermarks.items():
