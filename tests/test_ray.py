@@ -125,6 +125,24 @@ def test_sources_in_their_own_actors_give_the_same_results():
     assert canon(dist["out"]) == canon(local["out"])
 
 
+def test_more_sources_than_actors_straight_into_the_window():
+    # Three sources unioned straight into the window (a read's batches routed as chunks, not
+    # joined) at parallelism 2: actor 0 reads two of them, and its rounds hand back both
+    # next reads.
+    def flow():
+        f = ps.Flow("ray-three")
+        sources(f, n=3).key_by("meter_id").window(ps.windows.Tumbling("15m"), allowed_lateness="5m").aggregate(
+            kwh=ps.agg.sum("kwh"), n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+        return f
+
+    f = flow()
+    assert all(ps.runtimes.SourceWorker(f, n.id, 2, 16, read=False).direct for n in f._nodes if n.kind == "source")
+    local = flow().run()
+    dist = f.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND))  # two batches a read
+    assert len(local["out"]) > 100 and canon(dist["out"]) == canon(local["out"])
+    assert dist.metrics["ray"]["rounds"] >= 4
+
+
 def test_string_keys_and_an_unkeyed_window_run_on_ray():
     def flow():
         f = ps.Flow("ray-str")
