@@ -74,7 +74,7 @@ class Router {
       T* dst = reinterpret_cast<T*>(out);
       for (int64_t i = 0; i < n; ++i) dst[dest[i]] = src[i];
     };
-    const bool aligned = (reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) % size == 0;
+    const bool aligned = size != 0 && (reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) % size == 0;
     switch (aligned ? size : 0) {
       case 1: typed(uint8_t{}); break;
       case 2: typed(uint16_t{}); break;

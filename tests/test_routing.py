@@ -168,3 +168,13 @@ def test_a_sources_batches_reach_the_windows_routed_as_chunks_as_joined():
     joined = SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=1_000)
     joined.direct = None
     assert _reads(worker) == _reads(joined)
+
+
+def test_routing_moves_a_zero_width_column():
+    # NumPy allows items of 0 bytes ('V0'): the scatter must not divide by the item size.
+    from pystream import _core
+
+    n = 5
+    _order, _groups, bounds, (col,) = _core.route_rows([np.arange(n, dtype=np.uint64)], 8, 2,
+                                                        [np.empty(n, dtype="V0")])
+    assert col.dtype == np.dtype("V0") and len(col) == n and bounds[-1] == n
