@@ -349,10 +349,12 @@ class _Slot:
         self.lo, self.hi, self.pure, self.op = lo, hi, pure, op
 
 
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+
+
 def _faults() -> int:
     """Minor page faults of the calling thread so far (Linux; 0 where threads are not counted)."""
-    who = getattr(resource, "RUSAGE_THREAD", None) if resource is not None else None
-    return 0 if who is None else resource.getrusage(who).ru_minflt
+    return 0 if _RUSAGE_THREAD is None else resource.getrusage(_RUSAGE_THREAD).ru_minflt
 
 
 def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
@@ -385,8 +387,8 @@ class WindowWorker:
         self.reading = None  # the thread that reads ahead (made with the first source)
         # Seconds and calls of this actor's reads and rounds, and when its latest rounds ended
         # (wall clock, comparable across actors on a machine): see timings().
-        self.spent = {"read": [0, 0.0, 0], "round": [0, 0.0, 0]}  # calls, seconds, page faults
-        self.read_faults = 0  # page faults of the reading thread's reads
+        # calls, seconds, page faults (a read's: the reading thread's, while it read)
+        self.spent = {"read": [0, 0.0, 0], "round": [0, 0.0, 0]}
         self.depth = 1  # reads the reading thread keeps done ahead of the driver's requests
         self.round_ends: collections.deque = collections.deque(maxlen=4096)
 
@@ -441,7 +443,7 @@ class WindowWorker:
             own = parts[self.index]
             return own, _put([p if j != self.index else sid for j, p in enumerate(parts)]), meta
         finally:
-            self.read_faults += _faults() - faults
+            self.spent["read"][2] += _faults() - faults
 
     def _spent(self, kind: str, since: float, faults: int = 0) -> None:
         entry = self.spent[kind]
@@ -458,7 +460,7 @@ class WindowWorker:
         faults show memory that each call maps afresh (a new page costs a kernel trip)."""
         return {"reads": self.spent["read"][0], "read_s": self.spent["read"][1], "rounds": self.spent["round"][0],
                 "round_s": self.spent["round"][1], "round_faults": self.spent["round"][2],
-                "read_faults": self.read_faults, "round_ends": list(self.round_ends)}
+                "read_faults": self.spent["read"][2], "round_ends": list(self.round_ends)}
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
