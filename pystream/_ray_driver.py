@@ -73,6 +73,9 @@ def _graph(flow, keep_source: int | None = None):
 class Driver:
     #: Recoveries in a row (no new checkpoint between them) before the run fails.
     MAX_RECOVERIES = 3
+    #: Seconds a recovery waits for Ray to bring a dead actor back.
+    RESTART_WAIT_S = 60.0
+
     def __init__(self, runtime, flow, ray):
         self.rt, self.flow, self.ray = runtime, flow, ray
         self.plan = Plan(flow)
@@ -142,6 +145,18 @@ class Driver:
         # call, or (ref, sid) of the round that takes the read after its windowing.
         self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
+
+    def _restart(self, state: dict | None) -> None:
+        """_start after an actor died: Ray may still be restarting it, and a call to an actor
+        that is restarting fails at once (ActorUnavailableError); tried again until it is up."""
+        deadline = time.monotonic() + self.RESTART_WAIT_S
+        while True:
+            try:
+                return self._start(state)
+            except self.ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _source_only_actors(self) -> list:
         return [] if self.rt.colocate else list(getattr(self, "source_actors", {}).values())
@@ -226,7 +241,7 @@ class Driver:
                     latest = store.latest(fingerprint)
                     state = latest[1] if latest else None
                     self._recover_sinks(state, latest[0] if latest else -1)
-                    self._start(state)
+                    self._restart(state)
             if not finished:
                 self._drain()
                 ray.get([w.finish.remote() for w in self.workers])
