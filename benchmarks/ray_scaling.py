@@ -113,6 +113,8 @@ def main():
                     help="first measure p local runtimes side by side on the parts (no exchange): the machine's ceiling")
     ap.add_argument("--ahead", type=int, nargs="+", default=[2],
                     help="reads queued per source and rounds in flight (each parallelism runs with each value)")
+    ap.add_argument("--transport", nargs="+", default=["shared_memory"], choices=["shared_memory", "object_store"],
+                    help="how reads move between window actors (each parallelism and ahead runs with each)")
     a = ap.parse_args()
     data = readings(a.rows, a.meters)
     t = time.perf_counter()
@@ -143,31 +145,32 @@ def main():
     # the first actor the last one finished a round; wait: the driver's share of the run spent
     # waiting for the oldest round in flight; faults: minor page faults per round and per read
     # (the reading thread's), memory mapped afresh.
-    print(f"{'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
+    print(f"{'transport':>13} {'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
-          f"{'faults/round':>12} {'faults/read':>11}")
-    base: dict = {}  # by ahead: the first parallelism's rate
+          f"{'faults/round':>12} {'faults/read':>11} {'segments':>8}")
+    base: dict = {}  # by (transport, ahead): the first parallelism's rate
     for p in a.parallelism:
         parts = split(data, p)
-        for ahead in a.ahead:
+        for transport, ahead in [(t, h) for h in a.ahead for t in a.transport]:
             best_total, best, best_run = 0.0, None, 0.0
             for _ in range(a.repeat):
                 t = time.perf_counter()
                 res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
                                                                  round_rows=a.round_rows, ahead=ahead,
-                                                                 colocate=not a.separate_sources))
+                                                                 colocate=not a.separate_sources,
+                                                                 shared_memory=transport == "shared_memory"))
                 total = a.rows / (time.perf_counter() - t)
                 assert res["rows"] == want, (res["rows"], want)
                 m = res.metrics["ray"]
                 if a.rows / m["run_s"] > best_run:
                     best_run, best = a.rows / m["run_s"], m
                 best_total = max(best_total, total)
-            speed = best_run / base.setdefault(ahead, best_run)
-            print(f"{ahead:>5} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
+            speed = best_run / base.setdefault((transport, ahead), best_run)
+            print(f"{transport:>13} {ahead:>5} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
                   f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "
-                  f"{_mean(best['read_faults']):>11.0f}", flush=True)
+                  f"{_mean(best['read_faults']):>11.0f} {_mean(best['segments']):>8.1f}", flush=True)
         del parts
 
 

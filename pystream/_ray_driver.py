@@ -8,7 +8,9 @@ import copy
 import ctypes
 import time
 import types
+import uuid
 
+from . import _shm
 from .batch import Batch
 from .flow import RunResult, _Node, _parse_every
 from .runtimes import Plan, SourceWorker, WindowWorker, owned_range
@@ -46,6 +48,14 @@ class ActorWindowWorker(WindowWorker):
     def __init__(self, *args, **kwargs):
         keep_freed_pages()
         super().__init__(*args, **kwargs)
+
+    def start(self, channels: dict, slots: dict | None) -> tuple:
+        """WindowWorker.start; returns (this actor's Ray node id, whether shared-memory
+        segments can be made there)."""
+        import ray
+
+        super().start(channels, slots)
+        return ray.get_runtime_context().get_node_id(), _shm.available()
 
 
 def round_spread(ends: list) -> float:
@@ -86,6 +96,8 @@ class Driver:
                                  f"clock of one process; the Ray runtime runs event time only")
         self.n, self.groups = runtime.parallelism, runtime.key_groups
         self.sink_nodes = {n.id: n for n in self.plan.sinks}
+        self.segments = f"pystream-{uuid.uuid4().hex[:12]}-"  # name prefix of this run's shared-memory segments
+        self.starts = 0
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_guarantee(self, guarantee, checkpoints):
@@ -131,16 +143,29 @@ class Driver:
             calls.append(w.start.remote(self._channels(), mine))
         live = [s for s in self.plan.sources if s.id not in self.ended]
         args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
+        nodes = ray.get(calls)  # every round of an earlier start has ended (an actor runs its calls in order)
+        self.starts += 1
+        gen = f"{self.segments}{self.starts}-"
+        _shm.remove_all(self.segments)  # segments of earlier starts (what actors that died left)
+        # Shared-memory segments where every actor is on one machine that can make them.
+        one_machine = len({node for node, _ in nodes}) == 1 and all(ok for _, ok in nodes)
+        self.transport = "shared_memory" if self.rt.shared_memory and self.rt.colocate and self.n > 1 \
+            and one_machine else "object_store"
+        calls = []
         if self.rt.colocate:  # source i reads in window actor i mod N (after its start, in call order)
             self.reader_of = {sid: i % self.n for i, sid in enumerate(args)}
             self.source_actors = {sid: self.workers[j] for sid, j in self.reader_of.items()}
-            calls += [self.source_actors[sid].open_source.remote(*a, round_rows=self.rt.round_rows, depth=self.rt.ahead)
-                      for sid, a in args.items()]
+            calls += [self.source_actors[sid].open_source.remote(
+                *a, round_rows=self.rt.round_rows, depth=self.rt.ahead,
+                segments=f"{gen}s{sid}-" if self.transport == "shared_memory" else None) for sid, a in args.items()]
         else:
+            self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
             self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows) for sid, a in args.items()}
         ray.get(calls)
-        self.inflight: collections.deque = collections.deque()  # window rounds not yet collected
+        self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
+        self.used = collections.Counter()  # by source: reads handed to rounds since this start
+        self.released: dict = {}  # by source: reads of collected rounds (every actor is done with them)
         # By source: its reads asked for, oldest first, each as (ref, None) of a read_source
         # call, or (ref, sid) of the round that takes the read after its windowing.
         self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
@@ -252,6 +277,7 @@ class Driver:
         finally:
             for a in self._source_only_actors() + self.workers:
                 ray.kill(a)
+            _shm.remove_all(self.segments)  # what killed actors had not closed
         result = RunResult()
         for sid, node in self.sink_nodes.items():
             sink = node.params["sink"]
@@ -271,6 +297,7 @@ class Driver:
         run_s = time.perf_counter() - running
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
+            "transport": self.transport,
             "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited,
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": [1e3 * t["read_s"] / max(t["reads"], 1) for t in timings],
@@ -278,6 +305,7 @@ class Driver:
             "round_faults": [t["round_faults"] / max(t["rounds"], 1) for t in timings],
             "read_faults": [t["read_faults"] / max(t["reads"], 1) for t in timings],
             "spread_ms": round_spread([t["round_ends"] for t in timings]),
+            "segments": [t["segments"] for t in timings],
         }}
         result.checkpoints = written
         result.resumed_from = resumed_from
@@ -302,6 +330,7 @@ class Driver:
                 del self.pending[sid]
                 continue
             self.positions[sid] = position
+            self.used[sid] += 1
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
             parts.append(ref)  # Ray resolves it for each round (a zero-copy map)
             if self.rt.colocate:
@@ -309,19 +338,24 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
-        refs = [w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j])) for j, w in enumerate(self.workers)]
+        refs = [w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]),
+                               released={sid: self.released[sid] for sid in self.released
+                                         if self.reader_of.get(sid) == j})
+                for j, w in enumerate(self.workers)]
         for j, ref in enumerate(refs):
             for sid in reads_in[j]:
                 self.pending[sid].append((ref, sid))
-        self.inflight.append(refs)
+        self.inflight.append((refs, dict(self.used)))
         while len(self.inflight) >= self.rt.ahead:
             self._collect()
 
     def _collect(self) -> None:
         """Waits for the oldest round in flight and takes in its progress (for watermarks)."""
         since = time.perf_counter()
-        results = self.ray.get(self.inflight.popleft())
+        refs, used = self.inflight.popleft()
+        results = self.ray.get(refs)
         self.waited += time.perf_counter() - since
+        self.released.update(used)  # those reads' segments may be written again
         for progress, _reads in results:
             for key, t in progress.items():
                 self.top[key] = max(self.top.get(key, t), t)

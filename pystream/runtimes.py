@@ -10,8 +10,11 @@ per window actor. Window actor j owns the contiguous range of key groups
 A checkpoint keeps each operator's snapshot with the key-group range it covers, so it restores
 at any parallelism (rescaling): a new actor takes the snapshots that overlap its range and
 drops the keys of other actors' groups from them (every keyed window kind; an unkeyed window's
-state, one key in group 0, goes to group 0's owner alone). Batches move
-through Ray's object store as NumPy buffers (zero-copy reads); the driver only routes refs.
+state, one key in group 0, goes to group 0's owner alone). Batches move as NumPy buffers
+that receivers read without a copy: through shared-memory segments that each reading actor
+reuses, where every window actor is on one machine (pystream/_shm.py: Ray's object store gives
+every object fresh pages, and faulting them in cost more than the copy), else through Ray's
+object store; the driver only routes small layouts and refs.
 
 Rounds: the driver takes one read from every source (whole batches up to `round_rows` rows;
 each read is one object holding the actors' parts, which each window actor maps without a
@@ -50,7 +53,7 @@ try:
 except ImportError:  # not on Windows: no fault counts there
     resource = None
 
-from . import _core
+from . import _core, _shm
 from .batch import Batch
 from .operators import make_window_operator
 from .sinks import Collect, Files
@@ -385,6 +388,8 @@ class WindowWorker:
         self.kept: dict[int, collections.deque] = {}  # by source: own parts of reads not yet in a round
         self.ahead: dict[int, collections.deque] = {}  # by source: its next reads, under way or done
         self.reading = None  # the thread that reads ahead (made with the first source)
+        self.pools: dict[int, _shm.SegmentPool] = {}  # by source read here: its reads' segments
+        self.views = _shm.SegmentViews()  # other actors' segments, as mapped here
         # Seconds and calls of this actor's reads and rounds, and when its latest rounds ended
         # (wall clock, comparable across actors on a machine): see timings().
         # calls, seconds, page faults (a read's: the reading thread's, while it read)
@@ -394,11 +399,17 @@ class WindowWorker:
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
-                    round_rows: int = 1, depth: int = 1) -> None:
+                    round_rows: int = 1, depth: int = 1, segments: str | None = None) -> None:
         """Opens (or reopens, at `position`) a source that this actor reads and routes, keeping
-        up to `depth` reads done ahead."""
+        up to `depth` reads done ahead; `segments`: a name prefix for shared-memory segments
+        that carry its reads to the other actors (None: Ray's object store)."""
         for old in self.ahead.pop(source_id, ()):  # reads of the replaced reader finish first; what they read is dropped
             old.exception()
+        old_pool = self.pools.pop(source_id, None)
+        if old_pool is not None:
+            old_pool.close()
+        if segments is not None:
+            self.pools[source_id] = _shm.SegmentPool(segments)
         self.depth = depth
         if self.reading is None:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
@@ -441,6 +452,11 @@ class WindowWorker:
             if meta[2]:
                 return None, None, meta
             own = parts[self.index]
+            pool = self.pools.get(sid)
+            shared = None if pool is None else pool.write(parts, self.index)
+            if shared is not None:
+                shared.parts[self.index] = sid
+                return own, shared, meta
             return own, _put([p if j != self.index else sid for j, p in enumerate(parts)]), meta
         finally:
             self.spent["read"][2] += _faults() - faults
@@ -454,13 +470,15 @@ class WindowWorker:
     def timings(self) -> dict:
         """Since the actor started: reads and rounds (calls, seconds; a read's seconds include
         waiting for its read-ahead), page faults of the rounds and of the reading thread's
-        reads (Linux; 0 elsewhere), and the wall-clock end of each of the latest 4,096 rounds.
+        reads (Linux; 0 elsewhere), the wall-clock end of each of the latest 4,096 rounds, and
+        the shared-memory segments its sources' reads have needed so far.
         Against the run's seconds, reads + rounds say how much of the time the actor itself
         was the work; round ends across actors show how far the slowest trails (stragglers);
         faults show memory that each call maps afresh (a new page costs a kernel trip)."""
         return {"reads": self.spent["read"][0], "read_s": self.spent["read"][1], "rounds": self.spent["round"][0],
                 "round_s": self.spent["round"][1], "round_faults": self.spent["round"][2],
-                "read_faults": self.spent["read"][2], "round_ends": list(self.round_ends)}
+                "read_faults": self.spent["read"][2], "round_ends": list(self.round_ends),
+                "segments": sum(p.made for p in self.pools.values())}
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
@@ -546,13 +564,19 @@ class WindowWorker:
             self._slot(wid, g).op.restore(state)
 
     # -- data ---------------------------------------------------------------------------------
-    def round(self, watermarks: dict, chans: list, *messages, reads: tuple = ()) -> tuple:
+    def round(self, watermarks: dict, chans: list, *messages, reads: tuple = (), released: dict | None = None) -> tuple:
         """Advances every window to the driver's watermark, then takes this actor's part of each
-        source's read (`parts` of SourceWorker.next; chans[i] is the channel of messages[i]).
+        source's read (`parts` of SourceWorker.next, or their `_shm.Shared` layout; chans[i] is
+        the channel of messages[i]). `released`: by source read here, how many of its reads
+        every actor is done with (rounds the driver has collected): their segments are free.
         Returns (per window and channel, the largest event time its engines hold, for the next
         round's watermark; {sid: read_source(sid)} for the sources in `reads`, this actor's
         next reads, taken after the windowing: a read that failed is there as its exception,
         raised where the driver takes that read, so the round itself stands)."""
+        for sid, upto in (released or {}).items():
+            pool = self.pools.get(sid)
+            if pool is not None:
+                pool.release(upto)
         t, faults = time.perf_counter(), _faults()
         try:
             progress = self._round(watermarks, chans, messages)
@@ -575,10 +599,7 @@ class WindowWorker:
                     self._emit(wid, op.advance_watermark(w), None, None)
         # Sources take turns batch by batch (count windows over a union depend on that order,
         # and the local runtime interleaves the same way).
-        # Each source's read holds every actor's part; a source read here kept this actor's
-        # and holds its id instead.
-        messages = [self.kept[m[self.index]].popleft() if isinstance(m[self.index], int) else m[self.index]
-                    for m in messages]
+        messages = [self._part(m) for m in messages]
         for k in range(max((len(steps) for steps in messages), default=0)):
             for chan, steps in zip(chans, messages):
                 for wid, batch, groups in (steps[k] if k < len(steps) else ()):
@@ -587,6 +608,16 @@ class WindowWorker:
                         self.last_input[wid] = sub
                         self._emit(wid, *slot.op.process(sub, chan))
         return self.progress()
+
+    def _part(self, read):
+        """This actor's part of a read: each read holds every actor's part (in a shared segment,
+        or in the object), but a source read here kept this actor's and holds its id instead.
+        Rows in a segment are views, valid for this round: whatever outlives it is a copy."""
+        shared = isinstance(read, _shm.Shared)
+        mine = read.parts[self.index] if shared else read[self.index]
+        if isinstance(mine, int):
+            return self.kept[mine].popleft()
+        return read.part(self.index, self.views) if shared else mine
 
     def _split(self, wid: int, batch: Batch, groups: np.ndarray) -> list:
         """The rows of `batch` by slot, in arrival order within each (one piece, the batch
@@ -681,6 +712,11 @@ class WindowWorker:
     def close(self) -> dict:
         if self.reading is not None:
             self.reading.shutdown(wait=True, cancel_futures=True)
+        for pool in self.pools.values():
+            pool.close()
+        self.pools = {}
+        self.last_input = {}
+        self.views.close()
         out = {}
         for sid, sink in self.sinks.items():
             out[sid] = self.pending.pop(sid) if sid in self.pending else sink.close()
@@ -721,6 +757,10 @@ class Ray:
         colocate: read each source in a window actor (source i in actor i mod N, as Flink
             shares a slot between a source and a window task): half the processes, each
             windowing while a thread of it reads ahead. False: one actor per source.
+        shared_memory: move reads between window actors through shared-memory segments
+            that each reading actor reuses (pystream/_shm.py), where all of them run on one
+            machine and colocate=True; False, or actors on several machines: through Ray's
+            object store, which gives every read fresh pages.
         ahead: reads queued per source (a colocated source's reading thread also keeps that
             many done before they are asked for), and rounds handed to the window actors
             before the driver waits for the oldest: deeper lets an actor run further ahead of
@@ -732,7 +772,7 @@ class Ray:
 
     def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
                  num_cpus: int | None = None, round_rows: int = 262_144, colocate: bool = True, ahead: int = 2,
-                 fail_worker_after: int | None = None):
+                 shared_memory: bool = True, fail_worker_after: int | None = None):
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
         if not isinstance(key_groups, int) or not parallelism <= key_groups <= 65536:
@@ -742,7 +782,7 @@ class Ray:
         if not isinstance(ahead, int) or ahead < 1:
             raise ValueError(f"ahead must be an int >= 1, got {ahead!r}")
         self.parallelism, self.key_groups, self.round_rows, self.ahead = parallelism, key_groups, round_rows, ahead
-        self.colocate = bool(colocate)
+        self.colocate, self.shared_memory = bool(colocate), bool(shared_memory)
         self.address, self.num_cpus = address, num_cpus
         self.fail_worker_after = fail_worker_after
 

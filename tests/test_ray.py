@@ -27,8 +27,10 @@ ROUND = 4_000  # rows per source per round: two 2,000-row batches, so runs take 
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    # Workers import test helpers (the Flaky source) as the test process does.
-    ps.runtimes.init(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
+    # Workers import test helpers (the Flaky source) as the test process does; a segment
+    # released too early shows as wrong results (pystream/_shm.py POISON).
+    ps.runtimes.init(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__)),
+                                                           "PYSTREAM_SEGMENT_POISON": "1"}})
     yield
     ray.shutdown()
 
@@ -84,6 +86,42 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
     assert len(m["round_faults"]) == len(m["read_faults"]) == 2
     assert all(f >= 0 for f in m["round_faults"] + m["read_faults"])
+    assert m["transport"] == "shared_memory"  # both actors on this machine
+
+
+def segment_files() -> set:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("pystream-")} if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize("shared_memory,ahead", [(True, 1), (True, 3), (False, 1)])
+def test_reads_move_through_reused_segments_or_through_the_object_store(shared_memory, ahead):
+    # Small reads and many rounds, so each reading actor writes its few segments again and
+    # again: a segment written too early (before every actor is done with the round that
+    # reads it) would change rows under a window. Both ways give the local results; no
+    # segment is left behind.
+    data = meter_readings(60_000, 200, seed=9, max_delay_ms=60_000)
+
+    def flow():
+        f = ps.Flow("ray-segments")
+        parts = [f.source(ps.sources.Arrays({k: v[i::2] for k, v in data.items()}, batch_size=500, name=f"p{i}"),
+                          time=ps.EventTime("ts", **TIME)) for i in range(2)]
+        parts[0].union(parts[1]).key_by("meter_id").window(ps.windows.Sliding("1h", "15m")).aggregate(
+            kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh")).sink(ps.sinks.Collect("out"))
+        return f
+
+    local = flow().run()
+    before = segment_files()
+    dist = flow().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=500, ahead=ahead,
+                                              shared_memory=shared_memory))
+    assert len(local["out"]) > 1000 and canon(dist["out"]) == canon(local["out"])
+    m = dist.metrics["ray"]
+    assert m["transport"] == ("shared_memory" if shared_memory else "object_store")
+    if shared_memory:
+        # in use at once: reads done ahead, queued, in rounds in flight, and one collected late
+        assert m["rounds"] >= 50 and 1 <= max(m["segments"]) <= 3 * ahead + 2, (m["rounds"], m["segments"])
+    else:
+        assert m["segments"] == [0, 0]
+    assert segment_files() <= before
 
 
 def test_fault_counts_are_the_calling_threads():
@@ -160,10 +198,13 @@ def test_string_keys_and_an_unkeyed_window_run_on_ray():
 def test_exactly_once_when_a_window_actor_is_killed_mid_run(tmp_path):
     local = meter_flow("sliding").run()["out"]
     out = str(tmp_path / "usage")
+    before = segment_files()
     res = meter_flow("sliding", ps.sinks.Files(out, name="usage")).run(
         runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=7),
         checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
     assert res.metrics["ray"]["recoveries"] == 1
+    assert res.metrics["ray"]["transport"] == "shared_memory"
+    assert segment_files() <= before  # the killed actor's segments too
     got = ps.sinks.Files.read(out)
     assert canon(got) == canon(local)  # nothing lost, nothing twice
     names = os.listdir(out)

@@ -1,0 +1,208 @@
+"""A read's parts between actors on one machine, through shared-memory segments that the
+reading actor reuses (the Ray runtime's transport where all its actors share a node).
+
+Ray's object store hands every object fresh pages: the reader that puts a read and each
+actor that maps its part fault every page in anew (2,811 faults per 512k-row read at
+parallelism 8), which costs more than the copy itself and grows with the actors. A source
+here writes each read into one of its own segments (files in /dev/shm) and sends only a
+small `Shared` layout; receivers map a segment once and view their part in place. A segment
+is written again only after every actor has finished the round that read it: the driver
+says so (`SegmentPool.release`), so no receiver ever sees a part change under it. Reads the
+layout cannot hold (object columns) go through the object store as before.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+
+import numpy as np
+
+from .batch import Batch
+
+ALIGN = 64  # each array starts on a cache line
+DIRECTORY = "/dev/shm"
+#: Testing: fill a segment with 0xFF bytes when it is released, so that rows read after their
+#: release (a segment reused too early) show as wrong results, not as a race that rarely hits.
+POISON = os.environ.get("PYSTREAM_SEGMENT_POISON") == "1"
+
+
+def available(directory: str = DIRECTORY) -> bool:
+    """Whether segments can be made here (a RAM file system: Linux's /dev/shm)."""
+    return os.path.isdir(directory) and os.access(directory, os.W_OK)
+
+
+class Shared:
+    """Where a read's parts lie in a segment: `parts[j]` is window actor j's part, encoded
+    (see `_encode`), or the reading actor's source id in its own slot (it keeps its part)."""
+
+    __slots__ = ("name", "parts")
+
+    def __init__(self, name: str | None, parts: list):
+        self.name, self.parts = name, parts
+
+    def __reduce__(self):
+        return Shared, (self.name, self.parts)
+
+    def part(self, j: int, views: SegmentViews):
+        """Window actor j's part as in `SourceWorker.next`: steps of (window id, rows, groups),
+        the arrays read-only views of the segment (valid until the round ends)."""
+        enc = self.parts[j]
+        if isinstance(enc, int) or not enc:
+            return enc if isinstance(enc, int) else []
+        buf = b"" if self.name is None else views.buffer(self.name)
+        return [[(wid, Batch({c: _view(buf, a) for c, a in cols}, ts=None if ts is None else _view(buf, ts)),
+                  _view(buf, groups)) for wid, cols, ts, groups in step] for step in enc]
+
+
+def _view(buf, spec) -> np.ndarray:
+    offset, dtype, n = spec
+    return np.frombuffer(buf, dtype=np.dtype(dtype), count=n, offset=offset)
+
+
+def _layout(parts: list, skip: int):
+    """(encoded parts, bytes needed, the arrays in write order with their offsets), or None
+    where a part holds an array that has no fixed width (object columns)."""
+    arrays, size = [], 0
+
+    def place(a: np.ndarray):
+        nonlocal size
+        if a.dtype.hasobject or a.ndim != 1:
+            raise _NotFlat
+        spec = (size, a.dtype.str, len(a))
+        arrays.append((size, a))
+        size += -(-a.nbytes // ALIGN) * ALIGN
+        return spec
+
+    try:
+        enc = [None if j == skip else
+               [[(wid, [(c, place(rows[c])) for c in rows.columns], None if rows.ts is None else place(rows.ts),
+                  place(groups)) for wid, rows, groups in step] for step in part]
+               for j, part in enumerate(parts)]
+    except _NotFlat:
+        return None
+    return enc, size, arrays
+
+
+class _NotFlat(Exception):
+    pass
+
+
+class SegmentPool:
+    """One source's segments on the reading actor: a read goes into a free segment (a new one
+    when none is free or big enough) and stays there until `release` says every actor is done
+    with it. Reads are numbered from 0 in the order `write` sees them (every read the driver
+    takes, with or without a segment)."""
+
+    def __init__(self, prefix: str, directory: str = DIRECTORY):
+        self.prefix, self.directory = prefix, directory
+        self.free: list = []  # (size, name, mmap)
+        self.used: dict[int, tuple] = {}  # read number -> its segment
+        self.count = 0  # reads numbered so far
+        self.made = 0
+        self.lock = threading.Lock()  # reads are written on the reading thread, released from rounds
+
+    def write(self, parts: list, skip: int) -> Shared | None:
+        """Parts of one read (every window actor's but `skip`'s, whose slot holds None) into a
+        segment: their layout, or None where they cannot go there (object columns, or no room
+        left on the file system: the read goes through the object store; it is numbered all
+        the same)."""
+        seq, self.count = self.count, self.count + 1
+        laid = _layout(parts, skip)
+        if laid is None:
+            return None
+        enc, size, arrays = laid
+        if not size:  # empty arrays at most
+            return Shared(None, enc)
+        with self.lock:
+            seg = self._segment(size)
+            if seg is None:
+                return None
+            self.used[seq] = seg
+        buf = seg[2]
+        for offset, a in arrays:
+            np.frombuffer(buf, dtype=a.dtype, count=len(a), offset=offset)[:] = a
+        return Shared(seg[1], enc)
+
+    def release(self, upto: int) -> None:
+        """Reads numbered below `upto` are done with: their segments may be written again."""
+        with self.lock:
+            for seq in [s for s in self.used if s < upto]:
+                seg = self.used.pop(seq)
+                if POISON:
+                    np.frombuffer(seg[2], dtype=np.uint8)[:] = 0xFF
+                self.free.append(seg)
+
+    def _segment(self, size: int):
+        fits = [s for s in self.free if s[0] >= size]
+        if fits:
+            best = min(fits, key=lambda s: s[0])
+            self.free.remove(best)
+            return best
+        size = -(-size * 5 // 4 // mmap.PAGESIZE) * mmap.PAGESIZE  # room for reads a little larger
+        name = f"{self.prefix}-{self.made}"
+        path = os.path.join(self.directory, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)  # a full file system says so here, not with SIGBUS on a write
+            except OSError:
+                os.unlink(path)
+                return None
+            self.made += 1
+            return size, name, mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Unmaps and removes every segment (receivers' maps stay valid until they close)."""
+        with self.lock:
+            for _size, name, buf in self.free + list(self.used.values()):
+                buf.close()
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except FileNotFoundError:
+                    pass
+            self.free, self.used = [], {}
+
+
+class SegmentViews:
+    """A receiving actor's maps of other actors' segments, each mapped (read-only) once."""
+
+    def __init__(self, directory: str = DIRECTORY):
+        self.directory = directory
+        self.maps: dict[str, mmap.mmap] = {}
+
+    def buffer(self, name: str) -> mmap.mmap:
+        buf = self.maps.get(name)
+        if buf is None:
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
+            try:
+                buf = self.maps[name] = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        return buf
+
+    def close(self) -> None:
+        for buf in self.maps.values():
+            try:
+                buf.close()
+            except BufferError:  # a view still exported (a caller kept rows): the map goes with it
+                pass
+        self.maps = {}
+
+
+def remove_all(prefix: str, directory: str = DIRECTORY) -> None:
+    """Removes the segments named `prefix`* (what actors that died before they closed left).
+    A map of a removed segment stays valid."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass

@@ -1,0 +1,166 @@
+"""Shared-memory segments that carry a read's parts between Ray actors on one machine
+(pystream/_shm.py): what a receiver views equals what the reader wrote, for every fixed-width
+dtype; a segment is written again only once released; what cannot go there says so."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pystream import _shm
+from pystream.batch import Batch
+
+pytestmark = pytest.mark.skipif(not _shm.available(), reason="no /dev/shm")
+
+DTYPES = ["int64", "float64", "int32", "uint16", "bool", "datetime64[ms]", "U5", "S3", "float32"]
+
+
+@pytest.fixture
+def prefix(request):
+    name = f"pystream-test-{os.getpid()}-{request.node.name[:40]}-"
+    yield name
+    _shm.remove_all(name)
+
+
+def leftovers(prefix):
+    return [n for n in os.listdir(_shm.DIRECTORY) if n.startswith(prefix)]
+
+
+def column(dtype, n, rng):
+    if dtype.startswith("U"):
+        return np.array([f"m{v}" for v in rng.integers(0, 999, n)], dtype=dtype)
+    if dtype.startswith("S"):
+        return np.array([b"k%d" % v for v in rng.integers(0, 9, n)], dtype=dtype)
+    if dtype.startswith("datetime64"):
+        return rng.integers(0, 10**12, n).astype(dtype)
+    return rng.integers(0, 100, n).astype(dtype)
+
+
+def parts_of(sizes, dtypes, with_ts, rng):
+    """Per actor, steps of (window id, rows, key groups), as SourceWorker.next makes them."""
+    parts = []
+    for steps in sizes:
+        part = []
+        for msgs in steps:
+            step = []
+            for wid, n in enumerate(msgs):
+                rows = Batch({f"c{i}": column(d, n, rng) for i, d in enumerate(dtypes)},
+                             ts=rng.integers(0, 10**12, n) if with_ts else None)
+                step.append((wid, rows, rng.integers(0, 128, n).astype(np.uint16)))
+            part.append(step)
+        parts.append(part)
+    return parts
+
+
+def same(got, want):
+    assert len(got) == len(want)
+    for gs, ws in zip(got, want):
+        assert len(gs) == len(ws)
+        for (gw, grows, gg), (ww, wrows, wg) in zip(gs, ws):
+            assert gw == ww and grows.columns == wrows.columns
+            for c in wrows.columns:
+                assert grows[c].dtype == wrows[c].dtype and np.array_equal(grows[c], wrows[c])
+            assert (grows.ts is None) == (wrows.ts is None)
+            if wrows.ts is not None:
+                assert np.array_equal(grows.ts, wrows.ts)
+            assert gg.dtype == np.uint16 and np.array_equal(gg, wg)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=2), max_size=3),
+                      min_size=2, max_size=4),
+       dtypes=st.lists(st.sampled_from(DTYPES), min_size=1, max_size=4), with_ts=st.booleans(),
+       skip=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+def test_each_actor_views_exactly_its_part(sizes, dtypes, with_ts, skip, seed):
+    skip %= len(sizes)
+    parts = parts_of(sizes, dtypes, with_ts, np.random.default_rng(seed))
+    prefix = f"pystream-test-{os.getpid()}-hyp-"
+    pool, views = _shm.SegmentPool(prefix), _shm.SegmentViews()
+    try:
+        shared = pool.write(parts, skip)
+        assert shared.parts[skip] is None
+        shared.parts[skip] = 7  # as the reading actor marks its own slot
+        import pickle
+
+        shared = pickle.loads(pickle.dumps(shared))  # as Ray hands it to the receivers
+        for j, part in enumerate(parts):
+            if j == skip:
+                assert shared.part(j, views) == 7
+                continue
+            got = shared.part(j, views)
+            same(got, part)
+            for step in got:
+                for _wid, rows, groups in step:
+                    assert not groups.flags.writeable and all(not rows[c].flags.writeable for c in rows.columns)
+    finally:
+        views.close()
+        pool.close()
+    assert not leftovers(prefix)
+
+
+def test_a_segment_is_written_again_only_after_its_release(prefix, monkeypatch):
+    rng = np.random.default_rng(1)
+    pool, views = _shm.SegmentPool(prefix), _shm.SegmentViews()
+    first, second = (parts_of([[[500]], [[500]]], ["int64", "float64"], True, rng) for _ in range(2))
+    a = pool.write(first, 0)
+    b = pool.write(second, 0)  # read 0 not released: a segment of its own
+    assert a.name != b.name and pool.made == 2
+    same(a.part(1, views), first[1])  # read 0 is still what it was
+    monkeypatch.setattr(_shm, "POISON", True)
+    pool.release(1)  # read 0 done with: its rows are gone (filled with 0xFF bytes)
+    assert (a.part(1, views)[0][0][2] == 0xFFFF).all()
+    c = pool.write(parts_of([[[400]], [[400]]], ["int64", "float64"], True, rng), 0)
+    assert c.name == a.name and pool.made == 2  # written into read 0's segment
+    same(b.part(1, views), second[1])  # read 1, never released, untouched
+    bigger = pool.write(parts_of([[[1]], [[100_000]]], ["int64"], True, rng), 0)
+    assert bigger.name not in (a.name, b.name) and pool.made == 3  # no free segment big enough
+    assert len(leftovers(prefix)) == 3
+    views.close()
+    pool.close()
+    assert not leftovers(prefix)
+
+
+def test_reads_are_numbered_even_where_they_cannot_go_into_a_segment(prefix):
+    # Object columns have no fixed width: the read goes through the object store, but it is
+    # numbered all the same, so the driver's count of reads done with stays in step.
+    rng = np.random.default_rng(2)
+    pool = _shm.SegmentPool(prefix)
+    objects = [[[(0, Batch({"k": np.array(["a", "b"], dtype=object)}), np.zeros(2, np.uint16))]], [[]]]
+    assert pool.write(objects, 1) is None and pool.count == 1 and pool.made == 0
+    empty = pool.write([[], [[]]], 0)  # nothing for anyone: no segment either
+    assert empty.name is None and pool.count == 2 and empty.part(1, _shm.SegmentViews()) == [[]]
+    fixed = pool.write(parts_of([[[5]], [[5]]], ["int64"], False, rng), 0)
+    assert fixed is not None and pool.used.keys() == {2}
+    pool.release(2)
+    assert pool.used.keys() == {2}  # reads below 2 only
+    pool.release(3)
+    assert not pool.used and len(pool.free) == 1
+    pool.close()
+
+
+def test_a_full_file_system_sends_the_read_through_the_object_store(prefix, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    pool = _shm.SegmentPool(prefix)
+    rows = parts_of([[[50]], [[50]]], ["int64"], True, np.random.default_rng(3))
+    assert pool.write(rows, 0) is None and pool.count == 1
+    assert not leftovers(prefix)  # the file it could not fill is gone
+    pool.close()
+
+
+def test_remove_all_takes_what_a_dead_actor_left_and_maps_stay_valid(prefix):
+    pool, views = _shm.SegmentPool(prefix), _shm.SegmentViews()
+    rows = parts_of([[[64]], [[64]]], ["float64"], False, np.random.default_rng(4))
+    shared = pool.write(rows, 0)
+    got = shared.part(1, views)  # mapped before the files go
+    _shm.remove_all(prefix)
+    assert not leftovers(prefix)
+    same(got, rows[1])
+    views.close()
+    pool.close()  # its files are gone already: nothing to fail on
