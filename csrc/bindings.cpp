@@ -647,8 +647,16 @@ py::array_t<uint8_t> insert_pairs(PairSet& s, const I64Array& a, const I64Array&
 /// the rows of all chunks are routed as one batch, chunk after chunk.
 using WordArray = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>;
 
+/// Where `out` is given, the routed groups and columns are laid out in it instead of in
+/// arrays of their own: groups (uint16) at 0, then each column, every one starting on a
+/// multiple of kRouteAlign bytes (a shared-memory segment the receivers view in place).
+constexpr int64_t kRouteAlign = 64;
+
+int64_t route_aligned(int64_t bytes) { return (bytes + kRouteAlign - 1) / kRouteAlign * kRouteAlign; }
+
 py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
-                           const std::vector<std::vector<py::array>>& columns, bool with_order, const char* name) {
+                           const std::vector<std::vector<py::array>>& columns, bool with_order, const char* name,
+                           const py::object& out_obj) {
   const std::string fn(name);
   if (n_groups < 1 || n_groups > 65536) fail(fn + ": n_groups must be in 1..65536, got " + std::to_string(n_groups));
   if (parallelism < 1 || parallelism > n_groups)
@@ -689,10 +697,33 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
   }
   const int64_t n = start[n_chunks];
   std::vector<py::array> outs;
-  for (const py::array& col : n_chunks ? columns[0] : std::vector<py::array>{})
-    outs.emplace_back(col.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
+  const std::vector<py::array> no_columns;
+  const std::vector<py::array>& first = n_chunks ? columns[0] : no_columns;
+  py::array_t<uint16_t> groups;
+  if (out_obj.is_none()) {
+    groups = py::array_t<uint16_t>(n);
+    for (const py::array& col : first) outs.emplace_back(col.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)});
+  } else {
+    auto out = py::array::ensure(out_obj);
+    if (!out || out.ndim() != 1 || out.dtype().kind() != 'u' || out.itemsize() != 1 ||
+        !(out.flags() & py::array::c_style) || !out.writeable())
+      fail(fn + ": out must be a writable, contiguous 1-d uint8 array");
+    int64_t need = route_aligned(2 * n);
+    for (const py::array& col : first) need += route_aligned(n * static_cast<int64_t>(col.itemsize()));
+    if (static_cast<int64_t>(out.size()) < need)
+      fail(fn + ": out holds " + std::to_string(out.size()) + " bytes, the routed groups and columns of " +
+           std::to_string(n) + " rows need " + std::to_string(need));
+    auto* base = static_cast<uint8_t*>(out.mutable_data());
+    groups = py::array_t<uint16_t>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(2)},
+                                   reinterpret_cast<uint16_t*>(base), out);
+    int64_t at = route_aligned(2 * n);
+    for (const py::array& col : first) {
+      outs.emplace_back(col.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)},
+                        std::vector<py::ssize_t>{static_cast<py::ssize_t>(col.itemsize())}, base + at, out);
+      at += route_aligned(n * static_cast<int64_t>(col.itemsize()));
+    }
+  }
   py::array_t<int64_t> order(with_order ? n : 0), bounds(parallelism + 1);
-  py::array_t<uint16_t> groups(n);
   const size_t scratch = static_cast<size_t>(std::max<int64_t>(n, 1));
   std::unique_ptr<uint16_t[]> group(new uint16_t[scratch]);  // row order
   {
@@ -723,25 +754,26 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
 }
 
 py::tuple py_route_rows(const std::vector<WordArray>& words, int64_t n_groups, int64_t parallelism,
-                        const std::vector<py::array>& columns, bool with_order) {
-  return route_chunk_list({words}, n_groups, parallelism, {columns}, with_order, "route_rows");
+                        const std::vector<py::array>& columns, bool with_order, const py::object& out) {
+  return route_chunk_list({words}, n_groups, parallelism, {columns}, with_order, "route_rows", out);
 }
 
 py::tuple py_route_chunks(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
-                          const std::vector<std::vector<py::array>>& columns, bool with_order) {
-  return route_chunk_list(words, n_groups, parallelism, columns, with_order, "route_chunks");
+                          const std::vector<std::vector<py::array>>& columns, bool with_order, const py::object& out) {
+  return route_chunk_list(words, n_groups, parallelism, columns, with_order, "route_chunks", out);
 }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
   m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
-        py::arg("columns") = std::vector<py::array>{}, py::arg("with_order") = true,
+        py::arg("columns") = std::vector<py::array>{}, py::arg("with_order") = true, py::arg("out") = py::none(),
         "Key groups of rows and a stable counting sort by owning actor: (order or None without with_order, groups in "
-        "that order, bounds, the columns in that order).");
+        "that order, bounds, the columns in that order); with `out` (uint8), groups and columns are views of it.");
   m.def("route_chunks", &py_route_chunks, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
-        py::arg("columns"), py::arg("with_order") = true,
+        py::arg("columns"), py::arg("with_order") = true, py::arg("out") = py::none(),
         "route_rows over rows that come as chunks (words[c] and columns[c] per chunk), routed as one batch: the "
         "same result as route_rows over the chunks joined, without joining them.");
+  m.attr("ROUTE_ALIGN") = kRouteAlign;
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;
 

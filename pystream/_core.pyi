@@ -5,17 +5,21 @@ from typing import Optional, Sequence, TypedDict
 import numpy as np
 
 MAX_ABS_TIME: int  # 2**62 ns: timestamps must lie in [-MAX_ABS_TIME, MAX_ABS_TIME]
+ROUTE_ALIGN: int  # bytes: route_rows / route_chunks start each array laid out in `out` on a multiple of this
 MAX_DURATION: int  # 2**60 ns: the largest window size, lateness, out-of-orderness
 
 def route_rows(words: Sequence[np.ndarray], n_groups: int, parallelism: int, columns: Sequence[np.ndarray] = (),
-               with_order: bool = True) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
+               with_order: bool = True, out: Optional[np.ndarray] = None
+               ) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
     """Key groups of rows (h = mix64(h * C + word) over the key columns' uint64 words, high 32
     bits scaled to [0, n_groups)) and a stable counting sort by owner (group * parallelism // n_groups):
     (order int64, or None without with_order; groups uint16 in that order; bounds int64 of
-    parallelism + 1; `columns` in that order: fixed-width dtypes only)."""
+    parallelism + 1; `columns` in that order: fixed-width dtypes only). With `out` (a writable
+    uint8 array), groups and columns are views of it: groups at 0, then each column, each
+    starting on a multiple of ROUTE_ALIGN bytes (ValueError naming the sizes where it is short)."""
 
 def route_chunks(words: Sequence[Sequence[np.ndarray]], n_groups: int, parallelism: int,
-                 columns: Sequence[Sequence[np.ndarray]], with_order: bool = True
+                 columns: Sequence[Sequence[np.ndarray]], with_order: bool = True, out: Optional[np.ndarray] = None
                  ) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
     """route_rows over rows that come as chunks (words[c], columns[c]: chunk c's key words and
     columns, the same columns and dtypes in every chunk), routed as one batch, chunk after chunk:

@@ -34,43 +34,53 @@ def available(directory: str = DIRECTORY) -> bool:
 
 
 class Shared:
-    """Where a read's parts lie in a segment: `parts[j]` is window actor j's part, encoded
-    (see `_encode`), or the reading actor's source id in its own slot (it keeps its part)."""
+    """Where a read's parts lie in its segments (`names`): `parts[j]` is window actor j's
+    part, each array as (segment index, offset, dtype, length), or the reading actor's source
+    id in its own slot (it keeps its part)."""
 
-    __slots__ = ("name", "parts")
+    __slots__ = ("names", "parts")
 
-    def __init__(self, name: str | None, parts: list):
-        self.name, self.parts = name, parts
+    def __init__(self, names: list, parts: list):
+        self.names, self.parts = names, parts
 
     def __reduce__(self):
-        return Shared, (self.name, self.parts)
+        return Shared, (self.names, self.parts)
 
     def part(self, j: int, views: SegmentViews):
         """Window actor j's part as in `SourceWorker.next`: steps of (window id, rows, groups),
-        the arrays read-only views of the segment (valid until the round ends)."""
+        the arrays read-only views of the segments (valid until the round ends)."""
         enc = self.parts[j]
         if isinstance(enc, int) or not enc:
             return enc if isinstance(enc, int) else []
-        buf = b"" if self.name is None else views.buffer(self.name)
-        return [[(wid, Batch({c: _view(buf, a) for c, a in cols}, ts=None if ts is None else _view(buf, ts)),
-                  _view(buf, groups)) for wid, cols, ts, groups in step] for step in enc]
+        bufs = [views.buffer(name) for name in self.names]
+        return [[(wid, Batch({c: _view(bufs, a) for c, a in cols}, ts=None if ts is None else _view(bufs, ts)),
+                  _view(bufs, groups)) for wid, cols, ts, groups in step] for step in enc]
 
 
-def _view(buf, spec) -> np.ndarray:
-    offset, dtype, n = spec
-    return np.frombuffer(buf, dtype=np.dtype(dtype), count=n, offset=offset)
+def _view(bufs: list, spec) -> np.ndarray:
+    k, offset, dtype, n = spec
+    return np.frombuffer(b"" if k < 0 else bufs[k], dtype=np.dtype(dtype), count=n, offset=offset)
 
 
-def _layout(parts: list, skip: int):
-    """(encoded parts, bytes needed, the arrays in write order with their offsets), or None
-    where a part holds an array that has no fixed width (object columns)."""
+def _layout(parts: list, skip: int, segs: list):
+    """(encoded parts, bytes to copy, the arrays to copy with their offsets), or None where a
+    part holds an array that has no fixed width (object columns). An array that lies in one of
+    `segs` (routed straight into it) is referred to where it lies; the others are to be copied
+    into one more segment (index len(segs))."""
     arrays, size = [], 0
 
     def place(a: np.ndarray):
         nonlocal size
         if a.dtype.hasobject or a.ndim != 1:
             raise _NotFlat
-        spec = (size, a.dtype.str, len(a))
+        if not len(a):
+            return (-1, 0, a.dtype.str, 0)
+        if a.flags.c_contiguous:
+            at = a.ctypes.data
+            for k, seg in enumerate(segs):
+                if seg[3] <= at and at + a.nbytes <= seg[3] + seg[0]:
+                    return (k, at - seg[3], a.dtype.str, len(a))
+        spec = (len(segs), size, a.dtype.str, len(a))
         arrays.append((size, a))
         size += -(-a.nbytes // ALIGN) * ALIGN
         return spec
@@ -97,42 +107,58 @@ class SegmentPool:
 
     def __init__(self, prefix: str, directory: str = DIRECTORY):
         self.prefix, self.directory = prefix, directory
-        self.free: list = []  # (size, name, mmap)
-        self.used: dict[int, tuple] = {}  # read number -> its segment
+        self.free: list = []  # (size, name, mmap, address)
+        self.used: dict[int, list] = {}  # read number -> its segments
+        self.current: list = []  # segments taken for the read being made (rows routed into them)
         self.count = 0  # reads numbered so far
         self.made = 0
         self.lock = threading.Lock()  # reads are written on the reading thread, released from rounds
 
-    def write(self, parts: list, skip: int) -> Shared | None:
-        """Parts of one read (every window actor's but `skip`'s, whose slot holds None) into a
-        segment: their layout, or None where they cannot go there (object columns, or no room
-        left on the file system: the read goes through the object store; it is numbered all
-        the same)."""
-        seq, self.count = self.count, self.count + 1
-        laid = _layout(parts, skip)
-        if laid is None:
-            return None
-        enc, size, arrays = laid
-        if not size:  # empty arrays at most
-            return Shared(None, enc)
+    def take(self, nbytes: int) -> np.ndarray | None:
+        """Room for `nbytes` of the read being made (a segment's first bytes, uint8), for rows
+        routed straight into it; None where the file system has no room left."""
         with self.lock:
-            seg = self._segment(size)
-            if seg is None:
-                return None
-            self.used[seq] = seg
-        buf = seg[2]
-        for offset, a in arrays:
-            np.frombuffer(buf, dtype=a.dtype, count=len(a), offset=offset)[:] = a
-        return Shared(seg[1], enc)
+            seg = self._segment(nbytes)
+        if seg is None:
+            return None
+        self.current.append(seg)
+        return np.frombuffer(seg[2], dtype=np.uint8, count=nbytes)
+
+    def write(self, parts: list, skip: int) -> Shared | None:
+        """One read's parts (every window actor's but `skip`'s, whose slot holds None): their
+        layout in the segments taken for it, rows that lie elsewhere copied into one more; or
+        None where they cannot go there (object columns, or no room left on the file system:
+        the read goes through the object store). Either way the read is numbered, and the
+        segments it was routed into stay its own until released (its own part views them)."""
+        seq, self.count = self.count, self.count + 1
+        segs, self.current = self.current, []
+        laid = _layout(parts, skip, segs)
+        shared = None
+        if laid is not None:
+            enc, size, arrays = laid
+            seg = None
+            if size:
+                with self.lock:
+                    seg = self._segment(size)
+            if seg is not None or not size:
+                if seg is not None:
+                    segs.append(seg)
+                    for offset, a in arrays:
+                        np.frombuffer(seg[2], dtype=a.dtype, count=len(a), offset=offset)[:] = a
+                shared = Shared([s[1] for s in segs], enc)
+        if segs:
+            with self.lock:
+                self.used[seq] = segs
+        return shared
 
     def release(self, upto: int) -> None:
         """Reads numbered below `upto` are done with: their segments may be written again."""
         with self.lock:
             for seq in [s for s in self.used if s < upto]:
-                seg = self.used.pop(seq)
-                if POISON:
-                    np.frombuffer(seg[2], dtype=np.uint8)[:] = 0xFF
-                self.free.append(seg)
+                for seg in self.used.pop(seq):
+                    if POISON:
+                        np.frombuffer(seg[2], dtype=np.uint8)[:] = 0xFF
+                    self.free.append(seg)
 
     def _segment(self, size: int):
         fits = [s for s in self.free if s[0] >= size]
@@ -151,20 +177,24 @@ class SegmentPool:
                 os.unlink(path)
                 return None
             self.made += 1
-            return size, name, mmap.mmap(fd, size)
+            buf = mmap.mmap(fd, size)
+            return size, name, buf, np.frombuffer(buf, dtype=np.uint8, count=1).ctypes.data
         finally:
             os.close(fd)
 
     def close(self) -> None:
         """Unmaps and removes every segment (receivers' maps stay valid until they close)."""
         with self.lock:
-            for _size, name, buf in self.free + list(self.used.values()):
-                buf.close()
+            for _size, name, buf, _at in self.free + self.current + [s for segs in self.used.values() for s in segs]:
+                try:
+                    buf.close()
+                except BufferError:  # rows of it still held here: unmapped with them
+                    pass
                 try:
                     os.unlink(os.path.join(self.directory, name))
                 except FileNotFoundError:
                     pass
-            self.free, self.used = [], {}
+            self.free, self.used, self.current = [], {}, []
 
 
 class SegmentViews:

@@ -202,6 +202,9 @@ class SourceWorker:
         self.coalesce = parallelism > 1 and not self.plan.arrival_order
         self.direct = self._direct_windows()
         self.held = None  # an item read ahead (another partition's): the next call starts with it
+        # Where routed rows go: None, arrays of their own; or a function that gives room for n
+        # bytes (uint8; None where it has none), a shared-memory segment the receivers view.
+        self.out = None
 
     def _direct_windows(self) -> list | None:
         """The windows this source's batches reach unchanged (through unions only), each once,
@@ -301,14 +304,16 @@ class SourceWorker:
         first = batches[0]
         fixed = [c for c in first.columns if first[c].dtype.kind != "O"]
         with_ts = first.ts is not None
+        sizes = [first[c].dtype.itemsize for c in fixed] + ([first.ts.dtype.itemsize] if with_ts else [])
+        room = None if self.out is None else self.out(_routed_bytes(sum(len(b) for b in batches), sizes))
         if len(batches) == 1:
             ins = [first[c] for c in fixed] + ([first.ts] if with_ts else [])
             order, groups, bounds, cols = _core.route_rows(_key_words(first, keys), self.n_groups, n, ins,
-                                                           with_order=len(fixed) < len(first.columns))
+                                                           with_order=len(fixed) < len(first.columns), out=room)
         else:  # _chunkable: fixed-width columns only
             order, groups, bounds, cols = _core.route_chunks(
                 [_key_words(b, keys) for b in batches], self.n_groups, n,
-                [[b[c] for c in fixed] + ([b.ts] if with_ts else []) for b in batches], with_order=False)
+                [[b[c] for c in fixed] + ([b.ts] if with_ts else []) for b in batches], with_order=False, out=room)
         ts = cols.pop() if with_ts else None
         cols = dict(zip(fixed, cols))
         routed = Batch({c: cols[c] if c in cols else first[c][order] for c in first.columns}, ts=ts)
@@ -316,6 +321,15 @@ class SourceWorker:
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
                 out[j].append((window.id, routed.slice(lo, hi), groups[lo:hi]))
+
+
+def _routed_bytes(rows: int, itemsizes: list) -> int:
+    """Bytes route_rows lays `rows` routed rows out in (`out=`): groups, then each column, each
+    on a multiple of ROUTE_ALIGN."""
+    def aligned(b: int) -> int:
+        return -(-b // _core.ROUTE_ALIGN) * _core.ROUTE_ALIGN
+
+    return aligned(2 * rows) + sum(aligned(rows * size) for size in itemsizes)
 
 
 def _chunkable(batches: list) -> bool:
@@ -408,13 +422,14 @@ class WindowWorker:
         old_pool = self.pools.pop(source_id, None)
         if old_pool is not None:
             old_pool.close()
-        if segments is not None:
-            self.pools[source_id] = _shm.SegmentPool(segments)
         self.depth = depth
         if self.reading is None:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
                                                round_rows=round_rows)
+        if segments is not None:  # its reads are routed straight into the segments
+            self.pools[source_id] = _shm.SegmentPool(segments)
+            self.readers[source_id].out = self.pools[source_id].take
         self.kept[source_id] = collections.deque()
         self.ahead[source_id] = collections.deque()
 

@@ -103,6 +103,21 @@ def test_routing_chunks_equals_routing_the_joined_batch(n, cuts, parallelism, se
     none, *rest = _core.route_chunks([[k[a:b] for k in keys] for a, b in chunks], 16, parallelism,
                                      [[c[a:b] for c in cols] for a, b in chunks], with_order=False)
     assert none is None and rest[0].tolist() == want[1].tolist()
+    # Laid out in `out` (a shared-memory segment): the same values, as views of it, each array
+    # on a multiple of ROUTE_ALIGN, in the bytes _routed_bytes counts.
+    from pystream.runtimes import _routed_bytes
+
+    need = _routed_bytes(n, [c.dtype.itemsize for c in cols])
+    room = np.full(need + 8, 0xAB, dtype=np.uint8)
+    _o, groups, bounds, routed = _core.route_chunks([[k[a:b] for k in keys] for a, b in chunks], 16, parallelism,
+                                                    [[c[a:b] for c in cols] for a, b in chunks], with_order=False,
+                                                    out=room[:need])
+    assert groups.tolist() == want[1].tolist() and bounds.tolist() == want[2].tolist()
+    at = room.ctypes.data
+    for arr, w in zip([groups, *routed], [want[1], *want[3]]):
+        assert arr.dtype == w.dtype and arr.tolist() == w.tolist() and (n == 0 or np.shares_memory(arr, room))
+        assert (arr.ctypes.data - at) % _core.ROUTE_ALIGN == 0 and arr.ctypes.data + arr.nbytes <= at + need
+    assert (room[need:] == 0xAB).all()  # nothing written past the room given
 
 
 def test_routing_chunks_refuses_chunks_that_do_not_match():
@@ -168,6 +183,22 @@ def test_a_sources_batches_reach_the_windows_routed_as_chunks_as_joined():
     joined = SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=1_000)
     joined.direct = None
     assert _reads(worker) == _reads(joined)
+
+
+def test_routing_into_room_too_small_or_not_bytes_says_so():
+    from pystream import _core
+
+    k, col = np.arange(10, dtype=np.uint64), np.zeros(10)
+    with pytest.raises(ValueError, match="route_rows: out holds 191 bytes, the routed groups and columns of 10 rows "
+                                         "need 192"):
+        _core.route_rows([k], 8, 2, [col], out=np.zeros(191, dtype=np.uint8))
+    read_only = np.zeros(256, dtype=np.uint8)
+    read_only.flags.writeable = False
+    for bad in (read_only, np.zeros(32, dtype=np.int64), np.zeros((16, 16), dtype=np.uint8)):
+        with pytest.raises(ValueError, match="out must be a writable, contiguous 1-d uint8 array"):
+            _core.route_rows([k], 8, 2, [col], out=bad)
+    _o, groups, _b, (moved,) = _core.route_rows([k], 8, 2, [col], out=np.zeros(192, dtype=np.uint8))
+    assert len(groups) == len(moved) == 10
 
 
 def test_routing_moves_a_zero_width_column():

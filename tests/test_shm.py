@@ -108,16 +108,16 @@ def test_a_segment_is_written_again_only_after_its_release(prefix, monkeypatch):
     first, second = (parts_of([[[500]], [[500]]], ["int64", "float64"], True, rng) for _ in range(2))
     a = pool.write(first, 0)
     b = pool.write(second, 0)  # read 0 not released: a segment of its own
-    assert a.name != b.name and pool.made == 2
+    assert a.names != b.names and pool.made == 2
     same(a.part(1, views), first[1])  # read 0 is still what it was
     monkeypatch.setattr(_shm, "POISON", True)
     pool.release(1)  # read 0 done with: its rows are gone (filled with 0xFF bytes)
     assert (a.part(1, views)[0][0][2] == 0xFFFF).all()
     c = pool.write(parts_of([[[400]], [[400]]], ["int64", "float64"], True, rng), 0)
-    assert c.name == a.name and pool.made == 2  # written into read 0's segment
+    assert c.names == a.names and pool.made == 2  # written into read 0's segment
     same(b.part(1, views), second[1])  # read 1, never released, untouched
     bigger = pool.write(parts_of([[[1]], [[100_000]]], ["int64"], True, rng), 0)
-    assert bigger.name not in (a.name, b.name) and pool.made == 3  # no free segment big enough
+    assert bigger.names[0] not in a.names + b.names and pool.made == 3  # no free segment big enough
     assert len(leftovers(prefix)) == 3
     views.close()
     pool.close()
@@ -132,7 +132,7 @@ def test_reads_are_numbered_even_where_they_cannot_go_into_a_segment(prefix):
     objects = [[[(0, Batch({"k": np.array(["a", "b"], dtype=object)}), np.zeros(2, np.uint16))]], [[]]]
     assert pool.write(objects, 1) is None and pool.count == 1 and pool.made == 0
     empty = pool.write([[], [[]]], 0)  # nothing for anyone: no segment either
-    assert empty.name is None and pool.count == 2 and empty.part(1, _shm.SegmentViews()) == [[]]
+    assert empty.names == [] and pool.count == 2 and empty.part(1, _shm.SegmentViews()) == [[]]
     fixed = pool.write(parts_of([[[5]], [[5]]], ["int64"], False, rng), 0)
     assert fixed is not None and pool.used.keys() == {2}
     pool.release(2)
@@ -164,3 +164,29 @@ def test_remove_all_takes_what_a_dead_actor_left_and_maps_stay_valid(prefix):
     same(got, rows[1])
     views.close()
     pool.close()  # its files are gone already: nothing to fail on
+
+
+def test_rows_routed_into_a_taken_segment_are_not_copied(prefix):
+    # The reading actor routes a read straight into room taken from the pool: its layout
+    # refers to the rows where they lie (no second segment); rows from elsewhere are copied.
+    from pystream import _core
+    from pystream.runtimes import _routed_bytes
+
+    n = 1_000
+    keys, kwh = np.arange(n, dtype=np.uint64), np.random.default_rng(5).random(n)
+    pool, views = _shm.SegmentPool(prefix), _shm.SegmentViews()
+    room = pool.take(_routed_bytes(n, [8]))
+    _o, groups, bounds, (moved,) = _core.route_rows([keys], 16, 2, [kwh], with_order=False, out=room)
+    lo, mid, hi = (int(b) for b in bounds)
+    parts = [[[(0, Batch({"kwh": moved[lo:mid]}), groups[lo:mid])]], [[(0, Batch({"kwh": moved[mid:hi]}), groups[mid:hi])]]]
+    shared = pool.write(parts, 0)
+    assert pool.made == 1 and len(shared.names) == 1
+    same(shared.part(1, views), parts[1])
+    elsewhere = [[], [[(0, Batch({"kwh": kwh}), groups)]]]  # not in a taken segment: copied
+    copied = pool.write(elsewhere, 0)
+    assert pool.made == 2 and len(copied.names) == 1 and copied.names != shared.names
+    same(copied.part(1, views), elsewhere[1])
+    assert pool.used.keys() == {0, 1}
+    views.close()
+    pool.close()
+    assert not leftovers(prefix)
