@@ -144,7 +144,8 @@ def main():
     # (a read that its read-ahead thread finished in time costs ~0); spread: how long after
     # the first actor the last one finished a round; wait: the driver's share of the run spent
     # waiting for the oldest round in flight; faults: minor page faults per round and per read
-    # (the reading thread's), memory mapped afresh.
+    # (the reading thread's), memory mapped afresh; segments: shared-memory segments a reading
+    # actor needed (made once, then reused).
     print(f"{'transport':>13} {'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
           f"{'faults/round':>12} {'faults/read':>11} {'segments':>8}")

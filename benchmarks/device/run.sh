@@ -2,8 +2,9 @@
 # On a lent device machine (see bundle.sh): unpacks .dev/ into a site directory and runs the
 # scaling benchmark; its output goes to $OUT/scaling.txt. Arguments replace the default run
 # (160M readings, parallelism 1 2 4 8 16, 512k rows per source per round: every source reads
-# at least 16 rounds at 16; once with 2 rounds ahead, the default, and once with 4; first the
-# same parallelism as independent local runtimes, the machine's ceiling).
+# at least 16 rounds at 16; 2 rounds ahead, reads through shared-memory segments, the default,
+# and through Ray's object store, the earlier way, side by side; first the same parallelism as
+# independent local runtimes, the machine's ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -19,7 +20,8 @@ trap 'rm -rf "$site"' EXIT
 "$py" -m zipfile -e .dev/pystream-*.whl "$site"
 export PYTHONPATH=$site
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288 --ahead 2 4 --independent)
+[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288 --ahead 2 --independent
+                               --transport shared_memory object_store)
 out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
