@@ -58,6 +58,16 @@ class ActorWindowWorker(WindowWorker):
         return ray.get_runtime_context().get_node_id(), _shm.available()
 
 
+def transport(runtime, nodes: list) -> str:
+    """How reads move between window actors: "shared_memory" where the runtime allows it, reads
+    are routed in the window actors (colocate) to more than one of them, and every actor is on
+    one machine that can make segments (`nodes`: (node id, can) per actor, as `start` tells);
+    else "object_store"."""
+    one_machine = len({node for node, _ in nodes}) == 1 and all(can for _, can in nodes)
+    return "shared_memory" if runtime.shared_memory and runtime.colocate and len(nodes) > 1 and one_machine \
+        else "object_store"
+
+
 def round_spread(ends: list) -> float:
     """Mean over rounds of how long after the first actor the last one finished it (ms), from
     each actor's round end times (wall clock; the latest rounds, aligned from the last)."""
@@ -147,10 +157,7 @@ class Driver:
         self.starts += 1
         gen = f"{self.segments}{self.starts}-"
         _shm.remove_all(self.segments)  # segments of earlier starts (what actors that died left)
-        # Shared-memory segments where every actor is on one machine that can make them.
-        one_machine = len({node for node, _ in nodes}) == 1 and all(ok for _, ok in nodes)
-        self.transport = "shared_memory" if self.rt.shared_memory and self.rt.colocate and self.n > 1 \
-            and one_machine else "object_store"
+        self.transport = transport(self.rt, nodes)
         calls = []
         if self.rt.colocate:  # source i reads in window actor i mod N (after its start, in call order)
             self.reader_of = {sid: i % self.n for i, sid in enumerate(args)}

@@ -506,6 +506,8 @@ class WindowWorker:
         scratch), keeping of each the part of [lo, hi) this worker owns; `channels` maps each
         window to the channel ids it has declared."""
         self.channels = {int(k): list(v) for k, v in channels.items()}
+        self.views.close()  # maps of an earlier start's segments (removed since): rounds of it have ended
+        self.views = _shm.SegmentViews()
         a, b = self.owned()
         self.slots = {w.id: [] for w in self.plan.windows}
         for wid, entries in (slots or {}).items():
@@ -803,7 +805,7 @@ class Ray:
 
     def __repr__(self):
         return (f"Ray(parallelism={self.parallelism}, key_groups={self.key_groups}, colocate={self.colocate}, "
-                f"ahead={self.ahead})")
+                f"ahead={self.ahead}, shared_memory={self.shared_memory})")
 
     def run(self, flow, checkpoints=None, resume=False, guarantee=None, checkpoint_every=64, keep=3):
         try:

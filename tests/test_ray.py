@@ -93,6 +93,19 @@ def segment_files() -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith("pystream-")} if os.path.isdir("/dev/shm") else set()
 
 
+def test_reads_use_shared_memory_only_where_every_actor_can_map_it():
+    from pystream._ray_driver import transport
+
+    rt = ps.runtimes.Ray(parallelism=3)
+    here = [("n1", True)] * 3
+    assert transport(rt, here) == "shared_memory"
+    assert transport(rt, [("n1", True), ("n2", True), ("n1", True)]) == "object_store"  # two machines
+    assert transport(rt, [("n1", True), ("n1", False), ("n1", True)]) == "object_store"  # one has no /dev/shm
+    assert transport(ps.runtimes.Ray(parallelism=3, shared_memory=False), here) == "object_store"
+    assert transport(ps.runtimes.Ray(parallelism=3, colocate=False), here) == "object_store"  # sources apart
+    assert transport(ps.runtimes.Ray(parallelism=1), here[:1]) == "object_store"  # nothing moves between actors
+
+
 @pytest.mark.parametrize("shared_memory,ahead", [(True, 1), (True, 3), (False, 1)])
 def test_reads_move_through_reused_segments_or_through_the_object_store(shared_memory, ahead):
     # Small reads and many rounds, so each reading actor writes its few segments again and
