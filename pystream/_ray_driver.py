@@ -345,7 +345,8 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
-        refs = [w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]),
+        refs = [w.round.remote(wms, chans, *[p.only(j) if isinstance(p, _shm.Shared) else p for p in parts],
+                               reads=tuple(reads_in[j]),
                                released={sid: self.released[sid] for sid in self.released
                                          if self.reader_of.get(sid) == j})
                 for j, w in enumerate(self.workers)]

@@ -36,7 +36,7 @@ def available(directory: str = DIRECTORY) -> bool:
 class Shared:
     """Where a read's parts lie in its segments (`names`): `parts[j]` is window actor j's
     part, each array as (segment index, offset, dtype, length), or the reading actor's source
-    id in its own slot (it keeps its part)."""
+    id in its own slot (it keeps its part); `parts` is a list, or a dict of one actor's part."""
 
     __slots__ = ("names", "parts")
 
@@ -45,6 +45,11 @@ class Shared:
 
     def __reduce__(self):
         return Shared, (self.names, self.parts)
+
+    def only(self, j: int) -> Shared:
+        """The layout of window actor j's part alone: what the driver hands actor j (all p
+        parts to each of p actors would be p*p parts a read, 400 KB of pickles a round at 16)."""
+        return Shared(self.names, {j: self.parts[j]})
 
     def part(self, j: int, views: SegmentViews):
         """Window actor j's part as in `SourceWorker.next`: steps of (window id, rows, groups),

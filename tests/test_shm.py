@@ -86,12 +86,14 @@ def test_each_actor_views_exactly_its_part(sizes, dtypes, with_ts, skip, seed):
         shared.parts[skip] = 7  # as the reading actor marks its own slot
         import pickle
 
-        shared = pickle.loads(pickle.dumps(shared))  # as Ray hands it to the receivers
+        shared = pickle.loads(pickle.dumps(shared))  # as Ray hands it to the driver
         for j, part in enumerate(parts):
+            mine = pickle.loads(pickle.dumps(shared.only(j)))  # as the driver hands it to actor j
+            assert list(mine.parts) == [j] and len(pickle.dumps(mine)) <= len(pickle.dumps(shared))
             if j == skip:
-                assert shared.part(j, views) == 7
+                assert mine.part(j, views) == 7
                 continue
-            got = shared.part(j, views)
+            got = mine.part(j, views)
             same(got, part)
             for step in got:
                 for _wid, rows, groups in step:
