@@ -192,3 +192,19 @@ def test_rows_routed_into_a_taken_segment_are_not_copied(prefix):
     views.close()
     pool.close()
     assert not leftovers(prefix)
+
+
+def test_the_driver_hands_each_actor_its_own_parts_in_one_argument(prefix):
+    from pystream._ray_driver import packed_messages
+
+    pool = _shm.SegmentPool(prefix)
+    reads = [pool.write(parts_of([[[10]], [[10]], [[10]]], ["int64"], True, np.random.default_rng(k)), k)
+             for k in range(3)]
+    for k, r in enumerate(reads):
+        r.parts[k] = k  # each read's own slot holds its reader's source id
+    mine = packed_messages(reads, 1)
+    assert [list(m.parts) for m in mine] == [[1], [1], [1]] and mine[1].parts[1] == 1
+    assert [m.names for m in mine] == [r.names for r in reads]
+    ref = object()  # an object-store ref: every read goes as an argument of its own
+    assert packed_messages([reads[0], ref], 0) is None
+    pool.close()
