@@ -434,11 +434,12 @@ class WindowWorker:
         self.ahead[source_id] = collections.deque()
 
     def read_source(self, sid: int):
-        """The source's next read as (a ref to its parts in Ray's object store, (label,
-        position, done)), already taken by a thread of this actor while its rounds ran: the
-        reading thread keeps up to `depth` reads done ahead of the driver's requests, so a
-        request rarely waits (a request that waited would hold up this actor's rounds behind
-        it). Routing and the windows' kernels release the GIL, so reading overlaps windowing."""
+        """The source's next read as (where its parts are, as `_read` gives: a shared-memory
+        layout or an object-store ref; (label, position, done)), already taken by a thread of
+        this actor while its rounds ran: the reading thread keeps up to `depth` reads done
+        ahead of the driver's requests, so a request rarely waits (a request that waited would
+        hold up this actor's rounds behind it). Routing and the windows' kernels release the
+        GIL, so reading overlaps windowing."""
         t = time.perf_counter()
         try:
             # Every read runs on the reading thread, the first one too: a source is only ever
@@ -458,9 +459,10 @@ class WindowWorker:
             self._spent("read", t)
 
     def _read(self, sid: int):
-        """One read, the other actors' parts put into Ray's object store as one object here (on
-        the read-ahead thread, so that copy overlaps windowing too): (own part, ref, meta).
-        The object holds this actor's part as the source id."""
+        """One read on the read-ahead thread, so that it overlaps windowing: (own part, where
+        the other actors' parts are, meta). Where they are: the read's `_shm.Shared` layout
+        (routed straight into this source's segments), or a ref to one object in Ray's object
+        store. Either holds this actor's part as the source id."""
         faults = _faults()
         try:
             parts, meta = self.readers[sid].next()
