@@ -89,6 +89,18 @@ def round_spread(ends: list) -> float:
     return 1e3 * sum(max(r) - min(r) for r in zip(*tails)) / n
 
 
+def last_shares(ends: list) -> list:
+    """For each actor, the share of rounds it finished last (the same aligned rounds as
+    round_spread): about 1/N each where stragglers are chance, one large share where an actor
+    is slow every round (more rows, or a core it shares)."""
+    n = min((len(e) for e in ends), default=0)
+    if len(ends) < 2 or n == 0:
+        return [0.0] * len(ends)
+    tails = [e[len(e) - n:] for e in ends]
+    last = [max(range(len(r)), key=r.__getitem__) for r in zip(*tails)]
+    return [last.count(j) / n for j in range(len(ends))]
+
+
 def _graph(flow, keep_source: int | None = None):
     """A picklable copy of the flow's graph for an actor: no live state, and no source objects
     (their data) except the one source the actor reads."""
@@ -311,7 +323,8 @@ class Driver:
         # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call, page
         # faults per round and per read (the reading thread's); the
         # driver's wait for the oldest round in flight; spread_ms: how long after the first
-        # actor the last one ended the same round (mean over rounds).
+        # actor the last one ended the same round (mean over rounds); last_share: per actor, the
+        # share of rounds it ended last.
         run_s = time.perf_counter() - running
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
@@ -323,6 +336,7 @@ class Driver:
             "round_faults": [t["round_faults"] / max(t["rounds"], 1) for t in timings],
             "read_faults": [t["read_faults"] / max(t["reads"], 1) for t in timings],
             "spread_ms": round_spread([t["round_ends"] for t in timings]),
+            "last_share": last_shares([t["round_ends"] for t in timings]),
             "segments": [t["segments"] for t in timings],
         }}
         result.checkpoints = written

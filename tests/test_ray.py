@@ -87,6 +87,7 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert len(m["round_faults"]) == len(m["read_faults"]) == 2
     assert all(f >= 0 for f in m["round_faults"] + m["read_faults"])
     assert m["transport"] == "shared_memory"  # both actors on this machine
+    assert len(m["last_share"]) == 2 and sum(m["last_share"]) == pytest.approx(1.0)
 
 
 def segment_files() -> set:
@@ -159,6 +160,14 @@ def test_round_spread_is_how_long_after_the_first_actor_the_last_finished_a_roun
     assert round_spread([[1.0, 2.0, 3.0], [1.5, 2.0, 3.25]]) == pytest.approx(1e3 * (0.5 + 0 + 0.25) / 3)
     assert round_spread([[0.5, 1.0, 2.0], [1.25, 2.5]]) == pytest.approx(1e3 * (0.25 + 0.5) / 2)  # latest rounds aligned
     assert round_spread([[1.0]]) == 0.0 and round_spread([[], [1.0]]) == 0.0
+
+
+def test_last_shares_say_which_actor_ends_rounds_last():
+    from pystream._ray_driver import last_shares
+
+    assert last_shares([[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 2.9, 4.5]]) == [0.25, 0.75]
+    assert last_shares([[0.5, 1.0, 2.0], [1.25, 2.5]]) == [0.0, 1.0]  # latest rounds aligned
+    assert last_shares([[1.0]]) == [0.0] and last_shares([[], [1.0]]) == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("ahead", [1, 4])
