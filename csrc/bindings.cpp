@@ -652,7 +652,14 @@ using WordArray = py::array_t<uint64_t, py::array::c_style | py::array::forcecas
 /// multiple of kRouteAlign bytes (a shared-memory segment the receivers view in place).
 constexpr int64_t kRouteAlign = 64;
 
-int64_t route_aligned(int64_t bytes) { return (bytes + kRouteAlign - 1) / kRouteAlign * kRouteAlign; }
+/// Where each routed array of `rows` rows starts in `out`: groups, then the columns by item
+/// size; the last entry is the bytes needed.
+std::vector<int64_t> route_layout(int64_t rows, const std::vector<int64_t>& itemsizes) {
+  auto aligned = [](int64_t bytes) { return (bytes + kRouteAlign - 1) / kRouteAlign * kRouteAlign; };
+  std::vector<int64_t> at{0, aligned(2 * rows)};
+  for (int64_t size : itemsizes) at.push_back(at.back() + aligned(rows * size));
+  return at;
+}
 
 py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
                            const std::vector<std::vector<py::array>>& columns, bool with_order, const char* name,
@@ -708,20 +715,18 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
     if (!out || out.ndim() != 1 || out.dtype().kind() != 'u' || out.itemsize() != 1 ||
         !(out.flags() & py::array::c_style) || !out.writeable())
       fail(fn + ": out must be a writable, contiguous 1-d uint8 array");
-    int64_t need = route_aligned(2 * n);
-    for (const py::array& col : first) need += route_aligned(n * static_cast<int64_t>(col.itemsize()));
-    if (static_cast<int64_t>(out.size()) < need)
+    std::vector<int64_t> sizes;
+    for (const py::array& col : first) sizes.push_back(static_cast<int64_t>(col.itemsize()));
+    const std::vector<int64_t> at = route_layout(n, sizes);
+    if (static_cast<int64_t>(out.size()) < at.back())
       fail(fn + ": out holds " + std::to_string(out.size()) + " bytes, the routed groups and columns of " +
-           std::to_string(n) + " rows need " + std::to_string(need));
+           std::to_string(n) + " rows need " + std::to_string(at.back()));
     auto* base = static_cast<uint8_t*>(out.mutable_data());
     groups = py::array_t<uint16_t>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(2)},
                                    reinterpret_cast<uint16_t*>(base), out);
-    int64_t at = route_aligned(2 * n);
-    for (const py::array& col : first) {
-      outs.emplace_back(col.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)},
-                        std::vector<py::ssize_t>{static_cast<py::ssize_t>(col.itemsize())}, base + at, out);
-      at += route_aligned(n * static_cast<int64_t>(col.itemsize()));
-    }
+    for (size_t k = 0; k < first.size(); ++k)
+      outs.emplace_back(first[k].dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n)},
+                        std::vector<py::ssize_t>{static_cast<py::ssize_t>(sizes[k])}, base + at[k + 1], out);
   }
   py::array_t<int64_t> order(with_order ? n : 0), bounds(parallelism + 1);
   const size_t scratch = static_cast<size_t>(std::max<int64_t>(n, 1));
@@ -773,6 +778,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("columns"), py::arg("with_order") = true, py::arg("out") = py::none(),
         "route_rows over rows that come as chunks (words[c] and columns[c] per chunk), routed as one batch: the "
         "same result as route_rows over the chunks joined, without joining them.");
+  m.def("routed_bytes", [](int64_t rows, const std::vector<int64_t>& itemsizes) {
+          if (rows < 0) fail("routed_bytes: rows must be >= 0, got " + std::to_string(rows));
+          return route_layout(rows, itemsizes).back();
+        }, py::arg("rows"), py::arg("itemsizes"),
+        "Bytes the routed groups and columns (of these item sizes) of `rows` rows take laid out in route_rows' `out`.");
   m.attr("ROUTE_ALIGN") = kRouteAlign;
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;

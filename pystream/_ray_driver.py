@@ -68,14 +68,14 @@ def transport(runtime, nodes: list) -> str:
         else "object_store"
 
 
-def packed_messages(parts: list, j: int) -> list | None:
-    """Window actor j's messages of a round, where every read is a shared-memory layout: its
-    own part's layout of each, handed over as one argument with the rest of the round (Ray
-    serializes an argument at a time, and at 16 sources 20 arguments cost the driver more than
-    the call itself: 41 -> 24 ms per round in submissions on 2 cores). None where a read is an
-    object-store ref, which Ray resolves only as an argument of its own."""
+def packed_messages(parts: list, n: int) -> list | None:
+    """Each of n window actors' messages of a round, where every read is a shared-memory
+    layout: actor j's own part's layout of each, handed over as one argument with the rest of
+    the round (Ray serializes an argument at a time, and at 16 sources 20 arguments cost the
+    driver more than the call itself: 41 -> 24 ms per round in submissions on 2 cores). None
+    where a read is an object-store ref, which Ray resolves only as an argument of its own."""
     if all(isinstance(p, _shm.Shared) for p in parts):
-        return [p.only(j) for p in parts]
+        return [[p.only(j) for p in parts] for j in range(n)]
     return None
 
 
@@ -370,12 +370,11 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
-        refs = []
+        refs, packed = [], packed_messages(parts, self.n)
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}
-            messages = packed_messages(parts, j)
-            if messages is not None:
-                refs.append(w.round_packed.remote((wms, chans, messages, tuple(reads_in[j]), released)))
+            if packed is not None:
+                refs.append(w.round_packed.remote((wms, chans, packed[j], tuple(reads_in[j]), released)))
             else:
                 refs.append(w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]), released=released))
         for j, ref in enumerate(refs):

@@ -136,25 +136,19 @@ class SegmentPool:
         the read goes through the object store). Either way the read is numbered, and the
         segments it was routed into stay its own until released (its own part views them)."""
         seq, self.count = self.count, self.count + 1
+        laid = _layout(parts, skip, self.current)
+        if laid is not None and laid[1]:  # rows from elsewhere: copied into one more segment
+            room = self.take(laid[1])
+            if room is None:
+                laid = None
+            else:
+                for offset, a in laid[2]:
+                    np.frombuffer(room, dtype=a.dtype, count=len(a), offset=offset)[:] = a
         segs, self.current = self.current, []
-        laid = _layout(parts, skip, segs)
-        shared = None
-        if laid is not None:
-            enc, size, arrays = laid
-            seg = None
-            if size:
-                with self.lock:
-                    seg = self._segment(size)
-            if seg is not None or not size:
-                if seg is not None:
-                    segs.append(seg)
-                    for offset, a in arrays:
-                        np.frombuffer(seg[2], dtype=a.dtype, count=len(a), offset=offset)[:] = a
-                shared = Shared([s[1] for s in segs], enc)
         if segs:
             with self.lock:
                 self.used[seq] = segs
-        return shared
+        return None if laid is None else Shared([s[1] for s in segs], laid[0])
 
     def release(self, upto: int) -> None:
         """Reads numbered below `upto` are done with: their segments may be written again."""

@@ -304,16 +304,13 @@ class SourceWorker:
         first = batches[0]
         fixed = [c for c in first.columns if first[c].dtype.kind != "O"]
         with_ts = first.ts is not None
-        sizes = [first[c].dtype.itemsize for c in fixed] + ([first.ts.dtype.itemsize] if with_ts else [])
-        room = None if self.out is None else self.out(_routed_bytes(sum(len(b) for b in batches), sizes))
-        if len(batches) == 1:
-            ins = [first[c] for c in fixed] + ([first.ts] if with_ts else [])
-            order, groups, bounds, cols = _core.route_rows(_key_words(first, keys), self.n_groups, n, ins,
-                                                           with_order=len(fixed) < len(first.columns), out=room)
-        else:  # _chunkable: fixed-width columns only
-            order, groups, bounds, cols = _core.route_chunks(
-                [_key_words(b, keys) for b in batches], self.n_groups, n,
-                [[b[c] for c in fixed] + ([b.ts] if with_ts else []) for b in batches], with_order=False, out=room)
+        ins = [[b[c] for c in fixed] + ([b.ts] if with_ts else []) for b in batches]
+        room = None
+        if self.out is not None:
+            room = self.out(_core.routed_bytes(sum(len(b) for b in batches), [a.dtype.itemsize for a in ins[0]]))
+        # several batches only where _chunkable passed them: fixed-width columns, no order needed
+        order, groups, bounds, cols = _core.route_chunks([_key_words(b, keys) for b in batches], self.n_groups, n,
+                                                         ins, with_order=len(fixed) < len(first.columns), out=room)
         ts = cols.pop() if with_ts else None
         cols = dict(zip(fixed, cols))
         routed = Batch({c: cols[c] if c in cols else first[c][order] for c in first.columns}, ts=ts)
@@ -321,15 +318,6 @@ class SourceWorker:
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
                 out[j].append((window.id, routed.slice(lo, hi), groups[lo:hi]))
-
-
-def _routed_bytes(rows: int, itemsizes: list) -> int:
-    """Bytes route_rows lays `rows` routed rows out in (`out=`): groups, then each column, each
-    on a multiple of ROUTE_ALIGN."""
-    def aligned(b: int) -> int:
-        return -(-b // _core.ROUTE_ALIGN) * _core.ROUTE_ALIGN
-
-    return aligned(2 * rows) + sum(aligned(rows * size) for size in itemsizes)
 
 
 def _chunkable(batches: list) -> bool:

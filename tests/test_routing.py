@@ -104,10 +104,8 @@ def test_routing_chunks_equals_routing_the_joined_batch(n, cuts, parallelism, se
                                      [[c[a:b] for c in cols] for a, b in chunks], with_order=False)
     assert none is None and rest[0].tolist() == want[1].tolist()
     # Laid out in `out` (a shared-memory segment): the same values, as views of it, each array
-    # on a multiple of ROUTE_ALIGN, in the bytes _routed_bytes counts.
-    from pystream.runtimes import _routed_bytes
-
-    need = _routed_bytes(n, [c.dtype.itemsize for c in cols])
+    # on a multiple of ROUTE_ALIGN, in the bytes routed_bytes counts.
+    need = _core.routed_bytes(n, [c.dtype.itemsize for c in cols])
     room = np.full(need + 8, 0xAB, dtype=np.uint8)
     _o, groups, bounds, routed = _core.route_chunks([[k[a:b] for k in keys] for a, b in chunks], 16, parallelism,
                                                     [[c[a:b] for c in cols] for a, b in chunks], with_order=False,
@@ -189,6 +187,9 @@ def test_routing_into_room_too_small_or_not_bytes_says_so():
     from pystream import _core
 
     k, col = np.arange(10, dtype=np.uint64), np.zeros(10)
+    assert _core.routed_bytes(10, [8]) == 64 + 128  # 20 bytes of groups, 80 of the column, each to 64
+    with pytest.raises(ValueError, match="routed_bytes: rows must be >= 0, got -1"):
+        _core.routed_bytes(-1, [8])
     with pytest.raises(ValueError, match="route_rows: out holds 191 bytes, the routed groups and columns of 10 rows "
                                          "need 192"):
         _core.route_rows([k], 8, 2, [col], out=np.zeros(191, dtype=np.uint8))

@@ -172,12 +172,10 @@ def test_rows_routed_into_a_taken_segment_are_not_copied(prefix):
     # The reading actor routes a read straight into room taken from the pool: its layout
     # refers to the rows where they lie (no second segment); rows from elsewhere are copied.
     from pystream import _core
-    from pystream.runtimes import _routed_bytes
-
     n = 1_000
     keys, kwh = np.arange(n, dtype=np.uint64), np.random.default_rng(5).random(n)
     pool, views = _shm.SegmentPool(prefix), _shm.SegmentViews()
-    room = pool.take(_routed_bytes(n, [8]))
+    room = pool.take(_core.routed_bytes(n, [8]))
     _o, groups, bounds, (moved,) = _core.route_rows([keys], 16, 2, [kwh], with_order=False, out=room)
     lo, mid, hi = (int(b) for b in bounds)
     parts = [[[(0, Batch({"kwh": moved[lo:mid]}), groups[lo:mid])]], [[(0, Batch({"kwh": moved[mid:hi]}), groups[mid:hi])]]]
@@ -202,9 +200,9 @@ def test_the_driver_hands_each_actor_its_own_parts_in_one_argument(prefix):
              for k in range(3)]
     for k, r in enumerate(reads):
         r.parts[k] = k  # each read's own slot holds its reader's source id
-    mine = packed_messages(reads, 1)
+    mine = packed_messages(reads, 3)[1]
     assert [list(m.parts) for m in mine] == [[1], [1], [1]] and mine[1].parts[1] == 1
     assert [m.names for m in mine] == [r.names for r in reads]
     ref = object()  # an object-store ref: every read goes as an argument of its own
-    assert packed_messages([reads[0], ref], 0) is None
+    assert packed_messages([reads[0], ref], 3) is None
     pool.close()
