@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -102,8 +103,10 @@ inline RowLayout::RowLayout(const std::vector<AggSpec>& aggs, int64_t header) {
 
 /// The checks every engine makes before a batch changes any state: not flushed, one value
 /// column per aggregation (null only for counts), a valid unit, every timestamp in range.
-inline void check_batch(const RowLayout& layout, bool flushed, const std::vector<const double*>& values, const int64_t* ts,
-                        int64_t n, int64_t unit_ns) {
+/// Checks a batch at the boundary; returns its largest timestamp (in its unit; INT64_MIN for
+/// none), which engines use to size their output.
+inline int64_t check_batch(const RowLayout& layout, bool flushed, const std::vector<const double*>& values,
+                           const int64_t* ts, int64_t n, int64_t unit_ns) {
   if (flushed) fail("this window operator has been flushed at end of input and accepts no more events");
   if (values.size() != layout.col_of_spec.size()) fail("expected one value column per aggregation");
   for (size_t s = 0; s < layout.col_of_spec.size(); ++s) {
@@ -111,12 +114,20 @@ inline void check_batch(const RowLayout& layout, bool flushed, const std::vector
   }
   if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
   const int64_t limit = kMaxAbsTime / unit_ns;
-  for (int64_t i = 0; i < n; ++i) {
-    if (ts[i] < -limit || ts[i] > limit) {
-      fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
-           " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
+  int64_t lo = std::numeric_limits<int64_t>::max(), hi = std::numeric_limits<int64_t>::min();
+  for (int64_t i = 0; i < n; ++i) {  // a reduction without branches; the offending row is found only on failure
+    lo = std::min(lo, ts[i]);
+    hi = std::max(hi, ts[i]);
+  }
+  if (n > 0 && (lo < -limit || hi > limit)) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (ts[i] < -limit || ts[i] > limit) {
+        fail("timestamp " + std::to_string(ts[i]) + " at row " + std::to_string(i) +
+             " is outside the supported range (1823-11-12 .. 2116-02-20); is the time unit right?");
+      }
     }
   }
+  return hi;
 }
 
 }  // namespace pystream

@@ -783,6 +783,9 @@ PYBIND11_MODULE(_core, m) {
           return route_layout(rows, itemsizes).back();
         }, py::arg("rows"), py::arg("itemsizes"),
         "Bytes the routed groups and columns (of these item sizes) of `rows` rows take laid out in route_rows' `out`.");
+  m.def("regrowth_bytes", [] { return regrowth_bytes().load(std::memory_order_relaxed); },
+        "Bytes that engines' output columns have copied, process-wide, because they outgrew their buffer (output "
+        "sized up front copies none).");
   m.attr("ROUTE_ALIGN") = kRouteAlign;
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;

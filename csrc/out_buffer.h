@@ -8,6 +8,7 @@
 /// bounded (kMaxPooledBytes); beyond that buffers are simply freed.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -76,6 +77,13 @@ class BufferPool {
   size_t pooled_ = 0;
 };
 
+/// Bytes that output columns copied because they outgrew their buffer (process-wide, every
+/// engine): an engine that sizes its output up front copies none. Diagnostics and tests.
+inline std::atomic<uint64_t>& regrowth_bytes() {
+  static std::atomic<uint64_t> bytes{0};
+  return bytes;
+}
+
 /// A minimal vector of trivially copyable T on pooled memory.
 template <class T>
 class OutBuf {
@@ -110,10 +118,17 @@ class OutBuf {
     if (n * sizeof(T) <= cap_bytes_) return;
     size_t got = 0;
     T* fresh = static_cast<T*>(BufferPool::instance().acquire(n * sizeof(T), got));
-    if (size_) std::memcpy(static_cast<void*>(fresh), data_, size_ * sizeof(T));
+    if (size_) {
+      std::memcpy(static_cast<void*>(fresh), data_, size_ * sizeof(T));
+      regrowth_bytes().fetch_add(size_ * sizeof(T), std::memory_order_relaxed);
+    }
     BufferPool::instance().release(data_, cap_bytes_);
     data_ = fresh;
     cap_bytes_ = got;
+  }
+  /// Room for n elements, growing at least twofold where it grows (copies stay linear).
+  void reserve_growing(size_t n) {
+    if (n * sizeof(T) > cap_bytes_) reserve(n > 2 * size_ ? n : 2 * size_);
   }
   /// Grows to n elements (new elements uninitialised: callers write them).
   void resize(size_t n) {

@@ -25,6 +25,10 @@ def route_chunks(words: Sequence[Sequence[np.ndarray]], n_groups: int, paralleli
     columns, the same columns and dtypes in every chunk), routed as one batch, chunk after chunk:
     equal to route_rows over the joined chunks, without joining them (no copy of the rows)."""
 
+def regrowth_bytes() -> int:
+    """Bytes that engines' output columns have copied, process-wide, because they outgrew their
+    buffer (output sized up front copies none)."""
+
 def routed_bytes(rows: int, itemsizes: Sequence[int]) -> int:
     """Bytes the routed groups and columns (of these item sizes) of `rows` rows take laid out in
     route_rows' / route_chunks' `out`."""

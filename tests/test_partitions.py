@@ -166,3 +166,27 @@ def test_declared_partitions_survive_a_snapshot_taken_before_any_data():
     c.restore(pickle.loads(pickle.dumps(b.snapshot())))
     c.process(batch, 0)
     assert a.watermark is None and c.watermark is None  # partition 1 holds it back in both
+
+
+def test_a_batch_that_releases_held_windows_has_its_output_sized_before_it_fires():
+    """Partition 0 runs 40 windows ahead while partition 1 holds the watermark back; the batch of
+    1 that catches up fires all 40 (one by one, as its events move the watermark). Its output
+    is sized for them up front, from the rows a fired window has had lately, so its columns
+    never outgrow their buffers (they grew by doubling before: 24-37 bytes copied per event
+    with 2 to 8 partitions)."""
+    keys = np.arange(1_000)
+    e = _core.WindowEngine(10, 10, 0, 0, 0, -1, True, [(0, 1), (1, 1)])  # count, sum
+
+    def batch(start, windows, part):
+        ts = np.repeat(np.arange(start, start + 10 * windows, 10), len(keys))
+        return e.process(np.tile(keys, windows), ts, [None, np.ones(len(ts))], 1, part)
+
+    for start in range(0, 50, 10):  # in step: the engine learns how many rows a window fires
+        batch(start, 1, 0)
+        batch(start, 1, 1)
+    before = _core.regrowth_bytes()
+    assert len(batch(50, 40, 0)["start"]) == 0  # held back by partition 1
+    out = batch(50, 40, 1)
+    assert out["start"].tolist() == np.repeat(np.arange(40, 440, 10), len(keys)).tolist()
+    assert out["cols"][0].tolist() == [2] * 40_000  # counts: one event of each partition per key and window
+    assert _core.regrowth_bytes() == before
