@@ -503,3 +503,27 @@ def test_graphs_the_ray_runtime_refuses():
         ps.runtimes.Ray(round_rows=0)
     with pytest.raises(ValueError, match="ahead must be an int >= 1, got 0"):
         ps.runtimes.Ray(ahead=0)
+
+
+def test_a_round_takes_the_sources_rows_in_turns_by_event_time():
+    """Each source's read covers hours of event time; taken whole one after another they held
+    each other's watermark back for a whole read. Pieces of at most TURN_ROWS rows (equal
+    pieces) go in the order of their first event time, each source's in its own order."""
+    f = ps.Flow("turns")
+    sources(f).key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()) \
+        .sink(ps.sinks.Collect("out"))
+    w = ps.runtimes.WindowWorker(f, 0, 1, 16)
+    w.TURN_ROWS = 4
+    wid = w.plan.windows[0].id
+
+    def message(ts):
+        b = ps.Batch({"meter_id": np.zeros(len(ts), dtype=np.int64), "ts": np.array(ts), "kwh": np.ones(len(ts))})
+        return [[(wid, b, np.zeros(len(ts), dtype=np.uint16))]]
+
+    # channel 9's times step back: its later piece starts earlier, and still goes after its first
+    got = [(chan, b["ts"].tolist(), g.tolist()) for _, b, g, chan in w._by_event_time(
+        [7, 8, 9], [message(list(range(0, 100, 10))), message(list(range(5, 105, 10))), message([200, 1, 2, 3, 4])])]
+    assert [(chan, ts) for chan, ts, _ in got] == [
+        (7, [0, 10, 20, 30]), (8, [5, 15, 25, 35]), (7, [40, 50, 60, 70]), (8, [45, 55, 65, 75]), (7, [80, 90]),
+        (8, [85, 95]), (9, [200, 1, 2]), (9, [3, 4])]
+    assert all(len(g) == len(ts) for _, ts, g in got)
