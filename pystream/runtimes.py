@@ -648,8 +648,8 @@ class WindowWorker:
                     elif times is not None and times.dtype.kind not in "iu":
                         times = None
                     pieces = runs.setdefault(wid, {}).setdefault(chan, [])
-                    size = -(-len(batch) // -(-len(batch) // self.TURN_ROWS)) if len(batch) else 1  # equal pieces
-                    for lo in range(0, len(batch), size):
+                    size = -(-len(batch) // max(-(-len(batch) // self.TURN_ROWS), 1))  # equal pieces; none of none
+                    for lo in range(0, len(batch), max(size, 1)):
                         hi = min(lo + size, len(batch))
                         first = int(times[lo]) if times is not None else len(pieces)
                         whole = lo == 0 and hi == len(batch)
