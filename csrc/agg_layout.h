@@ -103,8 +103,8 @@ inline RowLayout::RowLayout(const std::vector<AggSpec>& aggs, int64_t header) {
 
 /// The checks every engine makes before a batch changes any state: not flushed, one value
 /// column per aggregation (null only for counts), a valid unit, every timestamp in range.
-/// Checks a batch at the boundary; returns its largest timestamp (in its unit; INT64_MIN for
-/// none), which engines use to size their output.
+/// Returns the batch's largest timestamp (in its unit; INT64_MIN for an empty batch), which an
+/// engine may use to size its output.
 inline int64_t check_batch(const RowLayout& layout, bool flushed, const std::vector<const double*>& values,
                            const int64_t* ts, int64_t n, int64_t unit_ns) {
   if (flushed) fail("this window operator has been flushed at end of input and accepts no more events");

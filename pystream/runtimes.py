@@ -648,11 +648,13 @@ class WindowWorker:
                     elif times is not None and times.dtype.kind not in "iu":
                         times = None
                     pieces = runs.setdefault(wid, {}).setdefault(chan, [])
-                    size = -(-len(batch) // max(-(-len(batch) // self.TURN_ROWS), 1))  # equal pieces; none of none
-                    for lo in range(0, len(batch), max(size, 1)):
-                        hi = min(lo + size, len(batch))
+                    n = len(batch)
+                    count = -(-n // self.TURN_ROWS)  # equal pieces (none of an empty batch)
+                    size = -(-n // count) if count else 1
+                    for lo in range(0, n, size):
+                        hi = min(lo + size, n)
                         first = int(times[lo]) if times is not None else len(pieces)
-                        whole = lo == 0 and hi == len(batch)
+                        whole = lo == 0 and hi == n
                         pieces.append((first, wid, batch if whole else batch.slice(lo, hi), groups[lo:hi], chan))
         for per_chan in runs.values():
             # merge keeps each channel's own order (times may step back within a channel)
@@ -660,6 +662,7 @@ class WindowWorker:
                 yield wid, batch, groups, chan
 
     def _take(self, wid: int, chan: int, batch: Batch, groups: np.ndarray) -> None:
+        """Rows of one channel into the window's operators (by slot)."""
         self._channel(wid, chan)
         for slot, sub in self._split(wid, batch, groups):
             self.last_input[wid] = sub

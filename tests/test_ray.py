@@ -520,9 +520,11 @@ def test_a_round_takes_the_sources_rows_in_turns_by_event_time():
         b = ps.Batch({"meter_id": np.zeros(len(ts), dtype=np.int64), "ts": np.array(ts), "kwh": np.ones(len(ts))})
         return [[(wid, b, np.zeros(len(ts), dtype=np.uint16))]]
 
-    # channel 9's times step back: its later piece starts earlier, and still goes after its first
+    # channel 9's times step back: its later piece starts earlier, and still goes after its first;
+    # channel 10's batch is empty: no piece
     got = [(chan, b["ts"].tolist(), g.tolist()) for _, b, g, chan in w._by_event_time(
-        [7, 8, 9], [message(list(range(0, 100, 10))), message(list(range(5, 105, 10))), message([200, 1, 2, 3, 4])])]
+        [7, 8, 9, 10], [message(list(range(0, 100, 10))), message(list(range(5, 105, 10))), message([200, 1, 2, 3, 4]),
+                        message(np.empty(0, dtype=np.int64))])]
     assert [(chan, ts) for chan, ts, _ in got] == [
         (7, [0, 10, 20, 30]), (8, [5, 15, 25, 35]), (7, [40, 50, 60, 70]), (8, [45, 55, 65, 75]), (7, [80, 90]),
         (8, [85, 95]), (9, [200, 1, 2]), (9, [3, 4])]
