@@ -620,7 +620,8 @@ class WindowEngine {
         next_fire_ = std::max(next_fire_ + 1, std::min(floor_div(base_ - m_, r_) + 1, first_window_after(w)));
         continue;
       }
-      fire_window(next_fire_, rows_, false, out);
+      const double nr = static_cast<double>(fire_window(next_fire_, rows_, false, out));
+      if (nr > 0) rows_per_window_ = rows_per_window_ <= 0.0 ? nr : 0.75 * rows_per_window_ + 0.25 * nr;
       ++next_fire_;
     }
     if (w >= next_early_) {
@@ -663,10 +664,11 @@ class WindowEngine {
     }
   }
 
-  /// On-time firing of window j: every slot with at least one event in it, in slot order.
-  void fire_window(int64_t j, std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
+  /// On-time firing of window j: every slot with at least one event in it, in slot order;
+  /// returns the rows emitted.
+  int64_t fire_window(int64_t j, std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
     window_positions(j);
-    if (pos_.empty()) return;
+    if (pos_.empty()) return 0;
     rows.resize(static_cast<size_t>(nslots_));
     int32_t* r = rows.data();
     int64_t nr = 0;
@@ -692,8 +694,8 @@ class WindowEngine {
         }
       }
     }
-    rows_per_window_ = rows_per_window_ <= 0.0 ? static_cast<double>(nr) : 0.75 * rows_per_window_ + 0.25 * static_cast<double>(nr);
     emit_rows(j, r, nr, update, out);
+    return nr;
   }
 
   void emit_rows(int64_t j, const std::vector<int32_t>& rows, bool update, EmitBuffer& out) {
@@ -764,7 +766,7 @@ class WindowEngine {
   size_t part_ = 0;              // the current batch's partition
   int64_t cap_ = kEndWatermark;  // min watermark the other active partitions allow
   double rows_per_event_ = 0.0;  // recent output rows per input event, to size outputs
-  double rows_per_window_ = 0.0;  // recent output rows per fired window, to size firings
+  double rows_per_window_ = 0.0;  // recent output rows per on-time firing (step), to size firings
   std::vector<std::pair<int64_t, int32_t>> dirty_;
 
   // Per-batch scratch, reused across calls.
