@@ -436,17 +436,21 @@ class WindowEngine {
   /// Sizes the output columns for this batch up front (rows per event as in the last batch,
   /// plus a margin), so they do not grow by doubling and copying.
   void reserve_out(EmitBuffer& out, int64_t n) {
-    const size_t want = static_cast<size_t>(static_cast<double>(n) * rows_per_event_ * 1.25) + 64;
-    out.key.reserve(spec_.keyed ? want : 0);
-    out.start.reserve(want);
-    out.end.reserve(want);
-    out.update.reserve(want);
-    out.early.reserve(want);
-    for (size_t s = 0; s < out.cols.size(); ++s) {
-      if (out.cols[s].is_int) {
-        out.cols[s].i.reserve(want);
+    reserve_rows(out, static_cast<size_t>(static_cast<double>(n) * rows_per_event_ * 1.25) + 64);
+  }
+
+  /// Room for `want` output rows in every column (growing at least twofold where it grows).
+  void reserve_rows(EmitBuffer& out, size_t want) const {
+    if (spec_.keyed) out.key.reserve_growing(want);
+    out.start.reserve_growing(want);
+    out.end.reserve_growing(want);
+    out.update.reserve_growing(want);
+    out.early.reserve_growing(want);
+    for (auto& c : out.cols) {
+      if (c.is_int) {
+        c.i.reserve_growing(want);
       } else {
-        out.cols[s].f.reserve(want);
+        c.f.reserve_growing(want);
       }
     }
   }
@@ -463,20 +467,8 @@ class WindowEngine {
     const int64_t first = std::max(next_fire_, floor_div(base_ - m_, r_) + 1);
     const int64_t last = std::min(first_window_after(w) - 1, floor_div(top_ - 1, r_));
     if (last < first) return;
-    const size_t want = out.start.size() +
-                        static_cast<size_t>(static_cast<double>(last - first + 1) * rows_per_window_ * 1.125) + 64;
-    if (spec_.keyed) out.key.reserve_growing(want);
-    out.start.reserve_growing(want);
-    out.end.reserve_growing(want);
-    out.update.reserve_growing(want);
-    out.early.reserve_growing(want);
-    for (auto& c : out.cols) {
-      if (c.is_int) {
-        c.i.reserve_growing(want);
-      } else {
-        c.f.reserve_growing(want);
-      }
-    }
+    reserve_rows(out, out.start.size() +
+                          static_cast<size_t>(static_cast<double>(last - first + 1) * rows_per_window_ * 1.125) + 64);
   }
 
   /// The first watermark. With no data yet, windows count from w on; with data already in the

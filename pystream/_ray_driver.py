@@ -79,26 +79,31 @@ def packed_messages(parts: list, n: int) -> list | None:
     return None
 
 
+def _latest_rounds(ends: list) -> list | None:
+    """Each actor's round end times over the latest rounds all of them ended (aligned from the
+    last), one tuple per round; None with fewer than two actors or no such round."""
+    n = min((len(e) for e in ends), default=0)
+    if len(ends) < 2 or n == 0:
+        return None
+    return list(zip(*(e[len(e) - n:] for e in ends)))
+
+
 def round_spread(ends: list) -> float:
     """Mean over rounds of how long after the first actor the last one finished it (ms), from
     each actor's round end times (wall clock; the latest rounds, aligned from the last)."""
-    n = min((len(e) for e in ends), default=0)
-    if len(ends) < 2 or n == 0:
-        return 0.0
-    tails = [e[len(e) - n:] for e in ends]
-    return 1e3 * sum(max(r) - min(r) for r in zip(*tails)) / n
+    rounds = _latest_rounds(ends)
+    return 0.0 if rounds is None else 1e3 * sum(max(r) - min(r) for r in rounds) / len(rounds)
 
 
 def last_shares(ends: list) -> list:
     """For each actor, the share of rounds it finished last (the same aligned rounds as
     round_spread): about 1/N each where stragglers are chance, one large share where an actor
     is slow every round (more rows, or a core it shares)."""
-    n = min((len(e) for e in ends), default=0)
-    if len(ends) < 2 or n == 0:
+    rounds = _latest_rounds(ends)
+    if rounds is None:
         return [0.0] * len(ends)
-    tails = [e[len(e) - n:] for e in ends]
-    last = [max(range(len(r)), key=r.__getitem__) for r in zip(*tails)]
-    return [last.count(j) / n for j in range(len(ends))]
+    last = [max(range(len(r)), key=r.__getitem__) for r in rounds]
+    return [last.count(j) / len(rounds) for j in range(len(ends))]
 
 
 def _graph(flow, keep_source: int | None = None):
