@@ -17,7 +17,10 @@ hands over from: at-least-once (sink output since the last state file is produce
 The topic must be partitioned by the window key (produce with the meter id as message key);
 windows keyed by anything else would see one key in several partitions. `idle_stop` ends a
 member after that many seconds without messages (bounded runs and tests): it then fires its
-partitions' windows, as a bounded local run does at end of input.
+partitions' windows, as a bounded local run does at end of input. The idle clock starts at
+the member's first assignment: a member still joining is waiting for its share, not idle (a
+join can take a session timeout while the other members rejoin). A member that gets no
+assignment within `join_timeout` raises instead of ending with nothing.
 """
 
 from __future__ import annotations
@@ -58,17 +61,23 @@ class KafkaGroup:
         state: a directory every member can read and write (partition state files).
         checkpoint_every: batches between state files of all owned partitions.
         idle_stop: seconds without messages (and without rebalances) after which this member
-            stops; None: run on.
+            stops, counted from its first assignment; None: run on.
+        join_timeout: seconds to wait for the first assignment before raising TimeoutError
+            (an unreachable broker, a wrong group); None: wait on.
         log: called with one line per rebalance event (assign, revoke, load).
     """
 
     def __init__(self, group: str, state: str, checkpoint_every: int = 16, idle_stop: float | None = None,
-                 log=None):
+                 join_timeout: float | None = 60.0, log=None):
         if not isinstance(group, str) or not group:
             raise ValueError(f"group must be a non-empty string, got {group!r}")
         if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+        for name, v in (("idle_stop", idle_stop), ("join_timeout", join_timeout)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {v!r}")
         self.group, self.state, self.checkpoint_every, self.idle_stop = group, str(state), checkpoint_every, idle_stop
+        self.join_timeout = join_timeout
         self.log = log or (lambda line: None)
 
     def __repr__(self):
@@ -119,6 +128,7 @@ class KafkaGroup:
         offsets: dict[int, int] = {}
         epoch = [0]
         stopping = [False]
+        joined = [False]  # the idle clock runs from the first assignment (see the module docstring)
         last_msg = [time.monotonic()]  # also reset by rebalances: a member waiting for its share is not idle
         collected = {sid: [] for sid in worker.pending}
 
@@ -137,6 +147,7 @@ class KafkaGroup:
                     offsets[tp.partition] = st["offset"]
                     self.log(f"load partition {tp.partition} offset {st['offset']} windows {len(st['ops'])}")
             self.log(f"assign {sorted(tp.partition for tp in parts)}")
+            joined[0] = True
             last_msg[0] = time.monotonic()
             consumer.assign(parts)
 
@@ -159,11 +170,19 @@ class KafkaGroup:
                       "max.poll.interval.ms": 30_000, **CONSUMER_DEFAULTS, **src.config})
         c.subscribe([src.topic], on_assign=on_assign, on_revoke=on_revoke)
         batches = 0
+        started = time.monotonic()
         try:
             while True:
                 msgs = c.consume(src.batch_size, src.poll_timeout)
                 if not msgs:
-                    if self.idle_stop is not None and time.monotonic() - last_msg[0] >= self.idle_stop:
+                    waited = time.monotonic() - (last_msg[0] if joined[0] else started)
+                    if not joined[0]:
+                        if self.join_timeout is not None and waited >= self.join_timeout:
+                            raise TimeoutError(
+                                f"consumer group {self.group!r} assigned this member no partitions of topic "
+                                f"{src.topic!r} within join_timeout={self.join_timeout} s (bootstrap "
+                                f"{src.bootstrap!r}): is the broker reachable?")
+                    elif self.idle_stop is not None and waited >= self.idle_stop:
                         break
                     continue
                 last_msg[0] = time.monotonic()

@@ -24,7 +24,8 @@ def build(bootstrap, topic, out, sleep):
 if __name__ == "__main__":
     bootstrap, topic, group, state, out = sys.argv[1:6]
     sleep = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
-    log = lambda line: print(line, flush=True)  # noqa: E731
+    t0 = time.monotonic()
+    log = lambda line: print(f"{time.monotonic() - t0:6.1f}s {line}", flush=True)  # noqa: E731
     res = build(bootstrap, topic, out, sleep).run(
         runtime=ps.runtimes.KafkaGroup(group, state, checkpoint_every=4, idle_stop=15.0, log=log))
-    print("done", res.metrics["kafka_group"], flush=True)
+    log(f"done {res.metrics['kafka_group']}")

@@ -41,9 +41,12 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path)
                                  str(tmp_path / name), str(sleep)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
-    a = member("a", 0.3)  # ~12 s of work: the rebalance (~5 s on the mock) happens while a has data left
-    # b joins once a has state for every partition (its periodic state files), so whatever b gets
-    # at the rebalance comes with half-full windows to load.
+    a = member("a", 0.3)  # ~12 s of work, so a is still there when b joins
+    # b joins once a has state for every partition (its periodic state files; a reads the
+    # partitions one after another), so whatever b gets at the rebalance comes with half-full
+    # windows to load. However late b's assignment comes (a slow machine: the mock's rebalance
+    # waits most of a session timeout), b waits for it: the idle clock starts at a member's first
+    # assignment, and a member that is not yet assigned stops only at join_timeout, by raising.
     deadline = time.monotonic() + 60
     while not all(os.path.exists(os.path.join(state, f"partition-{p}.pkl")) for p in range(4)):
         assert time.monotonic() < deadline and a.poll() is None, "member a wrote no state for every partition"
@@ -51,8 +54,8 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path)
     b = member("b", 0.0)
     out_a, out_b = a.communicate(timeout=180)[0], b.communicate(timeout=180)[0]
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
-    assert "revoke [0, 1, 2, 3]" in out_a, out_a  # the rebalance took a's partitions back...
-    assert "load partition" in out_b, out_b  # ...and b resumed some of them from a's state files
+    assert "revoke [0, 1, 2, 3]" in out_a, out_a + out_b  # the rebalance took a's partitions back...
+    assert "load partition" in out_b, out_a + out_b  # ...and b resumed some of them from a's state files
     got = ps.Batch.concat([ps.sinks.Files.read(str(tmp_path / m)) for m in ("a", "b")
                            if os.path.isdir(tmp_path / m) and ps.sinks.Files.parts(str(tmp_path / m))])
     assert rows(got) == want  # every window exactly once, across the two members
@@ -67,6 +70,37 @@ def _local(cluster, topic):
     return flow.run()["out"]
 
 
+def test_idle_clock_starts_at_the_first_assignment(tmp_path):
+    # The mock's first rebalance of a group takes ~3 s: longer than this idle_stop, which
+    # must count from the assignment, not from the start, or the member ends having read nothing.
+    cluster = MockCluster()
+    data = meter_readings(2_000, 20, seed=3, max_delay_ms=30_000)
+    topic = f"i{uuid.uuid4().hex[:8]}"
+    cluster.produce_json(topic, data, key="meter_id")
+    lines = []
+    res = _group_flow(cluster.bootstrap, topic).run(runtime=ps.runtimes.KafkaGroup(
+        f"grp-{uuid.uuid4().hex[:6]}", str(tmp_path / "state"), idle_stop=2.0, log=lines.append))
+    assert lines[0] == "assign [0, 1, 2, 3]", lines
+    assert res.metrics["kafka_group"]["batches"] > 0
+    assert rows(res["out"]) == rows(_local(cluster, topic))
+
+
+def test_a_member_that_is_never_assigned_raises(tmp_path):
+    flow = _group_flow("127.0.0.1:1", "t")  # nothing listens there
+    with pytest.raises(TimeoutError, match=r"consumer group 'g' assigned this member no partitions of topic 't' "
+                                           r"within join_timeout=1.5 s \(bootstrap '127.0.0.1:1'\)"):
+        flow.run(runtime=ps.runtimes.KafkaGroup("g", str(tmp_path), idle_stop=0.2, join_timeout=1.5))
+
+
+def _group_flow(bootstrap, topic):
+    flow = ps.Flow("kafka-group-in-process")
+    src = flow.source(ps.sources.Kafka(topic, bootstrap, batch_size=300, config={"log_level": 0}),
+                      time=ps.EventTime("ts", unit="ms", max_out_of_orderness="2m"))
+    src.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()) \
+        .sink(ps.sinks.Collect("out"))
+    return flow
+
+
 def test_group_mode_refuses_what_it_cannot_do(tmp_path):
     flow = ps.Flow("arrays")
     flow.source(ps.sources.Arrays(meter_readings(100, 5, seed=1)), time=ps.EventTime("ts", unit="ms")) \
@@ -75,3 +109,7 @@ def test_group_mode_refuses_what_it_cannot_do(tmp_path):
         flow.run(runtime=ps.runtimes.KafkaGroup("g", str(tmp_path)))
     with pytest.raises(ValueError, match="group must be a non-empty string"):
         ps.runtimes.KafkaGroup("", str(tmp_path))
+    with pytest.raises(ValueError, match="join_timeout must be a positive number of seconds or None, got 0"):
+        ps.runtimes.KafkaGroup("g", str(tmp_path), join_timeout=0)
+    with pytest.raises(ValueError, match="idle_stop must be a positive number of seconds or None, got '5'"):
+        ps.runtimes.KafkaGroup("g", str(tmp_path), idle_stop="5")
