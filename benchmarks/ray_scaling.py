@@ -152,10 +152,14 @@ def main():
     # waiting for the oldest round in flight; faults: minor page faults per round and per read
     # (the reading thread's), memory mapped afresh; segments: shared-memory segments a reading
     # actor needed (made once, then reused); last: the actor that ended rounds last most often
-    # and how often (about 1/p where stragglers are chance).
+    # and how often (about 1/p where stragglers are chance); on-cpu: a round's CPU time over its
+    # wall time (below 100%: the window thread was off its core), with the times per round it
+    # was preempted (threads outnumber cores) and blocked (GIL, locks); routing ms / on-cpu: the
+    # reading thread's reads (routing) per read.
     print(f"{'transport':>13} {'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
-          f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8}")
+          f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8} {'on-cpu':>6} {'preempt':>7} "
+          f"{'block':>6} {'routing ms':>10} {'on-cpu':>6}")
     base: dict = {}  # by (transport, ahead): the first parallelism's rate
     for p in a.parallelism:
         parts = split(data, p)
@@ -178,7 +182,10 @@ def main():
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
                   f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "
-                  f"{_mean(best['read_faults']):>11.0f} {_mean(best['segments']):>8.1f} {_last(best['last_share']):>8}", flush=True)
+                  f"{_mean(best['read_faults']):>11.0f} {_mean(best['segments']):>8.1f} {_last(best['last_share']):>8} "
+                  f"{_mean(best['round_on_cpu']):>6.0%} {_mean(best['round_preempted']):>7.1f} "
+                  f"{_mean(best['round_blocked']):>6.1f} {_mean(best['reading_ms']):>10.1f} "
+                  f"{_mean(best['reading_on_cpu']):>6.0%}", flush=True)
         del parts
 
 

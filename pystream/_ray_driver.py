@@ -326,7 +326,11 @@ class Driver:
         # seconds: starting the actors (sources receive their data) and running the rounds
         # (to the last commit), which is what throughput vs parallelism measures; per window
         # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call, page
-        # faults per round and per read (the reading thread's); the
+        # faults per round and per read (the reading thread's); round_on_cpu: the rounds' CPU
+        # seconds over their wall seconds, with how often per round the thread was preempted
+        # and blocked (a share below 1 is time off the core, not slow work on it); reading_ms
+        # reading_on_cpu, reading_preempted and reading_blocked: the same of the reading
+        # thread's reads (routing), per read; the
         # driver's wait for the oldest round in flight; spread_ms: how long after the first
         # actor the last one ended the same round (mean over rounds); last_share: per actor, the
         # share of rounds it ended last.
@@ -339,7 +343,14 @@ class Driver:
             "read_ms": [1e3 * t["read_s"] / max(t["reads"], 1) for t in timings],
             "round_ms": [1e3 * t["round_s"] / max(t["rounds"], 1) for t in timings],
             "round_faults": [t["round_faults"] / max(t["rounds"], 1) for t in timings],
-            "read_faults": [t["read_faults"] / max(t["reads"], 1) for t in timings],
+            "read_faults": [t["read_faults"] / max(t["readings"], 1) for t in timings],
+            "round_on_cpu": [t["round_cpu_s"] / t["round_s"] if t["round_s"] else 0.0 for t in timings],
+            "round_preempted": [t["round_preempted"] / max(t["rounds"], 1) for t in timings],
+            "round_blocked": [t["round_blocked"] / max(t["rounds"], 1) for t in timings],
+            "reading_ms": [1e3 * t["reading_s"] / max(t["readings"], 1) for t in timings],
+            "reading_on_cpu": [t["reading_cpu_s"] / t["reading_s"] if t["reading_s"] else 0.0 for t in timings],
+            "reading_preempted": [t["reading_preempted"] / max(t["readings"], 1) for t in timings],
+            "reading_blocked": [t["reading_blocked"] / max(t["readings"], 1) for t in timings],
             "spread_ms": round_spread([t["round_ends"] for t in timings]),
             "last_share": last_shares([t["round_ends"] for t in timings]),
             "segments": [t["segments"] for t in timings],

@@ -358,9 +358,14 @@ class _Slot:
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
 
 
-def _faults() -> int:
-    """Minor page faults of the calling thread so far (Linux; 0 where threads are not counted)."""
-    return 0 if _RUSAGE_THREAD is None else resource.getrusage(_RUSAGE_THREAD).ru_minflt
+def _usage() -> tuple:
+    """The calling thread's use so far: (minor page faults, CPU seconds, involuntary context
+    switches (preempted: another thread had its core), voluntary ones (it blocked: on the GIL,
+    a lock, I/O)); Linux; zeros where threads are not counted."""
+    if _RUSAGE_THREAD is None:
+        return (0, 0.0, 0, 0)
+    r = resource.getrusage(_RUSAGE_THREAD)
+    return (r.ru_minflt, r.ru_utime + r.ru_stime, r.ru_nivcsw, r.ru_nvcsw)
 
 
 def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
@@ -393,10 +398,11 @@ class WindowWorker:
         self.reading = None  # the thread that reads ahead (made with the first source)
         self.pools: dict[int, _shm.SegmentPool] = {}  # by source read here: its reads' segments
         self.views = _shm.SegmentViews()  # other actors' segments, as mapped here
-        # Seconds and calls of this actor's reads and rounds, and when its latest rounds ended
+        # Calls and seconds of this actor's reads (the driver's requests), its rounds and its
+        # reading thread's reads, with the thread's use while in them (_usage: page faults, CPU
+        # seconds, preempted, blocked; not for requests), and when its latest rounds ended
         # (wall clock, comparable across actors on a machine): see timings().
-        # calls, seconds, page faults (a read's: the reading thread's, while it read)
-        self.spent = {"read": [0, 0.0, 0], "round": [0, 0.0, 0]}
+        self.spent = {kind: [0, 0.0, 0, 0.0, 0, 0] for kind in ("read", "round", "reading")}
         self.depth = 1  # reads the reading thread keeps done ahead of the driver's requests
         self.round_ends: collections.deque = collections.deque(maxlen=4096)
 
@@ -452,7 +458,7 @@ class WindowWorker:
         the other actors' parts are, meta). Where they are: the read's `_shm.Shared` layout
         (routed straight into this source's segments), or a ref to one object in Ray's object
         store. Either holds this actor's part as the source id."""
-        faults = _faults()
+        t, used = time.perf_counter(), _usage()
         try:
             parts, meta = self.readers[sid].next()
             if meta[2]:
@@ -465,25 +471,34 @@ class WindowWorker:
                 return own, shared, meta
             return own, _put([p if j != self.index else sid for j, p in enumerate(parts)]), meta
         finally:
-            self.spent["read"][2] += _faults() - faults
+            self._spent("reading", t, used)
 
-    def _spent(self, kind: str, since: float, faults: int = 0) -> None:
+    def _spent(self, kind: str, since: float, used: tuple | None = None) -> None:
+        """Counts a call of `kind` that began at `since`, with the calling thread's use since
+        `used` (its _usage() then; None: wall time only)."""
         entry = self.spent[kind]
         entry[0] += 1
         entry[1] += time.perf_counter() - since
-        entry[2] += faults
+        if used is not None:
+            for i, (now, then) in enumerate(zip(_usage(), used)):
+                entry[2 + i] += now - then
 
     def timings(self) -> dict:
         """Since the actor started: reads and rounds (calls, seconds; a read's seconds include
         waiting for its read-ahead), page faults of the rounds and of the reading thread's
         reads (Linux; 0 elsewhere), the wall-clock end of each of the latest 4,096 rounds, and
-        the shared-memory segments its sources' reads have needed so far.
+        the shared-memory segments its sources' reads have needed so far; and for the rounds
+        and the reading thread's reads: seconds, CPU seconds, times preempted and blocked.
         Against the run's seconds, reads + rounds say how much of the time the actor itself
         was the work; round ends across actors show how far the slowest trails (stragglers);
-        faults show memory that each call maps afresh (a new page costs a kernel trip)."""
-        return {"reads": self.spent["read"][0], "read_s": self.spent["read"][1], "rounds": self.spent["round"][0],
-                "round_s": self.spent["round"][1], "round_faults": self.spent["round"][2],
-                "read_faults": self.spent["read"][2], "round_ends": list(self.round_ends),
+        faults show memory that each call maps afresh (a new page costs a kernel trip); CPU
+        against wall seconds shows a thread off its core (preempted where threads outnumber
+        cores, blocked on the GIL or a lock) rather than slow on it."""
+        read, rnd, reading = self.spent["read"], self.spent["round"], self.spent["reading"]
+        return {"reads": read[0], "read_s": read[1], "rounds": rnd[0], "round_s": rnd[1], "round_faults": rnd[2],
+                "round_cpu_s": rnd[3], "round_preempted": rnd[4], "round_blocked": rnd[5],
+                "readings": reading[0], "reading_s": reading[1], "read_faults": reading[2], "reading_cpu_s": reading[3],
+                "reading_preempted": reading[4], "reading_blocked": reading[5], "round_ends": list(self.round_ends),
                 "segments": sum(p.made for p in self.pools.values())}
 
     def owned(self) -> tuple[int, int]:
@@ -585,11 +600,11 @@ class WindowWorker:
             pool = self.pools.get(sid)
             if pool is not None:
                 pool.release(upto)
-        t, faults = time.perf_counter(), _faults()
+        t, used = time.perf_counter(), _usage()
         try:
             progress = self._round(watermarks, chans, messages)
         finally:
-            self._spent("round", t, _faults() - faults)
+            self._spent("round", t, used)
             self.round_ends.append(time.time())
         taken = {}
         for sid in reads:

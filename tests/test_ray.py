@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -86,6 +87,11 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
     assert len(m["round_faults"]) == len(m["read_faults"]) == 2
     assert all(f >= 0 for f in m["round_faults"] + m["read_faults"])
+    # Threads' CPU seconds against wall seconds: never more (one thread is on one core at a time;
+    # the rusage clock ticks in microseconds), and not nothing (rounds and reads did work).
+    for share in m["round_on_cpu"] + m["reading_on_cpu"]:
+        assert 0 < share <= 1.02, share
+    assert all(x >= 0 for x in m["round_preempted"] + m["round_blocked"]) and all(r > 0 for r in m["reading_ms"])
     assert m["transport"] == "shared_memory"  # both actors on this machine
     assert len(m["last_share"]) == 2 and sum(m["last_share"]) == pytest.approx(1.0)
 
@@ -138,19 +144,34 @@ def test_reads_move_through_reused_segments_or_through_the_object_store(shared_m
     assert segment_files() <= before
 
 
-def test_fault_counts_are_the_calling_threads():
-    # The page-fault columns count the thread that does the work: fresh pages touched here
-    # count, those touched on another thread meanwhile do not.
-    from pystream.runtimes import _faults
+def test_thread_usage_counts_the_calling_thread():
+    # The page-fault, CPU and blocked columns count the thread that does the work: what it does
+    # counts, what another thread does meanwhile does not.
+    from pystream.runtimes import _usage
 
-    before = _faults()
+    before = _usage()
     a = np.ones(8 << 20)  # 64 MB: mmapped fresh (over glibc's largest mmap threshold)
-    here = _faults() - before
-    before = _faults()
-    t = threading.Thread(target=lambda: np.ones(8 << 20).sum())
+    spin_until = time.thread_time() + 0.05
+    while time.thread_time() < spin_until:
+        pass
+    for _ in range(3):
+        time.sleep(0.002)  # each sleep gives the core up: a voluntary switch
+    here = [x - y for x, y in zip(_usage(), before)]
+    before = _usage()
+
+    def elsewhere():
+        np.ones(8 << 20).sum()
+        until = time.thread_time() + 0.05
+        while time.thread_time() < until:
+            pass
+
+    t = threading.Thread(target=elsewhere)
     t.start()
     t.join()
-    assert here > 16 and _faults() - before < 16, here
+    there = [x - y for x, y in zip(_usage(), before)]
+    faults, cpu, _preempted, blocked = here
+    assert faults > 16 and cpu >= 0.045 and blocked >= 3, here
+    assert there[0] < 16 and there[1] < 0.03, there
     del a
 
 
