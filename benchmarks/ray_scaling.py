@@ -112,7 +112,8 @@ def main():
     ap.add_argument("--meters", type=int, default=100_000)
     ap.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--key-groups", type=int, default=128)
-    ap.add_argument("--round-rows", type=int, default=262_144)
+    ap.add_argument("--round-rows", type=int, nargs="+", default=[262_144],
+                    help="rows each source reads per round (each parallelism runs with each value)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--separate-sources", action="store_true", help="one actor per source (colocate=False)")
     ap.add_argument("--independent", action="store_true",
@@ -128,13 +129,13 @@ def main():
     local = a.rows / (time.perf_counter() - t)
     print(f"machine: {machine()}; {a.rows:,} readings, {a.meters:,} meters; local runtime "
           f"{local / 1e6:.1f} M events/s ({want:,} rows); sources {'in their own actors' if a.separate_sources else 'in the window actors'}, "
-          f"{a.round_rows:,} rows per source per round", flush=True)
-    short = [p for p in a.parallelism if a.rows / p / a.round_rows < MIN_ROUNDS]
+          f"{' / '.join(f'{r:,}' for r in a.round_rows)} rows per source per round", flush=True)
+    short = [p for p in a.parallelism if a.rows / p / max(a.round_rows) < MIN_ROUNDS]
     if short:
         # At 2-core VM sizes, p=2: 2.5 rounds per source gave 23.6 M events/s, 20 rounds 38.9.
         print(f"note: at parallelism {short} a source reads fewer than {MIN_ROUNDS} rounds: such runs are mostly "
               f"pipeline fill and drain, not sustained throughput (use --rows >= "
-              f"{MIN_ROUNDS * max(short) * a.round_rows:,})", flush=True)
+              f"{MIN_ROUNDS * max(short) * max(a.round_rows):,})", flush=True)
     if a.independent:  # before Ray starts its threads (the runs fork)
         one = None
         for p in a.parallelism:
@@ -156,19 +157,19 @@ def main():
     # wall time (below 100%: the window thread was off its core), with the times per round it
     # was preempted (threads outnumber cores) and blocked (GIL, locks); routing ms / on-cpu: the
     # reading thread's reads (routing) per read.
-    print(f"{'transport':>13} {'ahead':>5} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
+    print(f"{'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
           f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8} {'on-cpu':>6} {'preempt':>7} "
           f"{'block':>6} {'routing ms':>10} {'on-cpu':>6}")
-    base: dict = {}  # by (transport, ahead): the first parallelism's rate
+    base: dict = {}  # by (transport, ahead, round rows): the first parallelism's rate
     for p in a.parallelism:
         parts = split(data, p)
-        for transport, ahead in [(t, h) for h in a.ahead for t in a.transport]:
+        for transport, ahead, round_rows in [(t, h, r) for r in a.round_rows for h in a.ahead for t in a.transport]:
             best_total, best, best_run = 0.0, None, 0.0
             for _ in range(a.repeat):
                 t = time.perf_counter()
                 res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
-                                                                 round_rows=a.round_rows, ahead=ahead,
+                                                                 round_rows=round_rows, ahead=ahead,
                                                                  colocate=not a.separate_sources,
                                                                  shared_memory=transport == "shared_memory"))
                 total = a.rows / (time.perf_counter() - t)
@@ -177,8 +178,8 @@ def main():
                 if a.rows / m["run_s"] > best_run:
                     best_run, best = a.rows / m["run_s"], m
                 best_total = max(best_total, total)
-            speed = best_run / base.setdefault((transport, ahead), best_run)
-            print(f"{transport:>13} {ahead:>5} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
+            speed = best_run / base.setdefault((transport, ahead, round_rows), best_run)
+            print(f"{transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
                   f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "
