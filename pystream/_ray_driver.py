@@ -328,7 +328,7 @@ class Driver:
         # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call, page
         # faults per round and per read (the reading thread's); round_on_cpu: the rounds' CPU
         # seconds over their wall seconds, with how often per round the thread was preempted
-        # and blocked (a share below 1 is time off the core, not slow work on it); reading_ms
+        # and blocked (a share below 1 is time off the core, not slow work on it); reading_ms,
         # reading_on_cpu, reading_preempted and reading_blocked: the same of the reading
         # thread's reads (routing), per read; the
         # driver's wait for the oldest round in flight; spread_ms: how long after the first

@@ -17,10 +17,11 @@ hands over from: at-least-once (sink output since the last state file is produce
 The topic must be partitioned by the window key (produce with the meter id as message key);
 windows keyed by anything else would see one key in several partitions. `idle_stop` ends a
 member after that many seconds without messages (bounded runs and tests): it then fires its
-partitions' windows, as a bounded local run does at end of input. The idle clock starts at
-the member's first assignment: a member still joining is waiting for its share, not idle (a
-join can take a session timeout while the other members rejoin). A member that gets no
-assignment within `join_timeout` raises instead of ending with nothing.
+partitions' windows, as a bounded local run does at end of input. The idle clock runs only
+while the member holds an assignment: a member still joining, or between a revoke and its
+next assignment, is waiting for its share, not idle (a rebalance can take most of a session
+timeout while the other members rejoin). A member that gets no assignment within
+`join_timeout` of asking raises instead of ending with nothing.
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ class KafkaGroup:
         state: a directory every member can read and write (partition state files).
         checkpoint_every: batches between state files of all owned partitions.
         idle_stop: seconds without messages (and without rebalances) after which this member
-            stops, counted from its first assignment; None: run on.
-        join_timeout: seconds to wait for the first assignment before raising TimeoutError
-            (an unreachable broker, a wrong group); None: wait on.
+            stops, counted while it holds an assignment; None: run on.
+        join_timeout: seconds to wait for an assignment (at the start, and after a revoke)
+            before raising TimeoutError (an unreachable broker, a stuck rebalance); None: wait on.
         log: called with one line per rebalance event (assign, revoke, load).
     """
 
@@ -128,8 +129,9 @@ class KafkaGroup:
         offsets: dict[int, int] = {}
         epoch = [0]
         stopping = [False]
-        joined = [False]  # the idle clock runs from the first assignment (see the module docstring)
-        last_msg = [time.monotonic()]  # also reset by rebalances: a member waiting for its share is not idle
+        # Since when this member has waited for an assignment (None: it holds one), and when it
+        # last had messages or an assignment: the idle clock runs only while it holds one.
+        asked, last_msg = [time.monotonic()], [time.monotonic()]
         collected = {sid: [] for sid in worker.pending}
 
         def publish():
@@ -147,8 +149,7 @@ class KafkaGroup:
                     offsets[tp.partition] = st["offset"]
                     self.log(f"load partition {tp.partition} offset {st['offset']} windows {len(st['ops'])}")
             self.log(f"assign {sorted(tp.partition for tp in parts)}")
-            joined[0] = True
-            last_msg[0] = time.monotonic()
+            asked[0], last_msg[0] = None, time.monotonic()
             consumer.assign(parts)
 
         def on_revoke(consumer, parts):
@@ -161,7 +162,7 @@ class KafkaGroup:
                     # the offset, not engines that accept no more events.
                     self._save(p, offsets.pop(p), {} if stopping[0] else ops)
             self.log(f"revoke {sorted(tp.partition for tp in parts)}")
-            last_msg[0] = time.monotonic()
+            asked[0] = time.monotonic()  # the next assignment follows (eager rebalancing)
             consumer.unassign()
 
         c = Consumer({"bootstrap.servers": src.bootstrap, "group.id": self.group, "enable.auto.commit": False,
@@ -170,19 +171,18 @@ class KafkaGroup:
                       "max.poll.interval.ms": 30_000, **CONSUMER_DEFAULTS, **src.config})
         c.subscribe([src.topic], on_assign=on_assign, on_revoke=on_revoke)
         batches = 0
-        started = time.monotonic()
         try:
             while True:
                 msgs = c.consume(src.batch_size, src.poll_timeout)
                 if not msgs:
-                    waited = time.monotonic() - (last_msg[0] if joined[0] else started)
-                    if not joined[0]:
-                        if self.join_timeout is not None and waited >= self.join_timeout:
+                    now = time.monotonic()
+                    if asked[0] is not None:
+                        if self.join_timeout is not None and now - asked[0] >= self.join_timeout:
                             raise TimeoutError(
                                 f"consumer group {self.group!r} assigned this member no partitions of topic "
                                 f"{src.topic!r} within join_timeout={self.join_timeout} s (bootstrap "
                                 f"{src.bootstrap!r}): is the broker reachable?")
-                    elif self.idle_stop is not None and waited >= self.idle_stop:
+                    elif self.idle_stop is not None and now - last_msg[0] >= self.idle_stop:
                         break
                     continue
                 last_msg[0] = time.monotonic()

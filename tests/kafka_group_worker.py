@@ -26,6 +26,9 @@ if __name__ == "__main__":
     sleep = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
     t0 = time.monotonic()
     log = lambda line: print(f"{time.monotonic() - t0:6.1f}s {line}", flush=True)  # noqa: E731
+    # idle_stop is shorter than a rebalance on the mock (~5 s): members wait through rebalances
+    # (the idle clock runs only while a member holds an assignment) and end soon after the
+    # topic is read.
     res = build(bootstrap, topic, out, sleep).run(
-        runtime=ps.runtimes.KafkaGroup(group, state, checkpoint_every=4, idle_stop=15.0, log=log))
+        runtime=ps.runtimes.KafkaGroup(group, state, checkpoint_every=4, idle_stop=4.0, log=log))
     log(f"done {res.metrics['kafka_group']}")

@@ -45,8 +45,8 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path)
     # b joins once a has state for every partition (its periodic state files; a reads the
     # partitions one after another), so whatever b gets at the rebalance comes with half-full
     # windows to load. However late b's assignment comes (a slow machine: the mock's rebalance
-    # waits most of a session timeout), b waits for it: the idle clock starts at a member's first
-    # assignment, and a member that is not yet assigned stops only at join_timeout, by raising.
+    # waits most of a session timeout), b waits for it: the idle clock runs only while a member
+    # holds an assignment, and a member waiting for one stops only at join_timeout, by raising.
     deadline = time.monotonic() + 60
     while not all(os.path.exists(os.path.join(state, f"partition-{p}.pkl")) for p in range(4)):
         assert time.monotonic() < deadline and a.poll() is None, "member a wrote no state for every partition"
