@@ -92,6 +92,46 @@ def test_a_member_that_is_never_assigned_raises(tmp_path):
         flow.run(runtime=ps.runtimes.KafkaGroup("g", str(tmp_path), idle_stop=0.2, join_timeout=1.5))
 
 
+def test_a_revoked_member_waits_for_its_next_assignment(tmp_path, monkeypatch):
+    # Between a revoke and the next assignment (a rebalance: up to a session timeout) a member
+    # waits for its share; the idle clock, shorter here than that wait, must not stop it. A
+    # scripted consumer stands in for the broker: assign, revoke, a wait of 3x idle_stop,
+    # assign again, then nothing (the member idles out).
+    import confluent_kafka
+
+    idle = 1.0
+    script = [(0.0, "assign"), (0.05, "revoke"), (0.05 + 3 * idle, "assign")]
+
+    class ScriptedConsumer:
+        def __init__(self, config):
+            self.t0, self.done = time.monotonic(), 0
+
+        def subscribe(self, topics, on_assign, on_revoke):
+            self.topic, self.calls = topics[0], {"assign": on_assign, "revoke": on_revoke}
+
+        def consume(self, n, timeout):
+            time.sleep(0.01)
+            while self.done < len(script) and time.monotonic() - self.t0 >= script[self.done][0]:
+                self.calls[script[self.done][1]](self, [confluent_kafka.TopicPartition(self.topic, 0)])
+                self.done += 1
+            return []
+
+        def assign(self, parts):
+            pass
+
+        def unassign(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", ScriptedConsumer)
+    lines = []
+    _group_flow("127.0.0.1:1", "t").run(runtime=ps.runtimes.KafkaGroup(
+        "g", str(tmp_path), idle_stop=idle, join_timeout=30, log=lines.append))
+    assert lines == ["assign [0]", "revoke [0]", "assign [0]"], lines
+
+
 def _group_flow(bootstrap, topic):
     flow = ps.Flow("kafka-group-in-process")
     src = flow.source(ps.sources.Kafka(topic, bootstrap, batch_size=300, config={"log_level": 0}),
