@@ -361,11 +361,14 @@ _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
 def _usage() -> tuple:
     """The calling thread's use so far: (minor page faults, CPU seconds, involuntary context
     switches (preempted: another thread had its core), voluntary ones (it blocked: on the GIL,
-    a lock, I/O)); Linux; zeros where threads are not counted."""
+    a lock, I/O)); counts on Linux (zeros where threads are not counted). CPU seconds from the
+    thread's CPU clock, exact to the call: getrusage's own times lag by up to a scheduler tick,
+    which is most of a short call (a round of a few ms read 0 CPU seconds on a busy machine)."""
+    cpu = time.thread_time()
     if _RUSAGE_THREAD is None:
-        return (0, 0.0, 0, 0)
+        return (0, cpu, 0, 0)
     r = resource.getrusage(_RUSAGE_THREAD)
-    return (r.ru_minflt, r.ru_utime + r.ru_stime, r.ru_nivcsw, r.ru_nvcsw)
+    return (r.ru_minflt, cpu, r.ru_nivcsw, r.ru_nvcsw)
 
 
 def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
@@ -475,13 +478,15 @@ class WindowWorker:
 
     def _spent(self, kind: str, since: float, used: tuple | None = None) -> None:
         """Counts a call of `kind` that began at `since`, with the calling thread's use since
-        `used` (its _usage() then; None: wall time only)."""
+        `used` (its _usage() then, taken after `since`; None: wall time only). The use is read
+        before the clock, so a call's CPU seconds lie within its wall seconds."""
+        now = _usage() if used is not None else None
         entry = self.spent[kind]
         entry[0] += 1
         entry[1] += time.perf_counter() - since
-        if used is not None:
-            for i, (now, then) in enumerate(zip(_usage(), used)):
-                entry[2 + i] += now - then
+        if now is not None:
+            for i, (a, b) in enumerate(zip(now, used)):
+                entry[2 + i] += a - b
 
     def timings(self) -> dict:
         """Since the actor started: reads and rounds (calls, seconds; a read's seconds include

@@ -87,10 +87,11 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
     assert len(m["round_faults"]) == len(m["read_faults"]) == 2
     assert all(f >= 0 for f in m["round_faults"] + m["read_faults"])
-    # Threads' CPU seconds against wall seconds: never more (one thread is on one core at a time;
-    # the rusage clock ticks in microseconds), and not nothing (rounds and reads did work).
+    # Threads' CPU seconds against wall seconds: never more (one thread is on one core at a time,
+    # and each call's CPU clock is read inside its wall-clock interval; 0.1% for two clocks that
+    # a VM may keep apart), and not nothing (rounds and reads did work).
     for share in m["round_on_cpu"] + m["reading_on_cpu"]:
-        assert 0 < share <= 1.02, share
+        assert 0 < share <= 1.001, share
     assert all(x >= 0 for x in m["round_preempted"] + m["round_blocked"]) and all(r > 0 for r in m["reading_ms"])
     assert m["transport"] == "shared_memory"  # both actors on this machine
     assert len(m["last_share"]) == 2 and sum(m["last_share"]) == pytest.approx(1.0)
