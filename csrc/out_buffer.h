@@ -132,7 +132,7 @@ class OutBuf {
   }
   /// Grows to n elements (new elements uninitialised: callers write them).
   void resize(size_t n) {
-    if (n * sizeof(T) > cap_bytes_) reserve(n > 2 * size_ ? n : 2 * size_);
+    reserve_growing(n);
     size_ = n;
   }
   void push_back(T v) {
