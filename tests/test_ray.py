@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import pystream as ps
+from pystream import _shm
 from pystream.datagen import meter_readings
 
 ray = pytest.importorskip("ray")
@@ -138,8 +139,10 @@ def test_reads_move_through_reused_segments_or_through_the_object_store(shared_m
     m = dist.metrics["ray"]
     assert m["transport"] == ("shared_memory" if shared_memory else "object_store")
     if shared_memory:
-        # in use at once: reads done ahead, queued, in rounds in flight, and one collected late
-        assert m["rounds"] >= 50 and 1 <= max(m["segments"]) <= 3 * ahead + 2, (m["rounds"], m["segments"])
+        # in use at once: reads done ahead, in rounds in flight, and collected but not yet
+        # released; each reading actor makes that many when it opens its source (provisioned)
+        assert m["rounds"] >= 50 and 3 * ahead <= min(m["segments"]) <= max(m["segments"]) <= 3 * ahead + 2, (
+            m["rounds"], m["segments"])
     else:
         assert m["segments"] == [0, 0]
     assert segment_files() <= before
@@ -451,6 +454,52 @@ def test_a_reading_actor_reads_ahead_in_order_and_a_failed_read_ahead_surfaces_o
         assert sum(len(b) for msgs in ray.get(ref)[1] + own for _wid, b, _g in msgs) == 4_000
     with pytest.raises(ConnectionError, match="source went away"):
         w.read_source(src)
+
+
+@pytest.mark.skipif(not _shm.available(), reason="no /dev/shm")
+@pytest.mark.parametrize("depth", [1, 2])
+def test_opening_a_source_reads_once_and_makes_the_segments_its_reads_will_hold(depth):
+    # In process: open_source takes the first read at once and, sized by it, makes 3 * depth
+    # segments (reads done ahead, in rounds in flight, collected but not yet released), so
+    # their pages' first writes fall in the actors' start, not in rounds. The reads the
+    # driver then takes are the source's reads, in order, the first one included.
+    f = ps.Flow("provision")
+    f.source(ps.sources.Arrays(DATA, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME)) \
+        .key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Discard("n"))
+    src = f._nodes[0].id
+    positions = []
+    w = ps.runtimes.SourceWorker(f, src, 2, 16, round_rows=ROUND)
+    while not positions or not positions[-1][2]:
+        positions.append(w.next()[1])
+    prefix = f"pystream-test-{os.getpid()}-provision-"
+    w = ps.runtimes.WindowWorker(f, 0, 2, 16)
+    try:
+        w.open_source(f, src, 2, 16, round_rows=ROUND, depth=depth, segments=prefix)
+        pool = w.pools[src]
+        assert len(w.ahead[src]) == 1 and w.ahead[src][0].done()  # the first read, taken while opening
+        assert pool.made == 3 * depth and len(pool.free) == 3 * depth - 1 and pool.largest > ROUND * 16
+        got = []
+        while not got or not got[-1][2]:
+            shared, meta = w.read_source(src)
+            got.append(meta)
+            assert meta[2] or shared.names  # routed into the segments
+        assert got == positions
+    finally:
+        w.close()
+    assert not [n for n in os.listdir(_shm.DIRECTORY) if n.startswith(prefix)]
+
+    # A first read that fails provisions nothing; it fails where the driver takes it.
+    f = ps.Flow("provision-fails")
+    f.source(Flaky(DATA, fail_after=0, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME)) \
+        .key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Discard("n"))
+    w = ps.runtimes.WindowWorker(f, 0, 2, 16)
+    try:
+        w.open_source(f, src, 2, 16, round_rows=ROUND, depth=depth, segments=prefix)
+        assert w.pools[src].made == 0
+        with pytest.raises(ConnectionError, match="source went away"):
+            w.read_source(src)
+    finally:
+        w.close()
 
 
 def test_a_round_takes_whole_batches_of_one_partition_up_to_round_rows():

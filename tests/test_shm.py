@@ -4,7 +4,9 @@ dtype; a segment is written again only once released; what cannot go there says 
 
 from __future__ import annotations
 
+import mmap
 import os
+import resource
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 
 from pystream import _shm
 from pystream.batch import Batch
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
 
 pytestmark = pytest.mark.skipif(not _shm.available(), reason="no /dev/shm")
 
@@ -206,3 +210,34 @@ def test_the_driver_hands_each_actor_its_own_parts_in_one_argument(prefix):
     ref = object()  # an object-store ref: every read goes as an argument of its own
     assert packed_messages([reads[0], ref], 3) is None
     pool.close()
+
+
+@pytest.mark.skipif(_RUSAGE_THREAD is None, reason="needs per-thread page-fault counts (Linux)")
+def test_provisioned_segments_are_written_without_page_faults(prefix):
+    # provision() makes the segments a source's reads will hold at once, sized by the largest
+    # read so far, and writes every page of them up front: routing into one then costs no page
+    # fault, where a segment made as a read asks for it faults once per page.
+    from pystream import _core
+    n = 1 << 17  # 3.1 MB routed: 768 pages
+    keys, kwh = np.arange(n, dtype=np.uint64), np.random.default_rng(6).random(n)
+    need = _core.routed_bytes(n, [8, 8])
+    pages = need // mmap.PAGESIZE
+
+    def faults_routing_into(room):
+        before = resource.getrusage(_RUSAGE_THREAD).ru_minflt
+        _core.route_rows([keys], 16, 2, [keys, kwh], with_order=False, out=room)
+        return resource.getrusage(_RUSAGE_THREAD).ru_minflt - before
+
+    pool = _shm.SegmentPool(prefix)
+    assert pool.provision(3) == 0 and pool.made == 0  # nothing asked for yet: no size to make
+    _core.route_rows([keys], 16, 2, [keys, kwh], with_order=False)  # the kernel's own scratch, once
+    assert faults_routing_into(pool.take(need)) > pages // 2  # made on demand: each page faults
+    pool.write([[], []], 0)
+    assert pool.provision(3) == 2 and pool.made == 3 and len(pool.free) == 2  # 3 in all: 1 in use, 2 new
+    assert pool.provision(3) == 0 and pool.made == 3  # holds 3 already
+    for seq in (1, 2):
+        assert faults_routing_into(pool.take(need)) < pages // 8
+        pool.write([[], []], 0)
+    assert pool.made == 3 and not pool.free
+    pool.close()
+    assert not leftovers(prefix)
