@@ -156,11 +156,13 @@ def main():
     # and how often (about 1/p where stragglers are chance); on-cpu: a round's CPU time over its
     # wall time (below 100%: the window thread was off its core), with the times per round it
     # was preempted (threads outnumber cores) and blocked (GIL, locks); routing ms / on-cpu: the
-    # reading thread's reads (routing) per read.
+    # reading thread's reads (routing) per read; slowest: the slowest actor's ms per round
+    # (well above the mean: one actor is slow every round, not stragglers by chance); driver:
+    # the driver thread's CPU over the rounds' time (near 100%: the rounds wait for it).
     print(f"{'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
           f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8} {'on-cpu':>6} {'preempt':>7} "
-          f"{'block':>6} {'routing ms':>10} {'on-cpu':>6}")
+          f"{'block':>6} {'routing ms':>10} {'on-cpu':>6} {'slowest':>7} {'driver':>6}")
     base: dict = {}  # by (transport, ahead, round rows): the first parallelism's rate
     for p in a.parallelism:
         parts = split(data, p)
@@ -186,7 +188,8 @@ def main():
                   f"{_mean(best['read_faults']):>11.0f} {_mean(best['segments']):>8.1f} {_last(best['last_share']):>8} "
                   f"{_mean(best['round_on_cpu']):>6.0%} {_mean(best['round_preempted']):>7.1f} "
                   f"{_mean(best['round_blocked']):>6.1f} {_mean(best['reading_ms']):>10.1f} "
-                  f"{_mean(best['reading_on_cpu']):>6.0%}", flush=True)
+                  f"{_mean(best['reading_on_cpu']):>6.0%} {max(best['round_ms']):>7.1f} "
+                  f"{best['driver_cpu_s'] / best['run_s']:>6.0%}", flush=True)
         del parts
 
 

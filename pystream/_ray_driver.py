@@ -270,6 +270,7 @@ class Driver:
         self.waited = 0.0  # seconds the driver blocked on the oldest round in flight
         self._start(state)
         running = time.perf_counter()
+        running_cpu = time.thread_time()  # the CPU clock read inside the wall-clock interval
         finished = bool(state and state["finished"])
         rounds, last_ckpt, failed_once = 0, time.monotonic(), False
         streak, last_recovered_at = 0, None  # recoveries since the last new checkpoint
@@ -331,14 +332,17 @@ class Driver:
         # and blocked (a share below 1 is time off the core, not slow work on it); reading_ms,
         # reading_on_cpu, reading_preempted and reading_blocked: the same of the reading
         # thread's reads (routing), per read; the
-        # driver's wait for the oldest round in flight; spread_ms: how long after the first
+        # driver's wait for the oldest round in flight; driver_cpu_s: the driver thread's CPU
+        # seconds over the rounds (its own work: taking reads, watermarks, submitting rounds;
+        # near run_s, the rounds wait for the driver, not it for them); spread_ms: how long after the first
         # actor the last one ended the same round (mean over rounds); last_share: per actor, the
         # share of rounds it ended last.
+        driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
             "transport": self.transport,
-            "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited,
+            "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited, "driver_cpu_s": driver_cpu_s,
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": [1e3 * t["read_s"] / max(t["reads"], 1) for t in timings],
             "round_ms": [1e3 * t["round_s"] / max(t["rounds"], 1) for t in timings],

@@ -86,6 +86,7 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert len(m["busy_s"]) == len(m["read_ms"]) == len(m["round_ms"]) == 2
     assert all(0 < b <= m["run_s"] for b in m["busy_s"]) and all(r > 0 for r in m["round_ms"])
     assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
+    assert 0 < m["driver_cpu_s"] <= m["run_s"] * 1.001  # the driver thread worked, and no longer than the run
     assert len(m["round_faults"]) == len(m["read_faults"]) == 2
     assert all(f >= 0 for f in m["round_faults"] + m["read_faults"])
     # Threads' CPU seconds against wall seconds: never more (one thread is on one core at a time,
