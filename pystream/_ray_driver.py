@@ -331,12 +331,11 @@ class Driver:
         # seconds over their wall seconds, with how often per round the thread was preempted
         # and blocked (a share below 1 is time off the core, not slow work on it); reading_ms,
         # reading_on_cpu, reading_preempted and reading_blocked: the same of the reading
-        # thread's reads (routing), per read; the
-        # driver's wait for the oldest round in flight; driver_cpu_s: the driver thread's CPU
-        # seconds over the rounds (its own work: taking reads, watermarks, submitting rounds;
-        # near run_s, the rounds wait for the driver, not it for them); spread_ms: how long after the first
-        # actor the last one ended the same round (mean over rounds); last_share: per actor, the
-        # share of rounds it ended last.
+        # thread's reads (routing), per read; the driver's wait for the oldest round in flight;
+        # driver_cpu_s: the driver thread's CPU seconds over the rounds (its own work: taking
+        # reads, watermarks, submitting rounds; near run_s, the rounds wait for the driver, not
+        # it for them); spread_ms: how long after the first actor the last one ended the same
+        # round (mean over rounds); last_share: per actor, the share of rounds it ended last.
         driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
         result.metrics = {"ray": {
