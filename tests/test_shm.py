@@ -231,12 +231,13 @@ def test_provisioned_segments_are_written_without_page_faults(prefix):
     pool = _shm.SegmentPool(prefix)
     assert pool.provision(3) == 0 and pool.made == 0  # nothing asked for yet: no size to make
     _core.route_rows([keys], 16, 2, [keys, kwh], with_order=False)  # the kernel's own scratch, once
-    assert faults_routing_into(pool.take(need)) > pages // 2  # made on demand: each page faults
+    on_demand = faults_routing_into(pool.take(need))
+    assert on_demand > pages // 2  # made as the read asks: each page faults
     pool.write([[], []], 0)
     assert pool.provision(3) == 2 and pool.made == 3 and len(pool.free) == 2  # 3 in all: 1 in use, 2 new
     assert pool.provision(3) == 0 and pool.made == 3  # holds 3 already
-    for seq in (1, 2):
-        assert faults_routing_into(pool.take(need)) < pages // 8
+    for seq in (1, 2):  # against the same routing into a new segment: all the segment's faults gone
+        assert faults_routing_into(pool.take(need)) < on_demand - pages // 2
         pool.write([[], []], 0)
     assert pool.made == 3 and not pool.free
     pool.close()
