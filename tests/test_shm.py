@@ -236,7 +236,7 @@ def test_provisioned_segments_are_written_without_page_faults(prefix):
     pool.write([[], []], 0)
     assert pool.provision(3) == 2 and pool.made == 3 and len(pool.free) == 2  # 3 in all: 1 in use, 2 new
     assert pool.provision(3) == 0 and pool.made == 3  # holds 3 already
-    for seq in (1, 2):  # against the same routing into a new segment: all the segment's faults gone
+    for _ in range(2):  # against the same routing into a new segment: all the segment's faults gone
         assert faults_routing_into(pool.take(need)) < on_demand - pages // 2
         pool.write([[], []], 0)
     assert pool.made == 3 and not pool.free
