@@ -338,22 +338,29 @@ class Driver:
         # round (mean over rounds); last_share: per actor, the share of rounds it ended last.
         driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
+
+        def per(key: str, calls: str, scale: float = 1.0) -> list:  # each actor's `key` per call
+            return [scale * t[key] / max(t[calls], 1) for t in timings]
+
+        def on_cpu(cpu: str, wall: str) -> list:  # each actor's CPU over wall seconds
+            return [t[cpu] / t[wall] if t[wall] else 0.0 for t in timings]
+
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
             "transport": self.transport,
             "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited, "driver_cpu_s": driver_cpu_s,
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
-            "read_ms": [1e3 * t["read_s"] / max(t["reads"], 1) for t in timings],
-            "round_ms": [1e3 * t["round_s"] / max(t["rounds"], 1) for t in timings],
-            "round_faults": [t["round_faults"] / max(t["rounds"], 1) for t in timings],
-            "read_faults": [t["read_faults"] / max(t["readings"], 1) for t in timings],
-            "round_on_cpu": [t["round_cpu_s"] / t["round_s"] if t["round_s"] else 0.0 for t in timings],
-            "round_preempted": [t["round_preempted"] / max(t["rounds"], 1) for t in timings],
-            "round_blocked": [t["round_blocked"] / max(t["rounds"], 1) for t in timings],
-            "reading_ms": [1e3 * t["reading_s"] / max(t["readings"], 1) for t in timings],
-            "reading_on_cpu": [t["reading_cpu_s"] / t["reading_s"] if t["reading_s"] else 0.0 for t in timings],
-            "reading_preempted": [t["reading_preempted"] / max(t["readings"], 1) for t in timings],
-            "reading_blocked": [t["reading_blocked"] / max(t["readings"], 1) for t in timings],
+            "read_ms": per("read_s", "reads", 1e3),
+            "round_ms": per("round_s", "rounds", 1e3),
+            "round_faults": per("round_faults", "rounds"),
+            "read_faults": per("read_faults", "readings"),
+            "round_on_cpu": on_cpu("round_cpu_s", "round_s"),
+            "round_preempted": per("round_preempted", "rounds"),
+            "round_blocked": per("round_blocked", "rounds"),
+            "reading_ms": per("reading_s", "readings", 1e3),
+            "reading_on_cpu": on_cpu("reading_cpu_s", "reading_s"),
+            "reading_preempted": per("reading_preempted", "readings"),
+            "reading_blocked": per("reading_blocked", "readings"),
             "spread_ms": round_spread([t["round_ends"] for t in timings]),
             "last_share": last_shares([t["round_ends"] for t in timings]),
             "segments": [t["segments"] for t in timings],

@@ -425,12 +425,11 @@ class WindowWorker:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
                                                round_rows=round_rows)
+        self.kept[source_id] = collections.deque()
+        self.ahead[source_id] = collections.deque()
         if segments is not None:  # its reads are routed straight into the segments
             self.pools[source_id] = _shm.SegmentPool(segments)
             self.readers[source_id].out = self.pools[source_id].take
-        self.kept[source_id] = collections.deque()
-        self.ahead[source_id] = collections.deque()
-        if segments is not None:
             self._provision(source_id)
 
     #: Seconds open_source waits for a source's first read, which sizes its segments.
