@@ -5,7 +5,8 @@
 # at least 16 rounds at 16, and 1M rows, half the rounds and so half the driver's calls; 2 rounds
 # ahead, reads through shared-memory segments, the default, and through Ray's object store, the
 # earlier way, side by side; first the same parallelism as independent local runtimes, the
-# machine's ceiling). About 7 minutes on 16 cores; parallelism 8 comes before 16.
+# machine's ceiling), after a probe of which CPUs share a core (smt_probe.py). About 7 minutes
+# on 16 cores; parallelism 8 comes before 16.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -27,4 +28,6 @@ out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
 { nproc; lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|L2|L3)" || true; } | tee "$out/scaling.txt"
+# whether CPUs the VM calls separate cores share one (hyper-threads): ~15 s on 16
+"$py" "$repo/benchmarks/device/smt_probe.py" 2>&1 | tee -a "$out/scaling.txt" || true
 "$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee -a "$out/scaling.txt"
