@@ -61,7 +61,7 @@ class Shared:
             return enc if isinstance(enc, int) else []
         bufs = [views.buffer(name) for name in self.names]
         return [[(wid, Batch({c: _view(bufs, a) for c, a in cols}, ts=None if ts is None else _view(bufs, ts)),
-                  _view(bufs, groups)) for wid, cols, ts, groups in step] for step in enc]
+                  None if groups is None else _view(bufs, groups)) for wid, cols, ts, groups in step] for step in enc]
 
 
 def _view(bufs: list, spec) -> np.ndarray:
@@ -95,7 +95,7 @@ def _layout(parts: list, skip: int, segs: list):
     try:
         enc = [None if j == skip else
                [[(wid, [(c, place(rows[c])) for c in rows.columns], None if rows.ts is None else place(rows.ts),
-                  place(groups)) for wid, rows, groups in step] for step in part]
+                  None if groups is None else place(groups)) for wid, rows, groups in step] for step in part]
                for j, part in enumerate(parts)]
     except _NotFlat:
         return None

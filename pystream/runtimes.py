@@ -112,6 +112,13 @@ def key_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
     return (((h >> _U64(32)) * _U64(n_groups)) >> _U64(32)).astype(np.int64)  # scaled to [0, n_groups)
 
 
+def native_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
+    """key_groups as uint16, computed natively (the routing kernel at one owner: row order)."""
+    if not keys:
+        return np.zeros(len(batch), dtype=np.uint16)
+    return _core.route_rows(_key_words(batch, keys), n_groups, 1, with_order=False)[1]
+
+
 def owner(group: int, parallelism: int, n_groups: int) -> int:
     """The window actor that owns a key group (contiguous ranges)."""
     return group * parallelism // n_groups
@@ -190,9 +197,9 @@ def _stateless(node, batch: Batch):
 class SourceWorker:
     """One source: reads it, runs the stateless steps to the windows, splits by key group.
     `next()` returns (parts, (label, position, done)): parts[j] holds window actor j's messages,
-    one list of (window id, rows, key groups) per batch read; one call reads whole batches up
-    to `round_rows` rows (one partition label per call), so Ray's per-call cost is shared by
-    many rows."""
+    one list of (window id, rows, key groups or None: see `groups`) per batch read; one call
+    reads whole batches up to `round_rows` rows (one partition label per call), so Ray's
+    per-call cost is shared by many rows."""
 
     def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True,
                  round_rows: int = 1):
@@ -223,12 +230,14 @@ class SourceWorker:
 
         return found if walk(self.node) and len({w.id for w in found}) == len(found) else None
 
-    def groups(self, window, batch: Batch) -> np.ndarray:
-        """The key group of each row of `batch` on its way into `window` (as key_groups)."""
-        keys = window.params["keys"]
-        if not keys:
-            return np.zeros(len(batch), dtype=np.uint16)
-        return _core.route_rows(_key_words(batch, keys), self.n_groups, 1, with_order=False)[1]  # one owner: row order
+    def groups(self, window, batch: Batch) -> np.ndarray | None:
+        """The key group of each row of `batch` on its way into `window` at parallelism 1, or
+        None: not listed, since the one actor needs them only where it holds several slots of
+        the window (after a rescale), and computes them then (`WindowWorker._split`). Listing
+        them took 11% of the one actor's CPU samples, on its reading thread (perf, 40M
+        readings, 2-core VM). A subclass whose groups are not the keys' (Kafka's partitions)
+        lists them."""
+        return None
 
     def route(self, batch: Batch) -> list:
         """A batch of this source, through the stateless steps: one message list per actor."""
@@ -298,7 +307,8 @@ class SourceWorker:
         keys, n = window.params["keys"], self.parallelism
         if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
             batch = batches[0] if len(batches) == 1 else Batch.concat(batches)
-            out[0].append((window.id, batch, self.groups(window, batch).astype(np.uint16, copy=False)))
+            groups = self.groups(window, batch) if n == 1 else np.zeros(len(batch), dtype=np.uint16)
+            out[0].append((window.id, batch, None if groups is None else groups.astype(np.uint16, copy=False)))
             return
         # Fixed-width columns (and the batches' own times) are scattered into routed order
         # natively, one pass each; object columns are taken by `order`.
@@ -695,7 +705,8 @@ class WindowWorker:
                         hi = min(lo + size, n)
                         first = int(times[lo]) if times is not None else len(pieces)
                         whole = lo == 0 and hi == n
-                        pieces.append((first, wid, batch if whole else batch.slice(lo, hi), groups[lo:hi], chan))
+                        part = batch if whole else batch.slice(lo, hi)
+                        pieces.append((first, wid, part, None if groups is None else groups[lo:hi], chan))
         for per_chan in runs.values():
             # merge keeps each channel's own order (times may step back within a channel)
             for _first, wid, batch, groups, chan in heapq.merge(*per_chan.values(), key=lambda piece: piece[0]):
@@ -718,9 +729,18 @@ class WindowWorker:
             return self.kept[mine].popleft()
         return read.part(self.index, self.views) if shared else mine
 
-    def _split(self, wid: int, batch: Batch, groups: np.ndarray) -> list:
+    def _split(self, wid: int, batch: Batch, groups: np.ndarray | None) -> list:
         """The rows of `batch` by slot, in arrival order within each (one piece, the batch
-        itself, when a single slot holds all its groups: the usual case)."""
+        itself, when a single slot holds all its groups: the usual case). groups None: rows of
+        this actor's own groups, not listed (SourceWorker.groups), computed here only where
+        they are needed."""
+        if groups is None:
+            slots = self.slots[wid]
+            if len(slots) == 1 and (slots[0].lo, slots[0].hi) == self.owned():
+                return [(slots[0], batch)]
+            groups = native_groups(batch, self.plan.nodes[wid].params["keys"], self.n_groups)
+        if not len(groups):
+            return []
         slot = self._slot(wid, int(groups.min()))
         if int(groups.max()) < slot.hi:
             return [(slot, batch)]

@@ -290,12 +290,14 @@ def test_a_checkpoint_restores_at_another_parallelism(tmp_path, before, after):
     assert canon(ps.sinks.Files.read(load_out)) == canon(local["load"])
 
 
+@pytest.mark.parametrize("after", [3, 1])
 @pytest.mark.parametrize("kind", [*WINDOWS, "calendar_tz", "custom", "unkeyed"])
-def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
+def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind, after):
     # In process, without Ray: actors at parallelism 2 take the first half of the readings,
-    # their snapshots restart 3 actors, which take the rest; the union of what they emit is
-    # the local run's. Every window kind's state is split (each new actor holds its own keys
-    # only), a Python aggregation's accumulators with it.
+    # their snapshots restart `after` actors, which take the rest; the union of what they emit
+    # is the local run's. Every window kind's state is split (each new actor holds its own keys
+    # only), a Python aggregation's accumulators with it. At 1 the one actor holds both old
+    # actors' slots, and its rows come without their key groups (it computes them to split).
     data = DATA
     if kind == "calendar_tz":  # a zone per meter: the keys' zones move with them
         data = {**DATA, "tz": np.where(DATA["meter_id"] % 3 == 0, "America/New_York", "Europe/Berlin").astype(object)}
@@ -335,7 +337,7 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
         for wid, entries in w.snapshot().items():
             slots.setdefault(wid, []).extend(entries)
     out = [b for w in first for b in w.pre_commit(0, None)[next(iter(w.pending))]]
-    second = [ps.runtimes.WindowWorker(flow(data), j, 3, 16) for j in range(3)]
+    second = [ps.runtimes.WindowWorker(flow(data), j, after, 16) for j in range(after)]
     feed(second, {k: v[half:] for k, v in data.items()}, slots)
     held = [(s.pure, s.op.engine.num_keys if s.op.engine is not None else 0, s.lo, s.hi)
             for w in second for ss in w.slots.values() for s in ss]
@@ -349,8 +351,9 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
     assert canon(got) == canon(flow(data).run()["out"])
     assert all(pure for pure, *_ in held)
     if kind == "unkeyed":  # its one key is group 0: only group 0's owner took the state
-        assert [lo for _, _, lo, _hi in held] == [0, 6, 11]
-        assert [s.op.engine is not None for w in second for ss in w.slots.values() for s in ss] == [True, False, False]
+        assert [lo for _, _, lo, _hi in held] == ([0, 6, 11] if after == 3 else [0, 8])
+        assert [s.op.engine is not None for w in second for ss in w.slots.values() for s in ss] == \
+            [True] + [False] * (len(held) - 1)
         return
     groups = ps.runtimes.key_groups(ps.Batch({"meter_id": np.unique(data["meter_id"])}), ("meter_id",), 16)
     assert sum(n for _, n, *_ in held) == len(groups)  # each key held once, by its owner
@@ -360,6 +363,48 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind):
         for origin in (True, False):
             handles = [set(st.handles.tolist()) for o, st in stores if o == origin]
             assert sum(len(h) for h in handles) == len(set().union(*handles)) > 0
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+@pytest.mark.parametrize("kind", ["count", "tumbling"])
+def test_batches_a_filter_empties_pass_the_window_actors(kind, parallelism):
+    # In process, without Ray: a filter drops every third hour of readings, so whole batches
+    # (1,000 rows: ~36 minutes) come out of it empty, and at parallelism 1 reach the actor as
+    # messages of their own (count windows take rows in arrival order, batch by batch); the
+    # union of what the actors emit is still the local run's.
+    window, lateness = WINDOWS[kind]
+
+    def flow():
+        f = ps.Flow("empty")
+        f.source(ps.sources.Arrays(DATA, batch_size=1_000, name="all"), time=ps.EventTime("ts", **TIME)) \
+            .filter(lambda b: b["ts"] // 3_600_000 % 3 != 0).key_by("meter_id") \
+            .window(window, allowed_lateness=lateness).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()) \
+            .sink(ps.sinks.Collect("out"))
+        return f
+
+    f = flow()
+    reader = ps.runtimes.SourceWorker(f, f._nodes[0].id, parallelism, 16, round_rows=4_000)
+    workers = [ps.runtimes.WindowWorker(flow(), j, parallelism, 16) for j in range(parallelism)]
+    for w in workers:
+        w.start({}, None)
+    empty = 0
+    while True:
+        parts, (_label, _position, done) = reader.next()
+        if done:
+            break
+        msgs = [(rows, groups) for part in parts for step in part for _wid, rows, groups in step]
+        empty += sum(len(rows) == 0 for rows, _ in msgs)
+        # one actor: rows come without their key groups (it holds one slot; nothing to split)
+        assert all((groups is None) == (parallelism == 1) for _, groups in msgs)
+        for w in workers:
+            w.round({}, [0], parts)
+    out = []
+    for w in workers:
+        w.finish()
+        sid = next(iter(w.pending))
+        out += w.close()[sid]
+    assert (empty > 0) == (parallelism == 1)  # routing sends no empty parts
+    assert canon(ps.Batch.concat([b for b in out if len(b)])) == canon(flow().run()["out"])
 
 
 def _refaults() -> int:
