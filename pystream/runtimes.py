@@ -739,7 +739,7 @@ class WindowWorker:
             if len(slots) == 1 and (slots[0].lo, slots[0].hi) == self.owned():
                 return [(slots[0], batch)]
             groups = native_groups(batch, self.plan.nodes[wid].params["keys"], self.n_groups)
-        if not len(groups):
+        if not len(groups):  # a batch that a filter emptied: no rows for any slot
             return []
         slot = self._slot(wid, int(groups.min()))
         if int(groups.max()) < slot.hi:
