@@ -28,6 +28,6 @@ out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
 { nproc; lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|L2|L3)" || true; } | tee "$out/scaling.txt"
-# whether CPUs the VM calls separate cores share one (hyper-threads): ~15 s on 16
+# whether CPUs the VM calls separate cores share one (hyper-threads): ~15-30 s on 16
 "$py" "$repo/benchmarks/device/smt_probe.py" 2>&1 | tee -a "$out/scaling.txt" || true
 "$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee -a "$out/scaling.txt"
