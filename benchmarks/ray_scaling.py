@@ -86,6 +86,22 @@ def independent(parts: list) -> float:
     return sum(len(part["ts"]) for part in parts) / max(took)
 
 
+def _pin_one(n: int) -> list:
+    return [[c] for c in range(n)]
+
+
+def _pin_halves(n: int) -> list:
+    return [[c, c + n // 2] for c in range(n // 2)]
+
+
+def _pin_pairs(n: int) -> list:
+    return [[2 * c, 2 * c + 1] for c in range(n // 2)]
+
+
+#: --pin modes: the CPU sets for n CPUs (actor j takes set j mod their number).
+PINS = {"none": lambda n: None, "one": _pin_one, "halves": _pin_halves, "pairs": _pin_pairs}
+
+
 def _mean(xs) -> float:
     return sum(xs) / len(xs)
 
@@ -122,6 +138,10 @@ def main():
                     help="reads queued per source and rounds in flight (each parallelism runs with each value)")
     ap.add_argument("--transport", nargs="+", default=["shared_memory"], choices=["shared_memory", "object_store"],
                     help="how reads move between window actors (each parallelism and ahead runs with each)")
+    ap.add_argument("--pin", nargs="+", default=["none"], choices=sorted(PINS),
+                    help="window actors' CPUs (Ray(cpus=...)), each run with each: none; one (actor j on CPU j); "
+                         "halves (on CPUs j and j + n/2: one core where siblings are numbered i, i + n/2); pairs "
+                         "(on 2j and 2j + 1: one core where siblings are i, i + 1); see device/smt_probe.py")
     a = ap.parse_args()
     data = readings(a.rows, a.meters)
     t = time.perf_counter()
@@ -158,30 +178,34 @@ def main():
     # was preempted (threads outnumber cores) and blocked (GIL, locks); routing ms / on-cpu: the
     # reading thread's reads (routing) per read; slowest: the slowest actor's ms per round
     # (well above the mean: one actor is slow every round, not stragglers by chance); driver:
-    # the driver thread's CPU over the rounds' time (near 100%: the rounds wait for it).
-    print(f"{'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
+    # the driver thread's CPU over the rounds' time (near 100%: the rounds wait for it); pin:
+    # the window actors' CPU sets (--pin).
+    print(f"{'pin':>6} {'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
           f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8} {'on-cpu':>6} {'preempt':>7} "
           f"{'block':>6} {'routing ms':>10} {'on-cpu':>6} {'slowest':>7} {'driver':>6}")
-    base: dict = {}  # by (transport, ahead, round rows): the first parallelism's rate
+    base: dict = {}  # by (pin, transport, ahead, round rows): the first parallelism's rate
+    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for p in a.parallelism:
         parts = split(data, p)
-        for transport, ahead, round_rows in [(t, h, r) for r in a.round_rows for h in a.ahead for t in a.transport]:
+        for pin, transport, ahead, round_rows in [(pn, t, h, r) for r in a.round_rows for h in a.ahead
+                                                  for t in a.transport for pn in a.pin]:
             best_total, best, best_run = 0.0, None, 0.0
             for _ in range(a.repeat):
                 t = time.perf_counter()
                 res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
                                                                  round_rows=round_rows, ahead=ahead,
                                                                  colocate=not a.separate_sources,
-                                                                 shared_memory=transport == "shared_memory"))
+                                                                 shared_memory=transport == "shared_memory",
+                                                                 cpus=PINS[pin](n_cpus)))
                 total = a.rows / (time.perf_counter() - t)
                 assert res["rows"] == want, (res["rows"], want)
                 m = res.metrics["ray"]
                 if a.rows / m["run_s"] > best_run:
                     best_run, best = a.rows / m["run_s"], m
                 best_total = max(best_total, total)
-            speed = best_run / base.setdefault((transport, ahead, round_rows), best_run)
-            print(f"{transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
+            speed = best_run / base.setdefault((pin, transport, ahead, round_rows), best_run)
+            print(f"{pin:>6} {transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
                   f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "

@@ -174,6 +174,9 @@ class Driver:
         for a in self._source_only_actors():
             ray.kill(a)
         slots = st.get("slots", {})
+        if self.rt.cpus:  # a restarted actor is a new process: pinned again
+            sets = self.rt.cpus
+            ray.get([w.pin.remote(sets[j % len(sets)]) for j, w in enumerate(self.workers)])
         calls = []
         for j, w in enumerate(self.workers):
             a, b = owned_range(j, self.n, self.groups)  # each actor gets the slots that overlap its groups
@@ -335,7 +338,9 @@ class Driver:
         # driver_cpu_s: the driver thread's CPU seconds over the rounds (its own work: taking
         # reads, watermarks, submitting rounds; near run_s, the rounds wait for the driver, not
         # it for them); spread_ms: how long after the first actor the last one ended the same
-        # round (mean over rounds); last_share: per actor, the share of rounds it ended last.
+        # round (mean over rounds); last_share: per actor, the share of rounds it ended last;
+        # cpus: the CPUs each actor may run on at the end (pinned with Ray(cpus=...); None
+        # where the platform cannot say).
         driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
 
@@ -347,7 +352,7 @@ class Driver:
 
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
-            "transport": self.transport,
+            "transport": self.transport, "cpus": [t["cpus"] for t in timings],
             "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited, "driver_cpu_s": driver_cpu_s,
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": per("read_s", "reads", 1e3),

@@ -44,6 +44,7 @@ import bisect
 import collections
 import concurrent.futures
 import heapq
+import os
 import time
 import zlib
 
@@ -534,12 +535,33 @@ class WindowWorker:
                 "round_cpu_s": rnd[3], "round_preempted": rnd[4], "round_blocked": rnd[5],
                 "readings": reading[0], "reading_s": reading[1], "read_faults": reading[2], "reading_cpu_s": reading[3],
                 "reading_preempted": reading[4], "reading_blocked": reading[5], "round_ends": list(self.round_ends),
-                "segments": sum(p.made for p in self.pools.values())}
+                "segments": sum(p.made for p in self.pools.values()),
+                "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
     def owned(self) -> tuple[int, int]:
         """The key groups this worker starts with a slot for (every group without one gets a
         slot of its own when its first rows arrive)."""
         return owned_range(self.index, self.parallelism, self.n_groups)
+
+    def pin(self, cpus) -> list:
+        """Runs this process, every thread of it (those made later inherit it), on `cpus`
+        (Linux); returns the CPUs it may run on now, sorted."""
+        cpus = set(cpus)
+        if not hasattr(os, "sched_setaffinity"):
+            raise ValueError(f"cpus={sorted(cpus)}: pinning actors to CPUs needs Linux (os.sched_setaffinity)")
+        try:
+            threads = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            threads = [0]
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+            except OSError as e:
+                raise ValueError(f"cannot pin window actor {self.index} to CPUs {sorted(cpus)} (this machine's: "
+                                 f"{sorted(os.sched_getaffinity(0))}): {e}") from None
+        return sorted(os.sched_getaffinity(0))
 
     # -- state ----------------------------------------------------------------------------------
     def start(self, channels: dict, slots: dict | None) -> None:
@@ -842,6 +864,22 @@ class WindowWorker:
         return out
 
 
+def _cpu_sets(cpus) -> list | None:
+    """Ray(cpus=...) checked: None, or a non-empty list of non-empty sets of CPU numbers."""
+    if cpus is None:
+        return None
+    try:
+        groups = [list(group) for group in cpus]
+    except TypeError:
+        groups = []
+    ok = all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for g in groups for c in g)
+    sets = [sorted({int(c) for c in g}) for g in groups] if ok else []
+    if not sets or not all(sets):
+        raise ValueError(f"cpus must be a non-empty list of non-empty sets of CPU numbers >= 0 (window actor j runs on "
+                         f"cpus[j % len(cpus)]), got {cpus!r}")
+    return sets
+
+
 def init(**kwargs):
     """Starts (or joins, with address=) Ray for pystream: quiet, no dashboard, and with the
     workers' imports resolved like the driver's. Ray puts the driver's current directory first
@@ -885,13 +923,18 @@ class Ray:
             before the driver waits for the oldest: deeper lets an actor run further ahead of
             a slow one (holding that many more reads in memory and in Ray's object store);
             watermarks trail the data by up to this many rounds.
+        cpus: CPU sets for the window actors: actor j runs, all its threads, on
+            cpus[j % len(cpus)] (Linux; None: where the OS puts it). On a machine whose
+            logical CPUs pair up on cores (hyper-threads), one actor per core keeps two busy
+            actors off one core; benchmarks/device/smt_probe.py tells how the CPUs pair.
+            Pinned again when Ray restarts an actor. Source actors (colocate=False) are not.
         fail_worker_after: testing hook: kill window actor 0 once after this many rounds
             (Ray restarts it; the flow rolls back to its last checkpoint).
     """
 
     def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
                  num_cpus: int | None = None, round_rows: int = 262_144, colocate: bool = True, ahead: int = 2,
-                 shared_memory: bool = True, fail_worker_after: int | None = None):
+                 shared_memory: bool = True, cpus=None, fail_worker_after: int | None = None):
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
         if not isinstance(key_groups, int) or not parallelism <= key_groups <= 65536:
@@ -903,6 +946,7 @@ class Ray:
         self.parallelism, self.key_groups, self.round_rows, self.ahead = parallelism, key_groups, round_rows, ahead
         self.colocate, self.shared_memory = bool(colocate), bool(shared_memory)
         self.address, self.num_cpus = address, num_cpus
+        self.cpus = _cpu_sets(cpus)
         self.fail_worker_after = fail_worker_after
 
     def __repr__(self):

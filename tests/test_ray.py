@@ -99,6 +99,37 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     assert len(m["last_share"]) == 2 and sum(m["last_share"]) == pytest.approx(1.0)
 
 
+def test_a_window_actor_pins_every_thread_of_its_process_and_refuses_cpus_it_cannot_have():
+    # In process: the calling thread, one started before, and one started after all run on
+    # the CPU given; the test process gets its CPUs back.
+    mine = sorted(os.sched_getaffinity(0))
+    w = ps.runtimes.WindowWorker(meter_flow("tumbling"), 0, 2, 16)
+    stop = threading.Event()
+    before = threading.Thread(target=stop.wait)
+    before.start()
+    try:
+        assert w.pin([mine[-1]]) == [mine[-1]]
+        after = threading.Thread(target=stop.wait)
+        after.start()
+        for t in (before, after):
+            assert os.sched_getaffinity(t.native_id) == {mine[-1]}
+        assert os.sched_getaffinity(0) == {mine[-1]}
+        with pytest.raises(ValueError, match=r"cannot pin window actor 0 to CPUs \[100000\] \(this machine's: "):
+            w.pin([100_000])
+    finally:
+        stop.set()
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(tid), mine)
+            except ProcessLookupError:
+                pass
+    assert os.sched_getaffinity(0) == set(mine)
+    for bad in ([], [[]], [[-1]], [["a"]], 5, [[1.5]], [[True]], [None]):
+        with pytest.raises(ValueError, match="cpus must be a non-empty list of non-empty sets of CPU numbers"):
+            ps.runtimes.Ray(cpus=bad)
+    assert ps.runtimes.Ray(cpus=[{3, 1}, (2,)]).cpus == [[1, 3], [2]]
+
+
 def segment_files() -> set:
     return {n for n in os.listdir("/dev/shm") if n.startswith("pystream-")} if os.path.isdir("/dev/shm") else set()
 
@@ -244,13 +275,17 @@ def test_string_keys_and_an_unkeyed_window_run_on_ray():
 
 
 def test_exactly_once_when_a_window_actor_is_killed_mid_run(tmp_path):
+    # The actors are pinned to a CPU each: the restarted one (a new process) is pinned again.
     local = meter_flow("sliding").run()["out"]
     out = str(tmp_path / "usage")
     before = segment_files()
+    mine = sorted(os.sched_getaffinity(0))
+    cpus = [[mine[0]], [mine[-1]]]
     res = meter_flow("sliding", ps.sinks.Files(out, name="usage")).run(
-        runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=7),
+        runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=7, cpus=cpus),
         checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
     assert res.metrics["ray"]["recoveries"] == 1
+    assert res.metrics["ray"]["cpus"] == cpus
     assert res.metrics["ray"]["transport"] == "shared_memory"
     assert segment_files() <= before  # the killed actor's segments too
     got = ps.sinks.Files.read(out)
