@@ -5,8 +5,9 @@
 # at least 16 rounds at 16, and 1M rows, half the rounds and so half the driver's calls; 2 rounds
 # ahead, reads through shared-memory segments, the default, and through Ray's object store, the
 # earlier way, side by side; first the same parallelism as independent local runtimes, the
-# machine's ceiling), after a probe of which CPUs share a core (smt_probe.py). About 7 minutes
-# on 16 cores; parallelism 8 comes before 16.
+# machine's ceiling), after a probe of which CPUs share a core (smt_probe.py); where they do,
+# unpinned and one actor per core (--pin) in place of the 1M-row rounds. About 7 minutes on 16
+# cores; parallelism 8 comes before 16.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -22,12 +23,24 @@ trap 'rm -rf "$site"' EXIT
 "$py" -m zipfile -e .dev/pystream-*.whl "$site"
 export PYTHONPATH=$site
 args=("$@")
-[ ${#args[@]} -gt 0 ] || args=(--rows 160000000 --parallelism 1 2 4 8 16 --round-rows 524288 1048576 --ahead 2 --independent
-                               --transport shared_memory object_store)
 out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
 { nproc; lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|L2|L3)" || true; } | tee "$out/scaling.txt"
 # whether CPUs the VM calls separate cores share one (hyper-threads): ~15-30 s on 16
 "$py" "$repo/benchmarks/device/smt_probe.py" 2>&1 | tee -a "$out/scaling.txt" || true
+if [ ${#args[@]} -eq 0 ]; then
+  args=(--rows 160000000 --parallelism 1 2 4 8 16 --ahead 2 --independent --transport shared_memory object_store)
+  # Where CPU 0 has a sibling, each placement runs unpinned and with one actor per core (pinned
+  # as the siblings are numbered) in place of the 1M-row rounds, so the run takes as long.
+  sibling=$(sed -n "s/^smt probe: CPUs that share CPU 0's core: \[\([0-9]*\).*/\1/p" "$out/scaling.txt" | head -1)
+  n=$(nproc)
+  if [ "$sibling" = 1 ]; then
+    args+=(--round-rows 524288 --pin none pairs)
+  elif [ -n "$sibling" ] && [ "$sibling" = $((n / 2)) ]; then
+    args+=(--round-rows 524288 --pin none halves)
+  else
+    args+=(--round-rows 524288 1048576)
+  fi
+fi
 "$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee -a "$out/scaling.txt"
