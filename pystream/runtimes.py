@@ -934,7 +934,7 @@ class Ray:
 
     def __init__(self, parallelism: int = 2, key_groups: int = 128, address: str | None = None,
                  num_cpus: int | None = None, round_rows: int = 262_144, colocate: bool = True, ahead: int = 2,
-                 shared_memory: bool = True, cpus=None, fail_worker_after: int | None = None):
+                 shared_memory: bool = True, cpus: list | None = None, fail_worker_after: int | None = None):
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
         if not isinstance(key_groups, int) or not parallelism <= key_groups <= 65536:
