@@ -86,20 +86,22 @@ def independent(parts: list) -> float:
     return sum(len(part["ts"]) for part in parts) / max(took)
 
 
-def _pin_one(n: int) -> list:
-    return [[c] for c in range(n)]
+def _pin_one(cpus: list) -> list:
+    return [[c] for c in cpus]
 
 
-def _pin_halves(n: int) -> list:
-    return [[c, c + n // 2] for c in range(n // 2)]
+def _pin_halves(cpus: list) -> list:
+    half = len(cpus) // 2
+    return [[cpus[i], cpus[i + half]] for i in range(half)] or [cpus]
 
 
-def _pin_pairs(n: int) -> list:
-    return [[2 * c, 2 * c + 1] for c in range(n // 2)]
+def _pin_pairs(cpus: list) -> list:
+    return [cpus[i:i + 2] for i in range(0, len(cpus) - 1, 2)] or [cpus]
 
 
-#: --pin modes: the CPU sets for n CPUs (actor j takes set j mod their number).
-PINS = {"none": lambda n: None, "one": _pin_one, "halves": _pin_halves, "pairs": _pin_pairs}
+#: --pin modes: the CPU sets from the CPUs this process may use, in order (actor j takes set j
+#: mod their number).
+PINS = {"none": lambda cpus: None, "one": _pin_one, "halves": _pin_halves, "pairs": _pin_pairs}
 
 
 def _mean(xs) -> float:
@@ -188,7 +190,7 @@ def main():
     # (none, where given first): a pinned run is judged against one unpinned actor, whose
     # reading thread may have a core of its own, not against one pinned to a core
     base: dict = {}
-    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
     for p in a.parallelism:
         parts = split(data, p)
         for pin, transport, ahead, round_rows in [(pn, t, h, r) for r in a.round_rows for h in a.ahead
@@ -200,7 +202,7 @@ def main():
                                                                  round_rows=round_rows, ahead=ahead,
                                                                  colocate=not a.separate_sources,
                                                                  shared_memory=transport == "shared_memory",
-                                                                 cpus=PINS[pin](n_cpus)))
+                                                                 cpus=PINS[pin](cpus)))
                 total = a.rows / (time.perf_counter() - t)
                 assert res["rows"] == want, (res["rows"], want)
                 m = res.metrics["ray"]
