@@ -232,12 +232,12 @@ class SourceWorker:
         return found if walk(self.node) and len({w.id for w in found}) == len(found) else None
 
     def groups(self, window, batch: Batch) -> np.ndarray | None:
-        """The key group of each row of `batch` on its way into `window` at parallelism 1, or
-        None: not listed, since the one actor needs them only where it holds several slots of
-        the window (after a rescale), and computes them then (`WindowWorker._split`). Listing
-        them took 11% of the one actor's CPU samples, on its reading thread (perf, 40M
-        readings, 2-core VM). A subclass whose groups are not the keys' (Kafka's partitions)
-        lists them."""
+        """The key group of each row of `batch` on its way into `window` where all go to actor 0
+        (parallelism 1, or an unkeyed window: group 0), or None: not listed, since that actor
+        needs them only where it holds several slots of the window (after a rescale), and
+        computes them then (`WindowWorker._split`). Listing them took 11% of the one actor's
+        CPU samples at parallelism 1, on its reading thread (perf, 40M readings, 2-core VM). A
+        subclass whose groups are not the keys' (Kafka's partitions) lists them."""
         return None
 
     def route(self, batch: Batch) -> list:
@@ -308,7 +308,7 @@ class SourceWorker:
         keys, n = window.params["keys"], self.parallelism
         if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
             batch = batches[0] if len(batches) == 1 else Batch.concat(batches)
-            groups = self.groups(window, batch) if n == 1 else np.zeros(len(batch), dtype=np.uint16)
+            groups = self.groups(window, batch)
             out[0].append((window.id, batch, None if groups is None else groups.astype(np.uint16, copy=False)))
             return
         # Fixed-width columns (and the batches' own times) are scattered into routed order
