@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import copy
 import ctypes
+import pickle
 import time
 import types
 import uuid
@@ -405,7 +406,8 @@ class Driver:
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}
             if packed is not None:
-                refs.append(w.round_packed.remote((wms, chans, packed[j], tuple(reads_in[j]), released)))
+                message = (wms, chans, packed[j], tuple(reads_in[j]), released)
+                refs.append(w.round_packed.remote(pickle.dumps(message, pickle.HIGHEST_PROTOCOL)))
             else:
                 refs.append(w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]), released=released))
         for j, ref in enumerate(refs):

@@ -45,6 +45,7 @@ import collections
 import concurrent.futures
 import heapq
 import os
+import pickle
 import time
 import zlib
 
@@ -671,11 +672,12 @@ class WindowWorker:
                 taken[sid] = e
         return progress, taken
 
-    def round_packed(self, packed: tuple) -> tuple:
-        """round((watermarks, chans, messages, reads, released)): every argument in one, which
-        Ray serializes once (the driver's cost per call grows with its arguments: at 16
-        sources, 20 of them cost more than the call itself)."""
-        watermarks, chans, messages, reads, released = packed
+    def round_packed(self, packed: bytes) -> tuple:
+        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released): every
+        argument in one, pickled by the driver with the C pickler, so Ray serializes one bytes
+        object (its serializer's cost grows with the objects it visits, in Python: at 16
+        sources, 20 arguments cost more than the call itself; see _shm.Shared)."""
+        watermarks, chans, messages, reads, released = pickle.loads(packed)
         return self.round(watermarks, chans, *messages, reads=reads, released=released)
 
     def _round(self, watermarks: dict, chans: list, messages) -> dict:

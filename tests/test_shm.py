@@ -87,6 +87,8 @@ def test_each_actor_views_exactly_its_part(sizes, dtypes, with_ts, skip, seed):
     try:
         shared = pool.write(parts, skip)
         assert shared.parts[skip] is None
+        # the others' layouts pickled here, once: the driver hands on bytes, not tuples to visit
+        assert all(isinstance(p, bytes) for j, p in enumerate(shared.parts) if j != skip)
         shared.parts[skip] = 7  # as the reading actor marks its own slot
         import pickle
 
