@@ -324,6 +324,16 @@ class PyCountEngine {
     d["handles"] = handle_logs(engine_->layout());
     return d;
   }
+  py::dict peek(std::optional<int64_t> key) {
+    EmitBuffer out;
+    {
+      py::gil_scoped_release release;
+      engine_->peek(key.has_value(), key.value_or(0), out);
+    }
+    py::dict d = emit_to_dict(std::move(out), keyed_);
+    d["handles"] = handle_logs(engine_->layout());
+    return d;
+  }
   py::array_t<int64_t> live(int spec) const { return live_handles(*engine_, spec); }
 
   py::dict snapshot() const {
@@ -383,6 +393,9 @@ class PySessionEngine : public PyEngineBase<SessionEngine> {
   }
   py::dict advance_watermark(int64_t w) {
     return call([w](SessionEngine& e, EmitBuffer& o) { e.advance_watermark(w, o); });
+  }
+  py::dict peek(std::optional<int64_t> key) {
+    return call([key](SessionEngine& e, EmitBuffer& o) { e.peek(key.has_value(), key.value_or(0), o); });
   }
 
   py::dict snapshot() const {
@@ -819,6 +832,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<int64_t, int64_t, bool, const std::vector<AggTuple>&>(), py::arg("size"), py::arg("slide"),
            py::arg("keyed"), py::arg("aggs"))
       .def("process", &PyCountEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"))
+      .def("peek", &PyCountEngine::peek, py::arg("key") = py::none())
       .def("live_handles", &PyCountEngine::live)
       .def("snapshot", &PyCountEngine::snapshot)
       .def("restore", &PyCountEngine::restore, py::arg("state"))
@@ -835,6 +849,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("partitions", &PySessionEngine::partitions)
       .def("flush", &PySessionEngine::flush)
       .def("advance_watermark", &PySessionEngine::advance_watermark, py::arg("watermark"))
+      .def("peek", &PySessionEngine::peek, py::arg("key") = py::none())
       .def("live_handles", &PySessionEngine::live)
       .def("snapshot", &PySessionEngine::snapshot)
       .def("restore", &PySessionEngine::restore, py::arg("state"))
@@ -891,6 +906,11 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("partition"), py::arg("idle"))
       .def("fire", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.fire(o); }); })
+      .def("peek",
+           [](PyGlobalEngine& e, std::optional<int64_t> key) {
+             return e.call([key](GlobalEngine& g, EmitBuffer& o) { g.peek(key.has_value(), key.value_or(0), o); });
+           },
+           py::arg("key") = py::none())
       .def("flush", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.flush(o); }); })
       .def_property_readonly("partitions", &PyGlobalEngine::partitions)
       .def("live_handles", &PyGlobalEngine::live)

@@ -14,6 +14,7 @@
 /// Complexity: O(aggregations) per event, O(n/g) per firing; state O(keys * n/g).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -86,6 +87,26 @@ class CountWindowEngine {
     }
   }
 
+  /// Partial results for queries: per key (one, or every key by slot) the window that fires
+  /// next, over the events it holds so far; none for a key whose next window holds no event
+  /// yet. start and end are its first and last event time so far. Changes nothing but
+  /// scratch buffers.
+  void peek(bool one, int64_t key, EmitBuffer& out) {
+    if (out.cols.size() != col_of_spec_.size()) out.cols.resize(col_of_spec_.size());
+    int64_t lo = 0, hi = keyed_ ? keys_.size() : 1;
+    if (one && keyed_) {
+      const int32_t slot = keys_.find(key);
+      if (slot < 0) return;
+      lo = slot;
+      hi = lo + 1;
+    }
+    for (int64_t slot = lo; slot < hi; ++slot) {
+      const int64_t c = seen_[static_cast<size_t>(slot)];
+      const int64_t from = std::max<int64_t>(0, (c / slide_ + 1) * slide_ - n_);  // its first event's number
+      if (c > from) emit_panes(static_cast<int32_t>(slot), from / g_, (c - 1) / g_, out);
+    }
+  }
+
   struct State {
     std::vector<int64_t> keys, seen;
     std::vector<uint8_t> rows;  // panes x slots rows
@@ -124,9 +145,14 @@ class CountWindowEngine {
 
   void fire(int32_t slot, int64_t c, EmitBuffer& out) {
     const int64_t events = c < n_ ? c : n_;
-    const int64_t last_pane = (c - 1) / g_;
+    emit_panes(slot, (c - events) / g_, (c - 1) / g_, out);
+  }
+
+  /// One row over a key's panes first..last (pane numbers; at most panes_ of them, so all
+  /// still in the ring).
+  void emit_panes(int32_t slot, int64_t first_pane, int64_t last_pane, EmitBuffer& out) {
     pos_.clear();
-    for (int64_t p = last_pane - events / g_ + 1; p <= last_pane; ++p) pos_.push_back(p % panes_);
+    for (int64_t p = first_pane; p <= last_pane; ++p) pos_.push_back(p % panes_);
     const int64_t* first = reinterpret_cast<const int64_t*>(row_at(pos_.front(), slot));
     const int64_t* last = reinterpret_cast<const int64_t*>(row_at(pos_.back(), slot));
     if (keyed_) out.key.push_back(keys_.keys()[slot]);

@@ -120,6 +120,24 @@ class GlobalEngine {
     if (!flushed_ && spec_.trigger == GlobalSpec::kProcessing) fire_all(out);
   }
 
+  /// Partial results for queries: the window of each key (one, or every key by slot) that
+  /// received events since its last firing, as its next firing would emit it (the whole
+  /// window when accumulating, what came since the last firing when purging). Changes nothing
+  /// but scratch buffers.
+  void peek(bool one, int64_t key, EmitBuffer& out) {
+    prepare(out);
+    int64_t lo = 0, hi = spec_.keyed ? keys_.size() : 1;
+    if (one && spec_.keyed) {
+      const int32_t slot = keys_.find(key);
+      if (slot < 0) return;
+      lo = slot;
+      hi = lo + 1;
+    }
+    for (int64_t slot = lo; slot < hi; ++slot) {
+      if (pending_[static_cast<size_t>(slot)] > 0) emit_row(static_cast<int32_t>(slot), out);
+    }
+  }
+
   void flush(EmitBuffer& out) {
     prepare(out);
     if (flushed_) return;
@@ -211,6 +229,12 @@ class GlobalEngine {
   }
 
   void fire_key(int32_t slot, EmitBuffer& out) {
+    emit_row(slot, out);
+    pending_[slot] = 0;
+    if (spec_.purge) std::memcpy(row(slot), init_row_.data(), static_cast<size_t>(row_bytes_));
+  }
+
+  void emit_row(int32_t slot, EmitBuffer& out) {
     const int64_t* head = reinterpret_cast<const int64_t*>(row(slot));
     if (spec_.keyed) out.key.push_back(keys_.keys()[static_cast<size_t>(slot)]);
     out.start.push_back(head[1]);
@@ -220,8 +244,6 @@ class GlobalEngine {
     const StateTable t = StateTable::key_major(rows_.data(), row_bytes_, slot_cap_, 1);
     const int64_t pos = 0;
     for (size_t s = 0; s < col_of_spec_.size(); ++s) layout_.column_of_spec(s).emit(t, &pos, 1, &slot, 1, out.cols[s]);
-    pending_[slot] = 0;
-    if (spec_.purge) std::memcpy(row(slot), init_row_.data(), static_cast<size_t>(row_bytes_));
   }
 
   GlobalSpec spec_;

@@ -95,6 +95,30 @@ class SessionEngine {
 
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
+  /// Partial results for queries: the live sessions that have not fired on time yet (the
+  /// watermark is before their end - 1), of one key (`one`) or of every key, by key slot and
+  /// start. update=True marks a session that fired before and has grown past the watermark
+  /// since (its next firing is an update). These are the rows a flush would emit now.
+  /// Changes nothing but scratch buffers.
+  void peek(bool one, int64_t key, EmitBuffer& out) {
+    prepare(out);
+    size_t lo = 0, hi = by_slot_.size();
+    if (one && keyed_) {
+      const int32_t slot = keys_.find(key);
+      if (slot < 0 || static_cast<size_t>(slot) >= hi) return;
+      lo = static_cast<size_t>(slot);
+      hi = lo + 1;
+    }
+    for (size_t slot = lo; slot < hi; ++slot) {
+      peek_ids_ = by_slot_[slot];
+      std::sort(peek_ids_.begin(), peek_ids_.end(), [&](int32_t a, int32_t b) { return pool_[a].start < pool_[b].start; });
+      for (int32_t id : peek_ids_) {
+        const Sess& s = pool_[id];
+        if (!wm_.has() || end_of(s) - 1 > wm_.value()) emit(id, s.emitted, out);
+      }
+    }
+  }
+
   void flush(EmitBuffer& out) {
     prepare(out);
     if (!flushed_) {
@@ -408,6 +432,7 @@ class SessionEngine {
   Heap fire_heap_{bucket_shift()}, clean_heap_{bucket_shift()};
   std::vector<int32_t> dirty_;
   std::vector<int32_t> slots_;
+  std::vector<int32_t> peek_ids_;
   int64_t live_ = 0;
   bool flushed_ = false;
   PartitionSet parts_;

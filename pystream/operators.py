@@ -271,14 +271,16 @@ class WindowAggregateOperator:
             raise KeyError(key)
         return kid
 
-    def peek(self, key=None) -> Batch:
-        """Partial results of the windows that have not fired yet (of one key, or all keys)."""
+    def peek(self, key=None, *, with_key_ids: bool = False):
+        """Partial results of the windows that have not fired yet (of one key, or all keys):
+        what they hold so far, as they would fire if no more events came. With
+        `with_key_ids`, (the rows' int64 key ids or None, the rows)."""
         if self._engine is None:
-            return self.empty_result()
-        if not hasattr(self._engine, "peek"):
-            raise NotImplementedError(f"partial windows of {self.window!r} are not queryable (fired results are)")
-        out = self._engine.peek(None if key is None else self.key_id(key))
-        return self._build_results(out)
+            rows, ids = self.empty_result(), np.empty(0, dtype=np.int64)
+        else:
+            out = self._engine.peek(None if key is None else self.key_id(key))
+            rows, ids = self._build_results(out), out["key"]
+        return (ids, rows) if with_key_ids else rows
 
     def stats(self) -> dict:
         """Gauges for metrics: watermark (ns or None), keys, state bytes, open windows."""

@@ -66,17 +66,37 @@ class History:
         return Batch.concat(picked[::-1]) if picked else None
 
 
+    @staticmethod
+    def _on_time(batch: Batch) -> np.ndarray:
+        on_time = ~batch["update"] if "update" in batch else np.ones(len(batch), dtype=bool)
+        if "final" in batch:
+            on_time &= batch["final"]
+        return on_time
+
     def last_firing(self) -> Batch | None:
         """The rows of the newest on-time firing (one window end; firings of a window's keys
         come out in one batch)."""
         for _, batch in reversed(self.parts):
-            on_time = ~batch["update"] if "update" in batch else np.ones(len(batch), dtype=bool)
-            if "final" in batch:
-                on_time &= batch["final"]
+            on_time = self._on_time(batch)
             if on_time.any():
                 rows = batch.filter(on_time)
                 return rows.filter(rows["window_end"] == rows["window_end"].max())
         return None
+
+    def last_per_key(self) -> Batch | None:
+        """Each key's newest on-time fired row, oldest first (for windows whose bounds differ
+        per key: sessions, count and global windows)."""
+        ids, parts = [], []
+        for kid, batch in self.parts:
+            on_time = self._on_time(batch)
+            if on_time.any():
+                parts.append(batch.filter(on_time))
+                ids.append(np.zeros(int(on_time.sum()), dtype=np.int64) if kid is None else kid[on_time])
+        if not parts:
+            return None
+        every = np.concatenate(ids)
+        _, newest = np.unique(every[::-1], return_index=True)
+        return Batch.concat(parts).take(np.sort(len(every) - 1 - newest))
 
 
 class QueryableState:
@@ -115,18 +135,30 @@ class QueryableState:
             return rows if rows is not None else self.op.empty_result()
 
     def top(self, by: str, k: int = 10, window: str = "open") -> Batch:
-        """The k keys with the largest `by` in the current open window, or the last fired one."""
+        """The k keys with the largest `by` in the current open window, or the last fired one.
+        Where bounds differ per key (sessions, count and global windows, zones per key) each
+        key takes part with its own window: the open one that fires next, or its last fired."""
         if by not in self.op.aggs:
             raise QueryError(f"{self.name!r} has no aggregate {by!r}; it has {list(self.op.aggs)}")
         if window not in ("open", "fired"):
             raise ValueError(f"window must be 'open' or 'fired', got {window!r}")
+        aligned = self.op.window.aligned
         with self.live.reading():
-            rows = self.op.peek() if window == "open" else self.op.history.last_firing()
+            if window == "open":
+                ids, rows = self.op.peek(with_key_ids=True)
+            else:
+                rows = self.op.history.last_firing() if aligned else self.op.history.last_per_key()
         if rows is None or not len(rows):
             return self.op.empty_result()
-        ends = rows["window_end"]
-        pick = ends == (ends.min() if window == "open" else ends.max())
-        rows = rows.filter(pick)
+        if window == "fired" and aligned:
+            rows = rows.filter(rows["window_end"] == rows["window_end"].max())
+        elif window == "open" and aligned:
+            rows = rows.filter(rows["window_end"] == rows["window_end"].min())
+        elif window == "open":
+            ids = np.zeros(len(rows), dtype=np.int64) if ids is None else np.asarray(ids)
+            by_key = np.lexsort((rows["window_end"], ids))  # each key's rows, the soonest-ending first
+            _, first = np.unique(ids[by_key], return_index=True)
+            rows = rows.take(by_key[first])
         values = np.asarray(rows[by], dtype=np.float64)
         order = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[:k]
         return rows.take(order)

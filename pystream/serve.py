@@ -110,7 +110,7 @@ class Server:
                 rows = st.top(by, k, window)
             except QueryError as e:
                 raise HTTPError(404, str(e)) from None
-            except (ValueError, NotImplementedError) as e:
+            except ValueError as e:
                 raise HTTPError(400, str(e)) from None
             if fmt == "arrow":
                 return _arrow(rows)
@@ -121,7 +121,7 @@ class Server:
         last = _int(q, "last", 10)
         try:
             with st.live.reading():  # one consistent view: watermark, partial and last from the same moment
-                wm, partial, fired = st.watermark, _partial(st, key), st.last(key, last)
+                wm, partial, fired = st.watermark, st.partial(key), st.last(key, last)
         except QueryError as e:
             raise HTTPError(404, str(e)) from None
         except ValueError as e:
@@ -130,12 +130,10 @@ class Server:
             part = _one(q, "part", "partial")
             if part not in ("partial", "last"):
                 raise HTTPError(400, f"part must be 'partial' or 'last', got {part!r}")
-            if part == "partial" and partial is None:
-                raise HTTPError(400, f"partial windows of {st.op.window!r} are not queryable; use part=last")
             return _arrow(partial if part == "partial" else fired)
         return _json({"name": name, "key": None if key is None else list(key) if isinstance(key, tuple) else key,
                       "watermark": wm, "watermark_utc": _iso(wm),
-                      "partial": None if partial is None else to_records(partial), "last": to_records(fired)})
+                      "partial": to_records(partial), "last": to_records(fired)})
 
     @staticmethod
     def key_of(st, values):
@@ -146,13 +144,6 @@ class Server:
         if len(values) != len(st.keys):
             raise HTTPError(400, f"{st.name!r} is keyed by {list(st.keys)}: give key= {len(st.keys)} time(s)")
         return values[0] if len(values) == 1 else tuple(values)
-
-
-def _partial(st, key):
-    try:
-        return st.partial(key)
-    except NotImplementedError:
-        return None  # the window kind shows fired results only
 
 
 def _one(q, name, default):

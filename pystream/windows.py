@@ -16,6 +16,9 @@ class Window:
     size: int
     slide: int
     offset: int
+    #: Every key's windows share their bounds (so "the current window" is one window for all
+    #: keys); False where bounds are per key (sessions, counts, global windows, zones per key).
+    aligned = True
 
     def _params(self):
         return (type(self).__name__, self.size, self.slide, self.offset)
@@ -88,6 +91,7 @@ class Session(Window):
     """
 
     sessions = True
+    aligned = False
 
     def __init__(self, gap):
         self.size = self.slide = parse_duration(gap, "session gap")
@@ -106,6 +110,7 @@ class CountWindow(Window):
     its number of events. A trailing group smaller than the trigger never fires."""
 
     counted = True
+    aligned = False
 
     def _params(self):
         return (type(self).__name__, self.size, self.slide)
@@ -193,6 +198,10 @@ class Calendar(Window):
         self.offset = 0
         self._frozen = True
 
+    @property
+    def aligned(self):
+        return self.tz_column is None
+
     def _params(self):
         return ("Calendar", self.unit, self.tz, self.tz_column, self.week_start)
 
@@ -223,6 +232,7 @@ class Global(Window):
     """
 
     globally = True
+    aligned = False
 
     def __init__(self, trigger, mode: str = "accumulating"):
         from .triggers import Trigger
