@@ -13,8 +13,10 @@ import uuid
 
 from . import _shm
 from .batch import Batch
-from .flow import RunResult, _Node, _parse_every
-from .runtimes import Plan, SourceWorker, WindowWorker, owned_range
+from .flow import LiveState, RunResult, _Node, _parse_every
+from .operators import make_window_operator
+from .query import History, NotStarted
+from .runtimes import Plan, ShardedState, SourceWorker, WindowWorker, owned_range
 from .sinks import Collect
 
 
@@ -119,6 +121,57 @@ def _graph(flow, keep_source: int | None = None):
     return types.SimpleNamespace(_nodes=list(nodes.values()))
 
 
+class RayQueryableState(ShardedState):
+    """A queryable window of a flow on the Ray runtime. While it runs, a query goes to every
+    window actor (each holds the keys of its key groups) and waits behind the rounds already
+    handed to them, so each actor answers from between two of its rounds; the watermark is
+    the one the driver last sent. Once the run has ended, the actors' operators are rebuilt
+    here from their final snapshots and histories, and queries answer from them."""
+
+    def __init__(self, name: str, node, driver):
+        super().__init__(name, node, LiveState())
+        self.driver = driver
+        self.ops: list | None = None  # after the run: the actors' operators, rebuilt here
+        self.operators = lambda: self.ops
+        self.final_watermark = None
+
+    def _ask(self, what: str, *args) -> list:
+        if self.ops is not None:
+            return super()._ask(what, *args)
+        ray = self.driver.ray
+        try:
+            per_actor = ray.get([w.query.remote(self.wid, what, *args) for w in self.driver.workers])
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            raise NotStarted(f"queryable state {self.name!r} is recovering (an actor died): ask again ({e})") from None
+        return [a for answers in per_actor for a in answers]
+
+    @property
+    def watermark(self):
+        if self.ops is None:
+            return getattr(self.driver, "sent_watermarks", {}).get(self.wid)
+        # After the run: where end of input moved the windows' watermark to the end of time,
+        # that; else the one every actor's rounds made (the driver's, from all of them).
+        marks = [op.watermark for op in self.ops if op.watermark is not None] + [self.final_watermark]
+        marks = [m for m in marks if m is not None]
+        return max(marks) if marks else None
+
+    def settle(self, exports: list) -> None:
+        """Takes over the actors' final operators (WindowWorker.export_queryable of each)."""
+        p = self.driver.plan.nodes[self.wid].params
+        self.final_watermark = self.driver.watermarks().get(self.wid)
+        ops = []
+        for snapshot, parts, max_rows in (e for per_actor in exports for e in per_actor):
+            op = make_window_operator(p["window"], p["aggs"], p["time"], p["keys"], p["allowed_lateness"],
+                                      p.get("early_every"))
+            op.restore(snapshot)
+            op.history = History(max_rows)
+            for ids, batch, stamp in parts:
+                op.history.stamp = stamp
+                op.history.add(ids, batch)
+            ops.append(op)
+        self.ops = ops
+
+
 class Driver:
     #: Recoveries in a row (no new checkpoint between them) before the run fails.
     MAX_RECOVERIES = 3
@@ -137,6 +190,7 @@ class Driver:
         self.sink_nodes = {n.id: n for n in self.plan.sinks}
         self.segments = f"pystream-{uuid.uuid4().hex[:12]}-"  # name prefix of this run's shared-memory segments
         self.starts = 0
+        self.round_no = 0  # rounds handed out, over restarts too: stamps queryable histories
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_guarantee(self, guarantee, checkpoints):
@@ -258,6 +312,12 @@ class Driver:
         fingerprint = f"{self.flow.fingerprint()}|ray key_groups={self.groups} state=slots"
         worker_cls = ray.remote(max_restarts=3, max_task_retries=0)(ActorWindowWorker)
         self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups) for j in range(self.n)]
+        live = self.flow.live
+        with live.lock:
+            live.reset()
+            live.states = {w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
+                           for w in self.plan.windows if w.params.get("queryable")}
+            live.running, live.started_at = True, time.time()
         self.collected = {sid: [] for sid, n in self.sink_nodes.items() if isinstance(n.params["sink"], Collect)}
         epoch, resumed_from, written, recoveries = 0, None, [], 0
         state = None
@@ -313,8 +373,11 @@ class Driver:
                 if store is not None:
                     written.append(self._checkpoint(store, fingerprint, epoch, guarantee, True))
             timings = ray.get([w.timings.remote() for w in self.workers])
+            for state in live.states.values():
+                state.settle(ray.get([w.export_queryable.remote(state.wid) for w in self.workers]))
             closed = ray.get([w.close.remote() for w in self.workers])
         finally:
+            live.running = False
             for a in self._source_only_actors() + self.workers:
                 ray.kill(a)
             _shm.remove_all(self.segments)  # what killed actors had not closed
@@ -402,14 +465,17 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
+        self.sent_watermarks = wms  # what the actors' windows stand at once this round has run
         refs, packed = [], packed_messages(parts, self.n)
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}
             if packed is not None:
-                message = (wms, chans, packed[j], tuple(reads_in[j]), released)
+                message = (wms, chans, packed[j], tuple(reads_in[j]), released, self.round_no)
                 refs.append(w.round_packed.remote(pickle.dumps(message, pickle.HIGHEST_PROTOCOL)))
             else:
-                refs.append(w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]), released=released))
+                refs.append(w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]), released=released,
+                                           stamp=self.round_no))
+        self.round_no += 1
         for j, ref in enumerate(refs):
             for sid in reads_in[j]:
                 self.pending[sid].append((ref, sid))

@@ -82,10 +82,15 @@ class Flow:
         from . import clock as _clock
 
         if runtime is not None:
-            if serve is not None or progress or clock is not None:
-                raise ValueError(f"serve=, progress= and clock= belong to the local runtime, not {runtime!r}")
-            return runtime.run(self, checkpoints=checkpoints, resume=resume, guarantee=guarantee,
-                               checkpoint_every=checkpoint_every, keep=keep)
+            if progress or clock is not None:
+                raise ValueError(f"progress= and clock= belong to the local runtime, not {runtime!r}")
+            server = self.serve(serve, token=serve_token) if serve is not None else None
+            try:
+                return runtime.run(self, checkpoints=checkpoints, resume=resume, guarantee=guarantee,
+                                   checkpoint_every=checkpoint_every, keep=keep)
+            finally:
+                if server is not None:
+                    server.close()
 
         server = self.serve(serve, token=serve_token) if serve is not None else None
         if progress:

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from .batch import Batch
-from .runtimes import Plan, SourceWorker, WindowWorker
+from .runtimes import Plan, ShardedState, SourceWorker, WindowWorker
 
 
 class _PartitionRouter(SourceWorker):
@@ -126,6 +126,15 @@ class KafkaGroup:
         router = _PartitionRouter(flow, node.id, 1, 1 << 16, read=False)
         worker = _PartitionWorker(flow, 0, 1, 1 << 16)
         worker.start({}, None)
+        # Queryable state: this member answers for the partitions it owns (each one's operators;
+        # queries take flow.live's lock, which batches and rebalances hold).
+        live = flow.live
+        with live.lock:
+            live.reset()
+            live.states = {w.params["queryable"][0]: ShardedState(w.params["queryable"][0], w, live,
+                                                                  lambda wid=w.id: [s.op for s in worker.slots[wid]])
+                           for w in plan.windows if w.params.get("queryable")}
+            live.running, live.started_at = True, time.time()
         offsets: dict[int, int] = {}
         epoch = [0]
         stopping = [False]
@@ -141,6 +150,14 @@ class KafkaGroup:
             epoch[0] += 1
 
         def on_assign(consumer, parts):
+            with live.lock:
+                assign(consumer, parts)
+
+        def on_revoke(consumer, parts):
+            with live.lock:
+                revoke(consumer, parts)
+
+        def assign(consumer, parts):
             for tp in parts:
                 st = self._load(tp.partition)
                 if st is not None:
@@ -152,15 +169,16 @@ class KafkaGroup:
             asked[0], last_msg[0] = None, time.monotonic()
             consumer.assign(parts)
 
-        def on_revoke(consumer, parts):
+        def revoke(consumer, parts):
             publish()
             for tp in parts:
                 p = tp.partition
-                ops = worker.take_group(p)
+                # A stopping member fired its windows (end of input): it hands over only the
+                # offset, not engines that accept no more events, and keeps them to answer
+                # queries after its run.
+                ops = {} if stopping[0] else worker.take_group(p)
                 if p in offsets:
-                    # A stopping member fired its windows (end of input): it hands over only
-                    # the offset, not engines that accept no more events.
-                    self._save(p, offsets.pop(p), {} if stopping[0] else ops)
+                    self._save(p, offsets.pop(p), ops)
             self.log(f"revoke {sorted(tp.partition for tp in parts)}")
             asked[0] = time.monotonic()  # the next assignment follows (eager rebalancing)
             consumer.unassign()
@@ -188,8 +206,10 @@ class KafkaGroup:
                 last_msg[0] = time.monotonic()
                 for p, batch in src.batches_of(msgs):
                     router.partition = p
-                    worker.round({}, [p], [[router.route(batch)[0]]])  # one read of one batch
+                    with live.lock:  # queries see the state between batches
+                        worker.round({}, [p], [[router.route(batch)[0]]])  # one read of one batch
                     offsets[p] = int(batch["kafka_offset"][-1]) + 1
+                    live.let_readers_in()
                 batches += 1
                 if batches % self.checkpoint_every == 0:
                     publish()
@@ -198,10 +218,12 @@ class KafkaGroup:
                     # Advisory (tools show the group's lag); the state files are what members resume from.
                     c.commit(offsets=[TopicPartition(src.topic, p, o) for p, o in offsets.items()], asynchronous=True)
             stopping[0] = True
-            worker.finish()
-            publish()
+            with live.lock:
+                worker.finish()
+                publish()
         finally:
             c.close()
+            live.running = False
         closed = worker.close()
         result = RunResult()
         for sid, n in plan.nodes.items():

@@ -36,6 +36,10 @@ its key-group range, and the sinks' pre-committed epoch (exactly-once) in one ch
 actor dies, Ray restarts it and the driver rolls every actor back to the last checkpoint
 and replays the sources from its positions. Sinks run in the window actors (one copy each;
 `Files` names its parts per actor); `Collect` output travels to the driver at each commit.
+
+Queryable state: each actor's operators keep their share of the history of fired rows, and
+answer queries between rounds (WindowWorker.query); the driver's RayQueryableState asks every
+actor and combines their answers as the local state combines one (pystream/query.py).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ except ImportError:  # not on Windows: no fault counts there
 from . import _core, _shm
 from .batch import Batch
 from .operators import make_window_operator
+from .query import History, QueryableState, answer
 from .sinks import Collect, Files
 
 _U64 = np.uint64
@@ -156,8 +161,6 @@ class Plan:
             if n.kind == "sink" and not above:
                 raise ValueError(f"sink {n.params['sink'].name!r} takes rows before any window; the Ray runtime runs "
                                  f"sinks after windows")
-            if n.params.get("queryable"):
-                raise ValueError("queryable state is served by the local runtime; drop .queryable() for Ray")
             window_of[n.id] = above
         if not self.windows:
             raise ValueError("the flow has no window: the Ray runtime shuffles by key into windows")
@@ -383,6 +386,29 @@ def _usage() -> tuple:
     return (r.ru_minflt, cpu, r.ru_nivcsw, r.ru_nvcsw)
 
 
+class ShardedState(QueryableState):
+    """A queryable window whose keys lie in several operators (one per key-group range or
+    Kafka partition): each query asks every one of them (query.answer) and combines the
+    answers. `operators()` gives them; the watermark is the lowest of theirs."""
+
+    def __init__(self, name: str, node, live, operators=None):
+        p = node.params
+        # A template of the operators: names, window kind, empty results.
+        op = make_window_operator(p["window"], p["aggs"], p["time"], p["keys"], p["allowed_lateness"], p.get("early_every"))
+        super().__init__(name, op, live, p["queryable"][1])
+        self.wid = node.id
+        self.operators = operators or (lambda: [])
+
+    def _ask(self, what: str, *args) -> list:
+        return [answer(op, what, *args) for op in self.operators()]
+
+    @property
+    def watermark(self):
+        with self.live.reading():
+            marks = [op.watermark for op in self.operators() if op.watermark is not None]
+        return min(marks) if marks else None
+
+
 def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
     """The key groups [lo, hi) window actor `index` owns (those `owner` maps to it)."""
     return (-(-index * n_groups // parallelism), -(-(index + 1) * n_groups // parallelism))
@@ -398,6 +424,7 @@ class WindowWorker:
         self.plan = Plan(flow)
         self.index, self.parallelism, self.n_groups = index, parallelism, n_groups
         self.slots: dict[int, list[_Slot]] = {w.id: [] for w in self.plan.windows}
+        self.queryable = [w.id for w in self.plan.windows if w.params.get("queryable")]
         self.channels: dict[int, list[int]] = {}
         self.sinks = {}
         for n in self.plan.sinks:
@@ -606,6 +633,8 @@ class WindowWorker:
         op = make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
                                   n.params["allowed_lateness"], n.params.get("early_every"))
         op.declare_partitions(self.declared(wid, lo))
+        if n.params.get("queryable"):  # the state's history of fired rows, shared out over the actors
+            op.history = History(-(-n.params["queryable"][1] // self.parallelism))
         slot = _Slot(lo, hi, pure, op)
         slots = self.slots[wid]
         slots.insert(bisect.bisect([s.lo for s in slots], lo), slot)
@@ -644,20 +673,38 @@ class WindowWorker:
         for wid, state in snaps.items():
             self._slot(wid, g).op.restore(state)
 
+    # -- queryable state ----------------------------------------------------------------------
+    def query(self, wid: int, what: str, *args) -> list:
+        """The answers of this actor's operators of window `wid` to a query (query.answer), one
+        per slot. Ray runs an actor's calls in order, so a query sees the state between two
+        rounds of this actor."""
+        return [answer(s.op, what, *args) for s in self.slots[wid]]
+
+    def export_queryable(self, wid: int) -> list:
+        """(snapshot, history batches, history size) of each slot of window `wid`: what the
+        driver rebuilds the state from once the run has ended, so queries still answer then."""
+        return [(s.op.snapshot(), list(s.op.history.parts), s.op.history.max_rows) for s in self.slots[wid]]
+
     # -- data ---------------------------------------------------------------------------------
-    def round(self, watermarks: dict, chans: list, *messages, reads: tuple = (), released: dict | None = None) -> tuple:
+    def round(self, watermarks: dict, chans: list, *messages, reads: tuple = (), released: dict | None = None,
+              stamp: int = 0) -> tuple:
         """Advances every window to the driver's watermark, then takes this actor's part of each
         source's read (`parts` of SourceWorker.next, or their `_shm.Shared` layout; chans[i] is
         the channel of messages[i]). `released`: by source read here, how many of its reads
         every actor is done with (rounds the driver has collected): their segments are free.
-        Returns (per window and channel, the largest event time its engines hold, for the next
-        round's watermark; {sid: read_source(sid)} for the sources in `reads`, this actor's
-        next reads, taken after the windowing: a read that failed is there as its exception,
-        raised where the driver takes that read, so the round itself stands)."""
+        `stamp`: the driver's round number, which queryable histories keep with the rows fired
+        in this round. Returns (per window and channel, the largest event time its engines
+        hold, for the next round's watermark; {sid: read_source(sid)} for the sources in
+        `reads`, this actor's next reads, taken after the windowing: a read that failed is
+        there as its exception, raised where the driver takes that read, so the round itself
+        stands)."""
         for sid, upto in (released or {}).items():
             pool = self.pools.get(sid)
             if pool is not None:
                 pool.release(upto)
+        for wid in self.queryable:
+            for slot in self.slots[wid]:
+                slot.op.history.stamp = stamp
         t, used = time.perf_counter(), _usage()
         try:
             progress = self._round(watermarks, chans, messages)
@@ -673,12 +720,12 @@ class WindowWorker:
         return progress, taken
 
     def round_packed(self, packed: bytes) -> tuple:
-        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released): every
+        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released, stamp): every
         argument in one, pickled by the driver with the C pickler, so Ray serializes one bytes
         object (its serializer's cost grows with the objects it visits, in Python: at 16
         sources, 20 arguments cost more than the call itself; see _shm.Shared)."""
-        watermarks, chans, messages, reads, released = pickle.loads(packed)
-        return self.round(watermarks, chans, *messages, reads=reads, released=released)
+        watermarks, chans, messages, reads, released, stamp = pickle.loads(packed)
+        return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp)
 
     def _round(self, watermarks: dict, chans: list, messages) -> dict:
         for wid, w in watermarks.items():

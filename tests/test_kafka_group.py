@@ -85,6 +85,47 @@ def test_idle_clock_starts_at_the_first_assignment(tmp_path):
     assert rows(res["out"]) == rows(_local(cluster, topic))
 
 
+def test_a_member_answers_queries_for_the_partitions_it_owns(tmp_path):
+    import threading
+
+    cluster = MockCluster()
+    data = meter_readings(2_000, 20, seed=8, max_delay_ms=30_000)
+    topic = f"q{uuid.uuid4().hex[:8]}"
+    cluster.produce_json(topic, data, key="meter_id")
+    flow = _group_flow(cluster.bootstrap, topic, queryable=True)
+    live, done = [], threading.Event()
+
+    def ask():  # while the member runs: its partial windows (it idles 2 s before it ends)
+        while not done.is_set():
+            try:
+                part = flow.state("usage").partial()
+                if flow.live.running and len(part):
+                    live.append((flow.state("usage").watermark, part))
+            except ps.query.NotStarted:
+                pass
+            time.sleep(0.05)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        res = flow.run(runtime=ps.runtimes.KafkaGroup(f"grp-{uuid.uuid4().hex[:6]}", str(tmp_path / "state"),
+                                                      idle_stop=2.0))
+    finally:
+        done.set()
+        asker.join()
+    assert live, "no query answered while the member ran"
+    wm, part = live[-1]
+    assert wm is not None and (part["window_end"] - 1 > wm // 1_000_000).all()  # open windows only
+    out = res["out"]
+    for m in sorted(set(data["meter_id"].tolist()))[::3]:
+        q = flow.query("usage", key=m, last=10_000)
+        assert rows(q["last"]) == rows(out.filter(out["meter_id"] == m)) and len(q["partial"]) == 0
+    assert flow.state("usage").describe()["num_keys"] == len(set(data["meter_id"].tolist()))
+    top = flow.state("usage").top("kwh", k=3, window="fired")
+    last = out.filter(out["window_end"] == out["window_end"].max())
+    assert np.allclose(top["kwh"], np.sort(last["kwh"])[::-1][:3])
+
+
 def test_a_member_that_is_never_assigned_raises(tmp_path):
     flow = _group_flow("127.0.0.1:1", "t")  # nothing listens there
     with pytest.raises(TimeoutError, match=r"consumer group 'g' assigned this member no partitions of topic 't' "
@@ -132,12 +173,14 @@ def test_a_revoked_member_waits_for_its_next_assignment(tmp_path, monkeypatch):
     assert lines == ["assign [0]", "revoke [0]", "assign [0]"], lines
 
 
-def _group_flow(bootstrap, topic):
+def _group_flow(bootstrap, topic, queryable=False):
     flow = ps.Flow("kafka-group-in-process")
     src = flow.source(ps.sources.Kafka(topic, bootstrap, batch_size=300, config={"log_level": 0}),
                       time=ps.EventTime("ts", unit="ms", max_out_of_orderness="2m"))
-    src.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()) \
-        .sink(ps.sinks.Collect("out"))
+    usage = src.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count())
+    usage.sink(ps.sinks.Collect("out"))
+    if queryable:
+        usage.queryable("usage")
     return flow
 
 
