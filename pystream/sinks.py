@@ -135,26 +135,36 @@ class Files(BufferedSink):
     """Part files in a directory, one per epoch: transactional, so exactly-once works with no
     server.
 
-    exactly-once: an epoch's rows are staged as `.pending-part-EPOCH.EXT` (written to a temp
-    name, fsynced, renamed) at pre-commit and renamed to `part-EPOCH.EXT` at commit; recovery
-    commits the checkpoint's pending epoch and deletes anything staged after it.
+    An epoch's rows go to its file as they come (a temp name in the directory, whole batches
+    of up to `buffer_rows` rows at a time: one Parquet row group or a run of CSV lines each),
+    so memory holds at most `buffer_rows` rows whatever an epoch's size, and a run without
+    checkpoints, one epoch long, streams to disk too.
+    exactly-once: at pre-commit the epoch's file is fsynced and renamed to
+    `.pending-part-EPOCH.EXT`, at commit to `part-EPOCH.EXT`; recovery commits the
+    checkpoint's pending epoch and deletes anything staged or half-written after it.
     at-least/at-most-once and plain runs: `part-EPOCH-RUNID.EXT`, published atomically at each
     epoch; a replay after a crash writes new files (its duplicates stay visible and countable).
-    `Files.read(path)` returns every committed part, in epoch order, as one Batch.
+    Every batch of an epoch must have the first one's column types (or ones Arrow casts to
+    them safely). `Files.read(path)` returns every committed part, in epoch order, as one Batch.
     """
 
     transactional = True
     durable = True
 
-    def __init__(self, path: str, format: str = "csv", name: str | None = None):
+    def __init__(self, path: str, format: str = "csv", name: str | None = None, buffer_rows: int = 65_536):
         if format not in ("csv", "parquet"):
             raise ValueError(f"Files format must be 'csv' or 'parquet', got {format!r}")
         if format == "parquet":
             _require_pyarrow("Files(format='parquet')")
+        if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, int) or buffer_rows < 1:
+            raise ValueError(f"buffer_rows must be an int >= 1, got {buffer_rows!r}")
         self.path = str(path)
         self.format = format
         self.name = name or os.path.basename(os.path.normpath(self.path)) or "files"
+        self.buffer_rows = buffer_rows
         self._pending: list[Batch] = []
+        self._buffered = 0
+        self._file: _PartWriter | None = None  # this epoch's rows on disk so far
         self._run = uuid.uuid4().hex[:8]
         #: set by a runtime that runs one copy of this sink per worker: names each copy's parts
         self.instance: str | None = None
@@ -167,19 +177,44 @@ class Files(BufferedSink):
 
     def open(self) -> None:
         os.makedirs(self.path, exist_ok=True)
-        self._pending = []
+        self._pending, self._buffered = [], 0
+        if self._file is not None:  # a reopened sink (a restart): the unpublished rows are replayed
+            self._file.abort()
+            self._file = None
+
+    def write(self, batch: Batch) -> None:
+        if len(batch):
+            self._pending.append(batch)
+            self._buffered += len(batch)
+            if self._buffered >= self.buffer_rows:
+                self._spill()
+
+    def _spill(self) -> None:
+        """The buffered rows to the epoch's file."""
+        batch, self._buffered = self._take(), 0
+        if batch is None:
+            return
+        if self._file is None:
+            self._file = _PartWriter(self.path, self.format, self.name)
+        self._file.write(batch)
+
+    def _finish(self) -> str | None:
+        """The epoch's file, complete and fsynced (its temp path), or None: no rows."""
+        self._spill()
+        f, self._file = self._file, None
+        return None if f is None else f.close()
 
     def flush_epoch(self, epoch: int) -> None:
-        batch = self._take()
-        if batch is not None:
-            self._write_atomic(f"part-{epoch:08d}-{self._run}{(self.instance or '')}.{self.format}", batch)
+        tmp = self._finish()
+        if tmp is not None:
+            self._publish(tmp, f"part-{epoch:08d}-{self._run}{(self.instance or '')}.{self.format}")
 
     def pre_commit(self, epoch: int):
-        batch = self._take()
-        if batch is None:
+        tmp = self._finish()
+        if tmp is None:
             return None
         staged = f".pending-part-{epoch:08d}{self._tag()}.{self.format}"
-        self._write_atomic(staged, batch)
+        self._publish(tmp, staged)
         return {"epoch": epoch, "staged": staged, "final": f"part-{epoch:08d}{self._tag()}.{self.format}"}
 
     def commit(self, handle) -> None:
@@ -207,23 +242,14 @@ class Files(BufferedSink):
         self.flush_epoch(0)
         return self.path
 
-    def _write_atomic(self, name: str, batch: Batch) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{self.format}", dir=self.path)
-        os.close(fd)
+    def _publish(self, tmp: str, name: str) -> None:
+        """A complete, fsynced temp file under its final name, atomically."""
         try:
-            if self.format == "parquet":
-                import pyarrow.parquet as pq
-
-                pq.write_table(batch.to_arrow(), tmp)
-            else:
-                _write_csv(tmp, batch)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
             _faults.maybe_crash("publish")
             os.replace(tmp, os.path.join(self.path, name))
             _fsync_dir(self.path)
         except BaseException:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
 
@@ -247,6 +273,80 @@ class Files(BufferedSink):
         return Batch.concat(batches)
 
 
+class _PartWriter:
+    """One part file written batch by batch under a temp name in `directory` (`.tmp-*`, which
+    recovery deletes and readers skip): Parquet with one row group per batch, or CSV with the
+    header once. The first batch sets the column types."""
+
+    def __init__(self, directory: str, fmt: str, sink: str):
+        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=directory)
+        os.close(fd)
+        self.fmt, self.sink = fmt, sink
+        self.writer = None  # a pyarrow ParquetWriter / CSVWriter once the first batch set the schema
+        self.schema = None
+        self.columns: list | None = None  # (without pyarrow, CSV) the header
+        self.plain = False  # CSV by the standard library (no pyarrow: Parquet needs it, checked up front)
+        if fmt == "csv":
+            try:
+                import pyarrow.csv  # noqa: F401
+            except ImportError:
+                self.plain = True
+
+    def write(self, batch: Batch) -> None:
+        if self.plain:
+            self._write_plain_csv(batch)
+            return
+        import pyarrow as pa
+
+        table = batch.to_arrow()
+        if self.schema is None:
+            self.schema = table.schema
+            if self.fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            else:
+                import pyarrow.csv as pacsv
+
+                self.writer = pacsv.CSVWriter(self.tmp, table.schema)
+        elif table.schema != self.schema:
+            try:
+                table = table.cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+                raise ValueError(f"sink {self.sink!r}: a batch's columns {table.schema.names} with types "
+                                 f"{[str(t) for t in table.schema.types]} do not match this epoch's earlier batches' "
+                                 f"{[str(t) for t in self.schema.types]} ({e})") from None
+        self.writer.write_table(table)
+
+    def _write_plain_csv(self, batch: Batch) -> None:
+        import csv
+
+        with open(self.tmp, "a", newline="") as f:
+            w = csv.writer(f)
+            if self.columns is None:
+                self.columns = list(batch.columns)
+                w.writerow(self.columns)
+            elif list(batch.columns) != self.columns:
+                raise ValueError(f"sink {self.sink!r}: a batch's columns {list(batch.columns)} differ from this "
+                                 f"epoch's earlier batches' {self.columns}")
+            w.writerows(zip(*(batch[c].tolist() for c in self.columns)))
+
+    def close(self) -> str:
+        """Closes and fsyncs the file; returns its temp path."""
+        if self.writer is not None:
+            self.writer.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        return self.tmp
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.writer is not None:
+                self.writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
 def _require_pyarrow(what: str) -> None:
     try:
         import pyarrow  # noqa: F401
@@ -260,20 +360,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_csv(path: str, batch: Batch) -> None:
-    try:
-        import pyarrow.csv as pacsv
-    except ImportError:
-        import csv
-
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(batch.columns)
-            w.writerows(zip(*(batch[c].tolist() for c in batch.columns)))
-        return
-    pacsv.write_csv(batch.to_arrow(), path)
 
 
 def _read_csv(path: str) -> Batch:
