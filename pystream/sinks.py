@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import pickle
 import re
 import tempfile
 import uuid
@@ -72,6 +73,54 @@ class BufferedSink(Sink):
     def _take(self) -> Batch | None:
         batches, self._pending = self._pending, []
         return Batch.concat(batches) if batches else None
+
+
+class Spool:
+    """An epoch's batches for a sink that publishes them later: up to `buffer_rows` rows in
+    memory, the rest pickled (protocol 5: NumPy columns as raw bytes) to an unnamed local temp
+    file, so memory stays bounded whatever the epoch's size. `drain()` hands them back in
+    order, in chunks of about `buffer_rows` rows, and empties the spool."""
+
+    def __init__(self, buffer_rows: int = 65_536):
+        if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, int) or buffer_rows < 1:
+            raise ValueError(f"buffer_rows must be an int >= 1, got {buffer_rows!r}")
+        self.buffer_rows = buffer_rows
+        self._mem: list[Batch] = []
+        self._mem_rows = 0
+        self._file = None  # spilled chunks, in order
+        self.rows = 0
+
+    def add(self, batch: Batch) -> None:
+        if not len(batch):
+            return
+        self._mem.append(batch)
+        self._mem_rows += len(batch)
+        self.rows += len(batch)
+        if self._mem_rows >= self.buffer_rows:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="pystream-spool-")
+            pickle.dump(Batch.concat(self._mem), self._file, protocol=5)
+            self._mem, self._mem_rows = [], 0
+
+    def drain(self):
+        """The spooled batches, oldest first, as chunks (a generator); the spool is empty after."""
+        f, mem = self._file, self._mem
+        self._file, self._mem, self._mem_rows, self.rows = None, [], 0, 0
+        if f is not None:
+            with f:
+                f.seek(0)
+                while True:
+                    try:
+                        yield pickle.load(f)
+                    except EOFError:
+                        break
+        if mem:
+            yield Batch.concat(mem)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._mem, self._mem_rows, self.rows = None, [], 0, 0
 
 
 class Collect(Sink):
@@ -388,7 +437,7 @@ def _typed(text: np.ndarray) -> np.ndarray:
     return text.astype(object)
 
 
-__all__ = ["Sink", "BufferedSink", "Collect", "Discard", "Print", "Files", "Postgres", "Kafka", "Redis"]
+__all__ = ["Sink", "BufferedSink", "Spool", "Collect", "Discard", "Print", "Files", "Postgres", "Kafka", "Redis"]
 
 
 def __getattr__(name: str):

@@ -14,7 +14,9 @@ def build(dsn: str, table: str) -> ps.Flow:
                       time=ps.EventTime("ts", unit="ms", max_out_of_orderness="5m"))
     usage = src.key_by("meter_id").window(ps.windows.Tumbling("15m"), allowed_lateness="10m").aggregate(
         kwh=ps.agg.sum("kwh"), n=ps.agg.count())
-    usage.sink(ps.sinks.Postgres(dsn, table))  # no key: appended, so a duplicate would show
+    # No key: appended, so a duplicate would show. A small buffer spills each epoch's rows to
+    # the spool's temp file and stages them in several chunks, so crashes hit that path.
+    usage.sink(ps.sinks.Postgres(dsn, table, buffer_rows=300))
     return flow
 
 

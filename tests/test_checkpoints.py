@@ -256,3 +256,25 @@ def test_files_sink_streams_an_epoch_to_disk_holding_at_most_buffer_rows(tmp_pat
     assert len(glob.glob(os.path.join(out, ".tmp-*"))) == 1
     sink.open()
     assert glob.glob(os.path.join(out, ".tmp-*")) == []
+
+
+def test_a_spool_keeps_at_most_buffer_rows_in_memory_and_hands_batches_back_in_order():
+    import numpy as np
+
+    spool = ps.sinks.Spool(buffer_rows=250)
+    batches = [ps.Batch({"i": np.arange(k * 100, (k + 1) * 100), "s": np.array([f"r{k}"] * 100, dtype=object)})
+               for k in range(10)]
+    for b in batches:
+        spool.add(b)
+        assert sum(len(x) for x in spool._mem) < 250  # the rest went to the temp file
+    assert spool.rows == 1_000
+    chunks = list(spool.drain())
+    assert len(chunks) > 1 and all(len(c) <= 350 for c in chunks)
+    back = ps.Batch.concat(chunks)
+    assert back["i"].tolist() == list(range(1_000)) and back["s"].tolist() == [f"r{k}" for k in range(10) for _ in range(100)]
+    assert spool.rows == 0 and list(spool.drain()) == []  # drained: empty, and reusable
+    spool.add(batches[0])
+    spool.discard()
+    assert list(spool.drain()) == []
+    with pytest.raises(ValueError, match="buffer_rows must be an int >= 1, got 0"):
+        ps.sinks.Spool(0)

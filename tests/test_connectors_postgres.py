@@ -46,14 +46,15 @@ def final_rows(batch: ps.Batch):
     return last
 
 
-def test_exactly_once_upserts_equal_the_final_window_values(table, tmp_path):
+@pytest.mark.parametrize("buffer_rows", [65_536, 100])  # 100: epochs spill and stage in chunks
+def test_exactly_once_upserts_equal_the_final_window_values(table, tmp_path, buffer_rows):
     data = meter_readings(30_000, 300, seed=5, max_delay_ms=30 * 60_000)
     flow = ps.Flow("pg")
     src = flow.source(ps.sources.Arrays(data, batch_size=2_000), time=ps.EventTime("ts", unit="ms", max_out_of_orderness="5m"))
     usage = src.key_by("meter_id").window(ps.windows.Tumbling("15m"), allowed_lateness="20m").aggregate(
         kwh=ps.agg.sum("kwh"), n=ps.agg.count())
-    usage.sink(ps.sinks.Postgres(DSN, table, key=("meter_id", "window_start")))
-    usage.sink(ps.sinks.Files(str(tmp_path / "files"), name="files"))
+    usage.sink(ps.sinks.Postgres(DSN, table, key=("meter_id", "window_start"), buffer_rows=buffer_rows))
+    usage.sink(ps.sinks.Files(str(tmp_path / "files"), name="files", buffer_rows=buffer_rows))
     flow.run(checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
     files = ps.sinks.Files.read(str(tmp_path / "files"))
     assert int(files["update"].sum()) > 0  # late updates happened and must replace on-time rows
