@@ -143,12 +143,15 @@ class RayQueryableState(ShardedState):
             per_actor = ray.get([w.query.remote(self.wid, what, *args) for w in self.driver.workers])
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             raise NotStarted(f"queryable state {self.name!r} is recovering (an actor died): ask again ({e})") from None
+        for answers in per_actor:
+            if isinstance(answers, Exception):  # a query the actors refused (a key of the wrong type)
+                raise answers
         return [a for answers in per_actor for a in answers]
 
     @property
     def watermark(self):
         if self.ops is None:
-            return getattr(self.driver, "sent_watermarks", {}).get(self.wid)
+            return getattr(self.driver, "sent_watermarks", {}).get(self.wid)  # (none before the first start)
         # After the run: where end of input moved the windows' watermark to the end of time,
         # that; else the one every actor's rounds made (the driver's, from all of them).
         marks = [op.watermark for op in self.ops if op.watermark is not None] + [self.final_watermark]
@@ -219,6 +222,7 @@ class Driver:
         ray = self.ray
         st = state or {}
         self.positions = dict(st.get("positions", {}))
+        self.sent_watermarks: dict = {}  # by window: the watermark of the rounds handed out since this start
         self.chan_ids = dict(st.get("chan_ids", {}))
         self.top = dict(st.get("top", {}))
         self.ended = set(st.get("ended", ()))
@@ -465,7 +469,9 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
-        self.sent_watermarks = wms  # what the actors' windows stand at once this round has run
+        # What the actors' windows stand at once this round has run (a window whose sources
+        # all ended gets none: it keeps the last).
+        self.sent_watermarks = {**self.sent_watermarks, **wms}
         refs, packed = [], packed_messages(parts, self.n)
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}

@@ -74,7 +74,6 @@ class History:
             return rows
         return rows, (np.concatenate(marks[::-1]) if marks else np.empty(0, dtype=np.int64))
 
-
     @staticmethod
     def _on_time(batch: Batch) -> np.ndarray:
         on_time = ~batch["update"] if "update" in batch else np.ones(len(batch), dtype=bool)

@@ -677,8 +677,13 @@ class WindowWorker:
     def query(self, wid: int, what: str, *args) -> list:
         """The answers of this actor's operators of window `wid` to a query (query.answer), one
         per slot. Ray runs an actor's calls in order, so a query sees the state between two
-        rounds of this actor."""
-        return [answer(s.op, what, *args) for s in self.slots[wid]]
+        rounds of this actor. A query the operators refuse (a key of the wrong type: ValueError,
+        TypeError) comes back as its exception, which the driver raises: a refused query is an
+        answer, not a failed task."""
+        try:
+            return [answer(s.op, what, *args) for s in self.slots[wid]]
+        except (ValueError, TypeError) as e:
+            return e
 
     def export_queryable(self, wid: int) -> list:
         """(snapshot, history batches, history size) of each slot of window `wid`: what the

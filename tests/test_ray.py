@@ -37,9 +37,9 @@ def local_ray():
     ray.shutdown()
 
 
-def sources(flow, data=DATA, n=2, make=ps.sources.Arrays, **kw):
+def sources(flow, data=DATA, n=2, make=ps.sources.Arrays, batch_size=2_000, **kw):
     """`data` as n sources (every n-th row each), unioned."""
-    parts = [flow.source(make({k: v[i::n] for k, v in data.items()}, batch_size=2_000, name=f"part{i}", **kw),
+    parts = [flow.source(make({k: v[i::n] for k, v in data.items()}, batch_size=batch_size, name=f"part{i}", **kw),
                          time=ps.EventTime("ts", **TIME)) for i in range(n)]
     return parts[0].union(*parts[1:]) if n > 1 else parts[0]
 
@@ -741,14 +741,17 @@ def test_queryable_state_on_ray_answers_as_the_local_runtime_after_the_run(kind)
 
 
 def test_queryable_state_on_ray_answers_while_the_flow_runs_and_over_http():
-    flow = queryable_flow("tumbling", make=SlowArrays, pause=0.3)  # 10 one-batch rounds: a run of seconds
+    # 40 one-batch rounds of 500 rows per source, 0.1 s each: a run of seconds, and a query waits
+    # behind the actors' calls in flight (a round that takes the next read) for tenths of one.
+    flow = queryable_flow("tumbling", make=SlowArrays, pause=0.1, batch_size=500)
     import json
+    import urllib.error
     import urllib.request
 
     seen, errors = [], []
     with flow.serve("127.0.0.1:0") as srv:
         th = threading.Thread(target=lambda: flow.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16,
-                                                                                round_rows=2_000)), daemon=True)
+                                                                                round_rows=500)), daemon=True)
         th.start()
         deadline = time.time() + 60
         while th.is_alive() and time.time() < deadline:
@@ -768,10 +771,17 @@ def test_queryable_state_on_ray_answers_while_the_flow_runs_and_over_http():
                 break
             if len(part):
                 seen.append((wm, part, top))
+                if len(seen) == 1:  # refused queries, answered by the actors: the rule, not a Ray traceback
+                    with pytest.raises(urllib.error.HTTPError) as bad:
+                        urllib.request.urlopen(srv.url + "/api/state/usage?key=x", timeout=10)
+                    assert bad.value.code == 400 and json.loads(bad.value.read())["error"] == \
+                        "key column 'meter_id' holds integers; 'x' is not one"
+                    with pytest.raises(ps.query.QueryError, match="no key 123456789"):
+                        flow.query("usage", key=123456789)
             time.sleep(0.05)
         th.join(60)
     assert not errors and not th.is_alive()
-    assert len(seen) >= 2, len(seen)  # answered while running, with data in open windows
+    assert len(seen) >= 3, len(seen)  # answered while running, with data in open windows (9 here)
     assert any(wm is not None for wm, _, _ in seen)
     for wm, part, top in seen:
         # Open windows only: none the watermark the actors stood at had closed.
