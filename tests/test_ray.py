@@ -793,3 +793,21 @@ def test_queryable_state_on_ray_answers_while_the_flow_runs_and_over_http():
     assert any(len(top["rows"]) == 3 for _, _, top in seen)
     final = flow.query("usage", last=1_000_000)
     assert len(final["partial"]) == 0 and len(final["last"]) > 100  # after the run: every window fired
+
+
+def test_queryable_state_after_an_actor_died_and_the_flow_recovered(tmp_path):
+    """The state is rebuilt from the checkpoint, so what the windows hold at the end (count
+    windows' trailing partial rows, every key) equals the local runtime's; the history of fired
+    rows holds what fired since the recovery."""
+    local = queryable_flow("count")
+    local.run()
+    dist = queryable_flow("count")
+    res = dist.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=7),
+                   checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
+    assert res.metrics["ray"]["recoveries"] == 1
+    want = local.state("usage").partial()
+    assert len(want) > 100 and canon(dist.state("usage").partial()) == canon(want)
+    assert dist.state("usage").describe()["num_keys"] == local.state("usage").describe()["num_keys"]
+    fired = set(canon(local.query("usage", last=10**7)["last"]))
+    since = dist.query("usage", last=10**7)["last"]
+    assert len(since) > 0 and set(canon(since)) <= fired
