@@ -26,15 +26,85 @@ timeout while the other members rejoin). A member that gets no assignment within
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
 import time
+import uuid
+import zlib
 
 import numpy as np
 
 from .batch import Batch
+from .query import QueryError
 from .runtimes import Plan, ShardedState, SourceWorker, WindowWorker
+
+PARTITIONERS = ("consistent_random", "murmur2_random")
+
+
+def key_partition(key, partitions: int, partitioner: str = "consistent_random") -> int:
+    """The partition a Kafka producer puts a message with this key in: the key as bytes (its
+    text as UTF-8 unless it is bytes: how pystream's Kafka sink writes keys) hashed as
+    librdkafka's `consistent_random` partitioner (CRC-32; confluent-kafka's default) or
+    `murmur2_random` (murmur2: the Java client's default) does, modulo the partition count."""
+    data = key if isinstance(key, bytes) else str(key).encode()
+    if partitioner == "consistent_random":
+        return zlib.crc32(data) % partitions
+    if partitioner == "murmur2_random":
+        return (_murmur2(data) & 0x7FFFFFFF) % partitions
+    raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {partitioner!r}")
+
+
+def _murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as an unsigned 32-bit int."""
+    m, n = 0x5BD1E995, len(data)
+    h = (0x9747B28C ^ n) & 0xFFFFFFFF
+    whole = n - n % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(data[i:i + 4], "little") * m) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    rest = n % 4
+    if rest == 3:
+        h ^= data[whole + 2] << 16
+    if rest >= 2:
+        h ^= data[whole + 1] << 8
+    if rest >= 1:
+        h = ((h ^ data[whole]) * m) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * m) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+class _MemberState(ShardedState):
+    """A member's queryable window: its own partitions' operators answer; `owner(key)` says
+    which partition holds a key and which member owns that partition (from the members'
+    announcements in the state directory), and a query for a key another member owns says so."""
+
+    def __init__(self, name, node, live, operators, member):
+        super().__init__(name, node, live, operators)
+        self.member = member  # the KafkaGroup run: its partitions, count and the announcements
+
+    def owner(self, key) -> dict:
+        if not self.keys:
+            raise ValueError(f"{self.name!r} is not keyed: every member holds part of it")
+        if isinstance(key, tuple):
+            if len(key) != 1:
+                raise ValueError(f"{self.name!r}: owner() needs the one message-key column's value, got {key!r}")
+            key = key[0]
+        return self.member.owner(key)
+
+    def _one_key(self, key, answers: list):
+        if not any(a is not None for a in answers):
+            try:
+                where = self.owner(key)
+            except ValueError:
+                where = None
+            if where is not None and not where["here"]:
+                who = f"member {where['url']}" if where["url"] else "another member"
+                raise QueryError(f"{self.name!r} has no key {key!r} here: it is in partition {where['partition']}, "
+                                 f"which {who} owns")
+        return super()._one_key(key, answers)
 
 
 class _PartitionRouter(SourceWorker):
@@ -66,10 +136,16 @@ class KafkaGroup:
         join_timeout: seconds to wait for an assignment (at the start, and after a revoke)
             before raising TimeoutError (an unreachable broker, a stuck rebalance); None: wait on.
         log: called with one line per rebalance event (assign, revoke, load).
+        advertise: this member's HTTP URL (where it serves its queryable state), announced with
+            its partitions in `state/members/` so queries for keys it does not hold go to the
+            member that does (owner(), HTTP 307).
+        partitioner: how the producers picked a key's partition ("consistent_random":
+            librdkafka's default, CRC-32; "murmur2_random": the Java client's default).
     """
 
     def __init__(self, group: str, state: str, checkpoint_every: int = 16, idle_stop: float | None = None,
-                 join_timeout: float | None = 60.0, log=None):
+                 join_timeout: float | None = 60.0, log=None, advertise: str | None = None,
+                 partitioner: str = "consistent_random"):
         if not isinstance(group, str) or not group:
             raise ValueError(f"group must be a non-empty string, got {group!r}")
         if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
@@ -80,6 +156,57 @@ class KafkaGroup:
         self.group, self.state, self.checkpoint_every, self.idle_stop = group, str(state), checkpoint_every, idle_stop
         self.join_timeout = join_timeout
         self.log = log or (lambda line: None)
+        if partitioner not in PARTITIONERS:
+            raise ValueError(f"partitioner must be one of {PARTITIONERS}, got {partitioner!r}")
+        self.advertise, self.partitioner = advertise, partitioner
+        self.member_id = uuid.uuid4().hex[:12]
+        self.owned: set = set()  # the partitions this member holds now
+        self.partition_count = 0
+
+    # -- who owns what (for queries) --------------------------------------------------------------
+    def _members(self) -> str:
+        return os.path.join(self.state, "members")
+
+    def _count_partitions(self, consumer, topic: str) -> None:
+        """The topic's partition count, for owner(); left as it was where the broker does not
+        say (owner() then refuses rather than guess)."""
+        try:
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except Exception:  # noqa: BLE001 - metadata is for queries only; the run goes on
+            return
+        if meta is not None and meta.error is None:
+            self.partition_count = len(meta.partitions)
+
+    def _announce(self, partitions) -> None:
+        """Writes the partitions this member holds (and its `advertise` URL) to
+        members/ID.json in the state directory, atomically."""
+        os.makedirs(self._members(), exist_ok=True)
+        doc = {"member": self.member_id, "url": self.advertise, "partitions": sorted(partitions),
+               "partition_count": self.partition_count, "updated": time.time()}
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._members())
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, os.path.join(self._members(), f"{self.member_id}.json"))
+
+    def owner(self, key) -> dict:
+        """Which partition holds `key` and which member holds that partition: the newest
+        announcement naming it (a member that died leaves an older one behind)."""
+        if not self.partition_count:
+            raise ValueError("the topic's partition count is not known yet (no assignment so far)")
+        p = key_partition(key, self.partition_count, self.partitioner)
+        holder = None
+        for name in os.listdir(self._members()) if os.path.isdir(self._members()) else ():
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self._members(), name)) as f:
+                    doc = json.load(f)
+            except (OSError, ValueError):
+                continue  # being replaced, or not ours
+            if p in doc.get("partitions", ()) and (holder is None or doc["updated"] > holder["updated"]):
+                holder = doc
+        return {"key": key, "partition": p, "here": p in self.owned, "member": holder and holder["member"],
+                "url": holder and holder["url"]}
 
     def __repr__(self):
         return f"KafkaGroup({self.group!r})"
@@ -131,10 +258,11 @@ class KafkaGroup:
         live = flow.live
         with live.lock:
             live.reset()
-            live.states = {w.params["queryable"][0]: ShardedState(w.params["queryable"][0], w, live,
-                                                                  lambda wid=w.id: [s.op for s in worker.slots[wid]])
+            live.states = {w.params["queryable"][0]: _MemberState(w.params["queryable"][0], w, live,
+                                                                  lambda wid=w.id: [s.op for s in worker.slots[wid]], self)
                            for w in plan.windows if w.params.get("queryable")}
             live.running, live.started_at = True, time.time()
+        self.owned, self.partition_count = set(), 0
         offsets: dict[int, int] = {}
         epoch = [0]
         stopping = [False]
@@ -168,6 +296,9 @@ class KafkaGroup:
             self.log(f"assign {sorted(tp.partition for tp in parts)}")
             asked[0], last_msg[0] = None, time.monotonic()
             consumer.assign(parts)
+            self.owned |= {tp.partition for tp in parts}
+            self._count_partitions(consumer, src.topic)
+            self._announce(self.owned)
 
         def revoke(consumer, parts):
             publish()
@@ -182,6 +313,9 @@ class KafkaGroup:
             self.log(f"revoke {sorted(tp.partition for tp in parts)}")
             asked[0] = time.monotonic()  # the next assignment follows (eager rebalancing)
             consumer.unassign()
+            if not stopping[0]:  # (a stopping member keeps its final windows to answer from)
+                self.owned -= {tp.partition for tp in parts}
+            self._announce(set() if stopping[0] else self.owned)
 
         c = Consumer({"bootstrap.servers": src.bootstrap, "group.id": self.group, "enable.auto.commit": False,
                       "auto.offset.reset": "earliest", "isolation.level": "read_committed",

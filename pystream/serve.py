@@ -7,6 +7,9 @@ dashboard. Standard library server (one thread per request) in a daemon thread.
                                           (repeat key= for several key columns; no key: all)
   GET /api/state/NAME/top?by=AGG&k=10[&window=open|fired]
   GET /api/state/NAME/watermark
+  GET /api/state/NAME/owner?key=K         (Kafka consumer-group members) K's partition and the
+                                          member that owns it; a key query for a key another
+                                          member owns answers 307 to that member's URL
   GET /api/metrics                        counters and gauges as JSON
   GET /metrics                            Prometheus text format (pip install 'pystream[serve]')
 Row endpoints take format=arrow (Arrow IPC stream; for /api/state/NAME choose part=partial or
@@ -22,7 +25,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import numpy as np
 
@@ -30,9 +33,9 @@ from .query import NotStarted, QueryError, to_arrow_ipc, to_records
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, location: str | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.location = status, location
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -115,6 +118,16 @@ class Server:
             if fmt == "arrow":
                 return _arrow(rows)
             return _json({"name": name, "by": by, "k": k, "window": window, "rows": to_records(rows)})
+        if rest == ["owner"]:
+            if not hasattr(st, "owner"):
+                raise HTTPError(404, f"{name!r} runs in one process: /owner is for Kafka consumer-group members")
+            key = self.key_of(st, q.get("key"))
+            if key is None:
+                raise HTTPError(400, "owner needs key=")
+            try:
+                return _json(st.owner(key))
+            except ValueError as e:
+                raise HTTPError(400, str(e)) from None
         if rest:
             raise HTTPError(404, f"no such path under /api/state/{name}: {'/'.join(rest)!r}; try /top or /watermark")
         key = self.key_of(st, q.get("key"))
@@ -123,6 +136,10 @@ class Server:
             with st.live.reading():  # one consistent view: watermark, partial and last from the same moment
                 wm, partial, fired = st.watermark, st.partial(key), st.last(key, last)
         except QueryError as e:
+            where = _elsewhere(st, key)
+            if where is not None:  # another consumer-group member owns the key: send the client there
+                raise HTTPError(307, str(e), location=f"{where.rstrip('/')}/api/state/{name}?"
+                                                      f"{urlencode(q, doseq=True)}") from None
             raise HTTPError(404, str(e)) from None
         except ValueError as e:
             raise HTTPError(400, str(e)) from None
@@ -144,6 +161,18 @@ class Server:
         if len(values) != len(st.keys):
             raise HTTPError(400, f"{st.name!r} is keyed by {list(st.keys)}: give key= {len(st.keys)} time(s)")
         return values[0] if len(values) == 1 else tuple(values)
+
+
+def _elsewhere(st, key) -> str | None:
+    """The URL of the consumer-group member that owns `key`, where another one does and
+    announced one."""
+    if key is None or not hasattr(st, "owner"):
+        return None
+    try:
+        where = st.owner(key)
+    except ValueError:
+        return None
+    return where["url"] if not where["here"] and where["url"] else None
 
 
 def _one(q, name, default):
@@ -193,14 +222,18 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the stdlib's name)
         url = urlparse(self.path)
         q = parse_qs(url.query)
+        location = None
         try:
             self.check_token(q)
             status, ctype, body = self.server_obj.handle(url.path, q)
         except HTTPError as e:
             status, ctype, body = e.status, "application/json", json.dumps({"error": str(e)}).encode()
+            location = e.location
         except Exception as e:  # a bug must not kill the server thread; report it
             status, ctype, body = 500, "application/json", json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
         self.send_response(status)
+        if location is not None:
+            self.send_header("Location", location)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

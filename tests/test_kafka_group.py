@@ -126,6 +126,104 @@ def test_a_member_answers_queries_for_the_partitions_it_owns(tmp_path):
     assert np.allclose(top["kwh"], np.sort(last["kwh"])[::-1][:3])
 
 
+@pytest.mark.parametrize("partitioner", ["consistent_random", "murmur2_random"])
+def test_key_partition_is_where_librdkafka_puts_a_key(partitioner):
+    from confluent_kafka import Producer
+
+    from pystream.kafka_group import key_partition
+
+    cluster = MockCluster()  # topics it creates on first use have 4 partitions
+    topic = f"p{uuid.uuid4().hex[:8]}"
+    landed = {}
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "partitioner": partitioner, "log_level": 3})
+    keys = [*range(300), "m000123", "Zählerstand", b"\x00\xffraw"]
+    for k in keys:
+        data = k if isinstance(k, bytes) else str(k).encode()
+        p.produce(topic, value=b"v", key=data, on_delivery=lambda err, msg, k=k: landed.__setitem__(k, msg.partition()))
+    p.flush(30)
+    assert len(landed) == len(keys) and len(set(landed.values())) == 4
+    assert {k: key_partition(k, 4, partitioner) for k in keys} == landed
+
+
+def test_members_announce_their_partitions_and_answer_where_a_key_lives(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from pystream.kafka_group import key_partition
+
+    cluster = MockCluster()
+    data = meter_readings(2_000, 20, seed=9, max_delay_ms=30_000)
+    topic = f"o{uuid.uuid4().hex[:8]}"
+    cluster.produce_json(topic, data, key="meter_id")
+    state = tmp_path / "state"
+    flow = _group_flow(cluster.bootstrap, topic, queryable=True)
+    runtime = ps.runtimes.KafkaGroup(f"grp-{uuid.uuid4().hex[:6]}", str(state), idle_stop=2.0,
+                                     advertise="http://me.example:8080")
+    seen = {}
+
+    def watch():  # while the member runs: what it announced, and what it says of each meter
+        while "doc" not in seen:
+            try:
+                st = flow.state("usage")
+                names = os.listdir(state / "members") if (state / "members").is_dir() else []
+                if flow.live.running and names:
+                    seen["doc"] = json.loads((state / "members" / names[0]).read_text())
+                    seen["owner"] = {m: st.owner(m) for m in range(20)}
+            except (ps.query.NotStarted, ValueError):
+                pass
+            time.sleep(0.05)
+
+    import threading
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    res = flow.run(runtime=runtime)
+    t.join(10)
+    doc = seen["doc"]
+    assert doc["url"] == "http://me.example:8080" and doc["partitions"] == [0, 1, 2, 3] and doc["partition_count"] == 4
+    out = res["out"]
+    for m, where in seen["owner"].items():
+        assert where["partition"] == key_partition(m, 4) and where["here"] and where["url"] == "http://me.example:8080"
+    # The partition the Kafka source saw each meter's rows in is the one owner() names.
+    src = ps.Flow("raw")
+    src.source(ps.sources.Kafka(topic, cluster.bootstrap, stop_at_end=True), time=ps.EventTime("ts", unit="ms")) \
+        .sink(ps.sinks.Collect("raw"))
+    raw = src.run()["raw"]
+    assert {int(m): int(p) for m, p in zip(raw["meter_id"], raw["kafka_partition"])} == \
+        {m: key_partition(m, 4) for m in set(raw["meter_id"].tolist())}
+    # After the run the member announces no partitions (it holds none). A key it has no state
+    # of, in a partition another member announced, is asked there: 307 over HTTP, a message
+    # naming that member in Python.
+    assert json.loads((state / "members" / f"{runtime.member_id}.json").read_text())["partitions"] == []
+    (state / "members" / "other.json").write_text(json.dumps({"member": "other", "url": "http://other.example:9000",
+                                                              "partitions": [2], "partition_count": 4,
+                                                              "updated": time.time()}))
+    runtime.owned = {0, 1, 3}
+    moved = next(m for m in range(1_000, 2_000) if key_partition(m, 4) == 2)  # a meter this member never saw
+    stayed = next(m for m in range(20) if key_partition(m, 4) != 2)
+    assert flow.state("usage").owner(moved) == {"key": moved, "partition": 2, "here": False, "member": "other",
+                                                "url": "http://other.example:9000"}
+    with flow.serve("127.0.0.1:0") as srv:
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kw):
+                return None
+
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as moved_away:
+            opener.open(f"{srv.url}/api/state/usage?key={moved}&last=5", timeout=10)
+        assert moved_away.value.code == 307
+        assert moved_away.value.headers["Location"] == f"http://other.example:9000/api/state/usage?key={moved}&last=5"
+        moved_away.value.close()
+        with opener.open(f"{srv.url}/api/state/usage/owner?key={moved}", timeout=10) as r:
+            assert json.loads(r.read())["url"] == "http://other.example:9000"
+        with opener.open(f"{srv.url}/api/state/usage?key={stayed}&last=1000", timeout=10) as r:
+            assert len(json.loads(r.read())["last"]) == int((out["meter_id"] == stayed).sum())
+    with pytest.raises(ps.query.QueryError, match=f"no key {moved} here: it is in partition 2, which member "
+                                                  f"http://other.example:9000 owns"):
+        flow.query("usage", key=moved)
+
+
 def test_a_member_that_is_never_assigned_raises(tmp_path):
     flow = _group_flow("127.0.0.1:1", "t")  # nothing listens there
     with pytest.raises(TimeoutError, match=r"consumer group 'g' assigned this member no partitions of topic 't' "
