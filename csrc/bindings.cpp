@@ -781,6 +781,15 @@ py::tuple py_route_chunks(const std::vector<std::vector<WordArray>>& words, int6
   return route_chunk_list(words, n_groups, parallelism, columns, with_order, "route_chunks", out);
 }
 
+/// An entry of the TimerQueue the tests drive directly (tests/test_timer_queue.py).
+struct TestTimer {
+  int64_t time;
+  int32_t slot, id;
+  bool operator>(const TestTimer& o) const {
+    return time != o.time ? time > o.time : (slot != o.slot ? slot > o.slot : id > o.id);
+  }
+};
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
   m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
@@ -827,6 +836,23 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("open_windows", [](const PyEngine& e) { return e.engine().open_windows(); })
       .def_property_readonly("slice_width", [](const PyEngine& e) { return e.engine().slice_width(); })
       .def_property_readonly("flushed", [](const PyEngine& e) { return e.engine().flushed(); });
+
+  py::class_<TimerQueue<TestTimer>>(m, "_TimerQueue")  // for tests: the session engine's timer queue
+      .def(py::init<int>(), py::arg("shift"))
+      .def("push", [](TimerQueue<TestTimer>& q, int64_t t, int32_t slot, int32_t id) { q.push(TestTimer{t, slot, id}); })
+      .def("top",
+           [](TimerQueue<TestTimer>& q) {
+             if (q.empty()) throw py::index_error("top of an empty timer queue");
+             const TestTimer& e = q.top();
+             return py::make_tuple(e.time, e.slot, e.id);
+           })
+      .def("pop",
+           [](TimerQueue<TestTimer>& q) {
+             if (q.empty()) throw py::index_error("pop from an empty timer queue");
+             q.pop();
+           })
+      .def("clear", &TimerQueue<TestTimer>::clear)
+      .def("__len__", &TimerQueue<TestTimer>::size);
 
   py::class_<PyCountEngine>(m, "CountWindowEngine")
       .def(py::init<int64_t, int64_t, bool, const std::vector<AggTuple>&>(), py::arg("size"), py::arg("slide"),

@@ -1,18 +1,19 @@
 /// timer_queue.h — a min-priority queue for timers that are pushed a little ahead of the
 /// watermark and re-pushed when their deadline moves (session ends), as a bucketed ring.
 ///
-/// Time is cut into buckets of 2^shift ns. The bucket holding the minimum ("current") is a
-/// binary heap; the next kBuckets - 1 buckets are unsorted vectors (push = append); later
-/// entries wait in an overflow heap. When the current bucket empties, the next non-empty one
-/// is heapified (its entries were appended in O(1) each); an empty ring jumps straight to the
-/// overflow's first bucket, so a watermark leap to the end of time costs nothing per empty
+/// Time is cut into buckets of 2^shift ns. The next kBuckets - 1 buckets after the current one
+/// are unsorted vectors (push = append); later entries wait in an overflow heap. When the
+/// current bucket is used up, the next non-empty one is sorted once and popped from the front
+/// in order; entries pushed into the current bucket (or before it) after that go to a small
+/// side heap, and the minimum is the smaller of the two fronts. An empty ring jumps straight to
+/// the overflow's first bucket, so a watermark leap to the end of time costs nothing per empty
 /// bucket. Measured on the 20-minute session benchmark, a single binary heap of ~100k timers
-/// spent most of its time in cache-missing sift comparisons; here each push is an append and
-/// pops work on a heap a few thousand entries large that stays in L2.
+/// spent most of its time in cache-missing sift comparisons; a heap per bucket (a few thousand
+/// entries) spent its time in pop_heap's sifts; one sort per bucket reads it sequentially.
 ///
-/// Invariant: every entry in the current heap is in a bucket <= cur_, every ring entry in
-/// (cur_, cur_ + kBuckets), every overflow entry at or beyond cur_ + kBuckets. Entries pushed
-/// with a bucket <= cur_ go into the current heap, so the minimum is always its top.
+/// Invariant: every entry of the sorted bucket (from pos_) and of the side heap is in a bucket
+/// <= cur_, every ring entry in (cur_, cur_ + kBuckets), every overflow entry at or beyond
+/// cur_ + kBuckets.
 #pragma once
 
 #include <algorithm>
@@ -37,7 +38,7 @@ class TimerQueue {
     if (size_ == 0) cur_ = b;
     ++size_;
     if (b <= cur_) {
-      heap_push(current(), e);
+      heap_push(side_, e);
     } else if (b < cur_ + kBuckets) {
       ring_[static_cast<size_t>(b & (kBuckets - 1))].push_back(e);
       ++ring_count_;
@@ -49,40 +50,53 @@ class TimerQueue {
   /// The minimum; the queue must not be empty.
   const T& top() {
     normalize();
-    return current().front();
+    return from_sorted() ? sorted_[pos_] : side_.front();
   }
 
   void pop() {
     normalize();
-    std::vector<T>& c = current();
-    std::pop_heap(c.begin(), c.end(), std::greater<T>());
-    c.pop_back();
+    if (from_sorted()) {
+      ++pos_;
+    } else {
+      std::pop_heap(side_.begin(), side_.end(), std::greater<T>());
+      side_.pop_back();
+    }
     --size_;
   }
 
   void clear() {
     for (auto& r : ring_) r.clear();
     over_.clear();
+    side_.clear();
+    sorted_.clear();
+    pos_ = 0;
     size_ = ring_count_ = 0;
   }
 
  private:
-  std::vector<T>& current() { return ring_[static_cast<size_t>(cur_ & (kBuckets - 1))]; }
-
   static void heap_push(std::vector<T>& h, const T& e) {
     h.push_back(e);
     std::push_heap(h.begin(), h.end(), std::greater<T>());
   }
 
-  /// Makes the current bucket the first non-empty one.
+  bool sorted_left() const { return pos_ < sorted_.size(); }
+
+  /// Whether the minimum is the sorted bucket's front (else the side heap's top).
+  bool from_sorted() const { return sorted_left() && (side_.empty() || side_.front() > sorted_[pos_]); }
+
+  /// Makes the current bucket (sorted part or side heap) hold the minimum.
   void normalize() {
-    while (current().empty()) {
+    while (!sorted_left() && side_.empty()) {
+      sorted_.clear();
+      pos_ = 0;
       if (ring_count_ == 0) {
         cur_ = over_.front().time >> shift_;  // size_ > 0: the overflow holds the rest
       } else {
         ++cur_;
-        ring_count_ -= current().size();
-        std::make_heap(current().begin(), current().end(), std::greater<T>());
+        std::vector<T>& next = ring_[static_cast<size_t>(cur_ & (kBuckets - 1))];
+        ring_count_ -= next.size();
+        sorted_.swap(next);  // the emptied vector's capacity serves the ring again
+        std::sort(sorted_.begin(), sorted_.end(), [](const T& a, const T& b) { return b > a; });
       }
       // The ring now reaches one bucket further: take the overflow entries it covers.
       while (!over_.empty() && (over_.front().time >> shift_) < cur_ + kBuckets) {
@@ -91,7 +105,7 @@ class TimerQueue {
         over_.pop_back();
         const int64_t b = e.time >> shift_;
         if (b <= cur_) {
-          heap_push(current(), e);
+          heap_push(side_, e);
         } else {
           ring_[static_cast<size_t>(b & (kBuckets - 1))].push_back(e);
           ++ring_count_;
@@ -103,6 +117,9 @@ class TimerQueue {
   int shift_;
   int64_t cur_ = 0;
   std::vector<std::vector<T>> ring_;
+  std::vector<T> sorted_;  // the current bucket, sorted when it became current; popped from pos_
+  size_t pos_ = 0;
+  std::vector<T> side_;  // a heap: entries pushed into the current bucket (or before it) since
   std::vector<T> over_;  // a heap
   size_t size_ = 0, ring_count_ = 0;
 };
