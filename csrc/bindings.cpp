@@ -16,6 +16,7 @@
 #include "count_engine.h"
 #include "global_engine.h"
 #include "py_numpy.h"
+#include "radix_sort.h"
 #include "route.h"
 #include "session_engine.h"
 #include "stream_ops.h"
@@ -792,6 +793,20 @@ struct TestTimer {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pystream native core: slice-based keyed event-time windows";
+  m.def(
+      "stable_argsort",
+      [](const I64Array& keys) {
+        const int64_t n = keys.size();
+        py::array_t<int64_t> order(n);
+        int64_t* out = order.mutable_data();
+        const int64_t* in = keys.data();
+        {
+          py::gil_scoped_release release;
+          stable_argsort(in, n, out);
+        }
+        return order;
+      },
+      py::arg("keys"), "Stable argsort of int64 keys (LSD radix over the keys' range): np.argsort(keys, kind='stable').");
   m.def("route_rows", &py_route_rows, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
         py::arg("columns") = std::vector<py::array>{}, py::arg("with_order") = true, py::arg("out") = py::none(),
         "Key groups of rows and a stable counting sort by owning actor: (order or None without with_order, groups in "

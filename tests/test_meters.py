@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pystream as ps
+from pystream import _core
 from pystream.meters import Dedupe, Gaps, RegisterDeltas
 
 TIME = ps.EventTime("t", unit="ns", max_out_of_orderness="7ns", max_future="500ns")
@@ -220,7 +221,6 @@ def test_register_pipeline_in_a_flow_with_side_outputs():
 def test_dedupe_memory_follows_the_live_pairs_not_time():
     """A day of readings with a 1-minute horizon: the seen-pairs table stays at the size of
     one horizon's pairs (expired pairs are dropped when the table is rebuilt)."""
-    from pystream import _core
 
     s = _core.PairSet()
     for minute in range(1_440):
@@ -230,3 +230,13 @@ def test_dedupe_memory_follows_the_live_pairs_not_time():
         s.expire(minute * 60 - 60)
     assert len(s) <= 200 and s.capacity <= 4_096
     assert s.insert(np.array([5], dtype=np.int64), np.array([1_439 * 60], dtype=np.int64)).tolist() == [1]
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=st.one_of(
+    st.lists(st.integers(-5, 5), max_size=300),  # many ties
+    st.lists(st.integers(-2**63, 2**63 - 1), max_size=300),  # the whole int64 range
+    st.lists(st.integers(0, 2**40), max_size=3000)))
+def test_native_stable_argsort_is_numpys_stable_argsort(keys):
+    a = np.array(keys, dtype=np.int64)
+    assert _core.stable_argsort(a).tolist() == np.argsort(a, kind="stable").tolist()
