@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._order import stable_argsort, stable_order
+
 # -- accumulators: an ndarray or a tuple of ndarrays whose first axis is the group ------------
 
 
@@ -50,8 +52,15 @@ def _as_acc(acc, n: int, what: str):
 
 
 def _find(handles: np.ndarray, wanted: np.ndarray):
-    """Positions of `wanted` in the sorted `handles`, and whether each is there."""
-    pos = np.searchsorted(handles, wanted)
+    """Positions of `wanted` in the sorted `handles`, and whether each is there. Searched in
+    sorted order (NumPy's binary search starts from the previous key's place, so a sorted query
+    walks the table once instead of jumping around it)."""
+    if len(wanted) > 1 and not (wanted[1:] >= wanted[:-1]).all():
+        by = stable_argsort(wanted)
+        pos = np.empty(len(wanted), dtype=np.intp)
+        pos[by] = np.searchsorted(handles, wanted[by])
+    else:
+        pos = np.searchsorted(handles, wanted)
     if not len(handles):
         return pos, np.zeros(len(wanted), dtype=bool)
     clipped = np.minimum(pos, len(handles) - 1)
@@ -60,7 +69,7 @@ def _find(handles: np.ndarray, wanted: np.ndarray):
 
 def _groups(rows: np.ndarray):
     """Stable grouping of equal `rows`: (order, unique rows, group starts, group sizes)."""
-    order = np.argsort(rows, kind="stable")
+    order = stable_argsort(rows)
     uniq, starts, counts = np.unique(rows[order], return_index=True, return_counts=True)
     return order, uniq, starts, counts
 
@@ -103,7 +112,7 @@ class AccumulatorStore:
         self.handles = np.concatenate([self.handles, handles])
         self.acc = _concat(self.acc, acc)
         if not tail_sorted:
-            order = np.argsort(self.handles, kind="stable")
+            order = stable_argsort(self.handles)
             self.handles = self.handles[order]
             self.acc = _take(self.acc, order)
 
@@ -220,14 +229,19 @@ class SampleStore:
         self.h = np.where(found, target[pos], self.h)
 
     def emit(self, rows, handles, bounds):
-        order = np.argsort(self.h, kind="stable")
+        order = stable_argsort(self.h)  # the samples by handle, each handle's in arrival order
         hs = self.h[order]
-        lo = np.searchsorted(hs, handles, "left")
-        cnt = np.searchsorted(hs, handles, "right") - lo
+        # Each (row, handle) pair's samples: searched with the handles in order (NumPy's binary
+        # search starts from the previous key's place), then put back in the pairs' order.
+        by_h = stable_argsort(handles)
+        lo, cnt = np.empty(len(handles), dtype=np.int64), np.empty(len(handles), dtype=np.int64)
+        found_lo = np.searchsorted(hs, handles[by_h], "left")
+        lo[by_h] = found_lo
+        cnt[by_h] = np.searchsorted(hs, handles[by_h], "right") - found_lo
         total = int(cnt.sum())
         row_of = np.repeat(rows, cnt)
         idx = order[np.repeat(lo, cnt) + np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)]
-        o = np.lexsort((self.t[idx], row_of))  # by row, then time; ties keep arrival order
+        o = stable_order(row_of, self.t[idx])  # by row, then time; ties keep arrival order
         r, t, v = row_of[o], self.t[idx][o], self.v[idx][o]
         uniq, starts, counts = np.unique(r, return_index=True, return_counts=True)
         last = starts + counts - 1

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from ._duration import parse_duration
+from ._order import stable_argsort, stable_order
 from ._keys import KeyEncoder
 from .batch import Batch
 
@@ -185,19 +186,6 @@ class Dedupe(KeyedOperator):
         return {**super().stats(), "num_keys": len(self._seen)}
 
 
-def _stable_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
-    """The stable order of rows by (major, minor) (ties keep their order): one native radix
-    argsort of major * span + (minor - min) where that fits in an int64 (a release covers
-    minutes of event time over the keys' slots, so it does), else np.lexsort's two sorts."""
-    if not len(major):
-        return np.empty(0, dtype=np.int64)
-    lo, hi = int(minor.min()), int(minor.max())
-    span, top = hi - lo + 1, int(major.max())
-    if top >= 0 and int(major.min()) >= 0 and (top + 1) * span < 2**62:
-        return _core.stable_argsort(major.astype(np.int64) * span + (minor - lo))
-    return np.lexsort((minor, major))
-
-
 class _InOrder(KeyedOperator):
     """Buffers accepted rows until the watermark passes them, then hands them to `_ordered`
     sorted by (key slot, event time, arrival). Rows behind the watermark go to `late`."""
@@ -231,7 +219,7 @@ class _InOrder(KeyedOperator):
         if not due.any():
             return {}
         idx = np.flatnonzero(due)
-        order = idx[_stable_order(self._buf_slot[idx], self._buf_ts[idx])]  # by key, time, arrival
+        order = idx[stable_order(self._buf_slot[idx], self._buf_ts[idx])]  # by key, time, arrival
         rows, ts, slots = self._buf.take(order), self._buf_ts[order], self._buf_slot[order]
         keep = np.flatnonzero(~due)
         self._buf, self._buf_ts, self._buf_slot = self._buf.take(keep), self._buf_ts[keep], self._buf_slot[keep]
@@ -239,12 +227,7 @@ class _InOrder(KeyedOperator):
         # downstream watermark sees the released rows in order.
         out = {}
         for port, b in self._ordered(rows, ts, slots).items():
-            t = b[self._time_column(port)]
-            if t.dtype.kind in "iuM":
-                by_time = _core.stable_argsort(t.view(np.int64) if t.dtype.kind == "M" else t.astype(np.int64, copy=False))
-            else:
-                by_time = np.argsort(t, kind="stable")
-            out[port] = b.take(by_time)
+            out[port] = b.take(stable_argsort(b[self._time_column(port)]))
         return out
 
     def _time_column(self, port: str) -> str:
