@@ -23,7 +23,11 @@ def stable_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
 
 
 def stable_argsort(keys: np.ndarray) -> np.ndarray:
-    """np.argsort(keys, kind="stable"), natively for integer and datetime keys."""
-    if keys.dtype.kind in "iuM":
-        return _core.stable_argsort(keys.view(np.int64) if keys.dtype.kind == "M" else keys.astype(np.int64, copy=False))
+    """np.argsort(keys, kind="stable"), natively for keys that int64 holds in order (signed
+    ints, unsigned ones narrower than 64 bits, datetimes)."""
+    kind, size = keys.dtype.kind, keys.dtype.itemsize
+    if kind == "M" and size == 8:
+        return _core.stable_argsort(keys.view(np.int64))
+    if kind == "i" or (kind == "u" and size < 8):
+        return _core.stable_argsort(keys.astype(np.int64, copy=False))
     return np.argsort(keys, kind="stable")

@@ -240,3 +240,17 @@ def test_dedupe_memory_follows_the_live_pairs_not_time():
 def test_native_stable_argsort_is_numpys_stable_argsort(keys):
     a = np.array(keys, dtype=np.int64)
     assert _core.stable_argsort(a).tolist() == np.argsort(a, kind="stable").tolist()
+
+
+def test_stable_order_helpers_agree_with_numpy_for_every_dtype_they_take():
+    from pystream._order import stable_argsort, stable_order
+
+    rng = np.random.default_rng(3)
+    for keys in (rng.integers(0, 5, 500).astype(np.uint8), rng.integers(-9, 9, 500).astype(np.int32),
+                 rng.integers(2**63, 2**64 - 1, 500, dtype=np.uint64),  # beyond int64: NumPy's sort
+                 (rng.integers(0, 10**6, 500) * 10**6).astype("datetime64[ns]"), rng.random(500)):
+        assert stable_argsort(keys).tolist() == np.argsort(keys, kind="stable").tolist(), keys.dtype
+    major, minor = rng.integers(0, 50, 1_000), rng.integers(-10**12, 10**12, 1_000)
+    assert stable_order(major, minor).tolist() == np.lexsort((minor, major)).tolist()  # packed
+    wide = rng.integers(-2**62, 2**62, 1_000)
+    assert stable_order(major, wide).tolist() == np.lexsort((wide, major)).tolist()  # too wide to pack
