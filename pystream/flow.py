@@ -128,7 +128,8 @@ class Flow:
         key (a tuple for several key columns) or, without a key, for all keys."""
         st = self.state(name)
         with st.live.reading():
-            return {"watermark": st.watermark, "partial": st.partial(key), "last": st.last(key, last)}
+            partial, fired = st.view(key, last)
+            return {"watermark": st.watermark, "partial": partial, "last": fired}
 
     def serve(self, address: str = ":8080", token: str | None = None):
         """Starts an HTTP server for this flow's queryable state, Prometheus /metrics and the

@@ -130,6 +130,9 @@ def answer(op, what: str, *args):
             return None
         rows, stamps = op.history.last(kid, n, stamps=True)
         return (rows if rows is not None else op.empty_result()), stamps
+    if what == "view":  # partial and last of one key (or all) from one look
+        key, n = args
+        return answer(op, "partial", key), answer(op, "last", key, n)
     if what == "top":
         return _top_of(op, *args)
     if what == "stats":
@@ -192,14 +195,25 @@ class QueryableState:
 
     def partial(self, key=None) -> Batch:
         with self.live.reading():
-            answers = self._ask("partial", key)
+            return self._partial(key, self._ask("partial", key))
+
+    def last(self, key=None, n: int = 10) -> Batch:
+        with self.live.reading():
+            return self._last(key, n, self._ask("last", key, n))
+
+    def view(self, key=None, n: int = 10) -> tuple[Batch, Batch]:
+        """(partial(key), last(key, n)) from one look at the operators: one call per actor on
+        the Ray runtime, where each call waits behind the rounds in flight."""
+        with self.live.reading():
+            answers = self._ask("view", key, n)
+            return self._partial(key, [a[0] for a in answers]), self._last(key, n, [a[1] for a in answers])
+
+    def _partial(self, key, answers: list) -> Batch:
         if key is not None:
             return self._one_key(key, answers)
         return _concat(answers, self.op)
 
-    def last(self, key=None, n: int = 10) -> Batch:
-        with self.live.reading():
-            answers = self._ask("last", key, n)
+    def _last(self, key, n: int, answers: list) -> Batch:
         if key is not None:
             return self._one_key(key, answers)[0]
         found = [(rows, stamps) for rows, stamps in answers if len(rows)]

@@ -134,7 +134,8 @@ class Server:
         last = _int(q, "last", 10)
         try:
             with st.live.reading():  # one consistent view: watermark, partial and last from the same moment
-                wm, partial, fired = st.watermark, st.partial(key), st.last(key, last)
+                partial, fired = st.view(key, last)
+                wm = st.watermark
         except QueryError as e:
             where = _elsewhere(st, key)
             if where is not None:  # another consumer-group member owns the key: send the client there
