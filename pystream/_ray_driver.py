@@ -377,11 +377,14 @@ class Driver:
                 if store is not None:
                     written.append(self._checkpoint(store, fingerprint, epoch, guarantee, True))
             timings = ray.get([w.timings.remote() for w in self.workers])
-            for state in live.states.values():
-                state.settle(ray.get([w.export_queryable.remote(state.wid) for w in self.workers]))
+            for qs in live.states.values():
+                qs.settle(ray.get([w.export_queryable.remote(qs.wid) for w in self.workers]))
             closed = ray.get([w.close.remote() for w in self.workers])
         finally:
             live.running = False
+            for qs in live.states.values():
+                if qs.ops is None:  # the run failed: its actors go, and with them their state
+                    qs.ops = []
             for a in self._source_only_actors() + self.workers:
                 ray.kill(a)
             _shm.remove_all(self.segments)  # what killed actors had not closed
