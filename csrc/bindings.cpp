@@ -304,9 +304,10 @@ class PyEngine : public PyEngineBase<WindowEngine> {
 
 };
 
-class PyCountEngine {
+class PyCountEngine : public PyEngineBase<CountWindowEngine> {
  public:
-  PyCountEngine(int64_t n, int64_t slide, bool keyed, const std::vector<AggTuple>& aggs) : keyed_(keyed) {
+  PyCountEngine(int64_t n, int64_t slide, bool keyed, const std::vector<AggTuple>& aggs) {
+    keyed_ = keyed;
     std::vector<AggSpec> specs = parse_aggs(aggs);
     naggs_ = specs.size();
     engine_ = std::make_unique<CountWindowEngine>(n, slide, keyed, specs);
@@ -316,26 +317,11 @@ class PyCountEngine {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed count window needs a key column as long as the batch");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->process(keyed_ ? keys->data() : nullptr, ts.data(), vptr, n, out);
-    }
-    py::dict d = emit_to_dict(std::move(out), keyed_);
-    d["handles"] = handle_logs(engine_->layout());
-    return d;
+    return call([&](CountWindowEngine& e, EmitBuffer& o) { e.process(keyed_ ? keys->data() : nullptr, ts.data(), vptr, n, o); });
   }
   py::dict peek(std::optional<int64_t> key) {
-    EmitBuffer out;
-    {
-      py::gil_scoped_release release;
-      engine_->peek(key.has_value(), key.value_or(0), out);
-    }
-    py::dict d = emit_to_dict(std::move(out), keyed_);
-    d["handles"] = handle_logs(engine_->layout());
-    return d;
+    return call([key](CountWindowEngine& e, EmitBuffer& o) { e.peek(key.has_value(), key.value_or(0), o); });
   }
-  py::array_t<int64_t> live(int spec) const { return live_handles(*engine_, spec); }
 
   py::dict snapshot() const {
     auto s = engine_->snapshot();
@@ -359,11 +345,6 @@ class PyCountEngine {
 
   int64_t num_keys() const { return engine_->num_keys(); }
   bool has_key(int64_t k) const { return engine_->has_key(k); }
-
- private:
-  std::unique_ptr<CountWindowEngine> engine_;
-  bool keyed_;
-  size_t naggs_ = 0;
 };
 
 class PySessionEngine : public PyEngineBase<SessionEngine> {
