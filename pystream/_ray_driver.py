@@ -14,7 +14,7 @@ import uuid
 from . import _shm
 from .batch import Batch
 from .flow import LiveState, RunResult, _Node, _parse_every
-from .operators import make_window_operator
+from .operators import window_operator
 from .query import History, NotStarted
 from .runtimes import Plan, ShardedState, SourceWorker, WindowWorker, owned_range
 from .sinks import Collect
@@ -129,10 +129,9 @@ class RayQueryableState(ShardedState):
     here from their final snapshots and histories, and queries answer from them."""
 
     def __init__(self, name: str, node, driver):
-        super().__init__(name, node, LiveState())
+        super().__init__(name, node, LiveState(), lambda: self.ops)
         self.driver = driver
         self.ops: list | None = None  # after the run: the actors' operators, rebuilt here
-        self.operators = lambda: self.ops
         self.final_watermark = None
 
     def _ask(self, what: str, *args) -> list:
@@ -160,12 +159,11 @@ class RayQueryableState(ShardedState):
 
     def settle(self, exports: list) -> None:
         """Takes over the actors' final operators (WindowWorker.export_queryable of each)."""
-        p = self.driver.plan.nodes[self.wid].params
+        params = self.driver.plan.nodes[self.wid].params
         self.final_watermark = self.driver.watermarks().get(self.wid)
         ops = []
         for snapshot, parts, max_rows in (e for per_actor in exports for e in per_actor):
-            op = make_window_operator(p["window"], p["aggs"], p["time"], p["keys"], p["allowed_lateness"],
-                                      p.get("early_every"))
+            op = window_operator(params)
             op.restore(snapshot)
             op.history = History(max_rows)
             for ids, batch, stamp in parts:
@@ -317,11 +315,8 @@ class Driver:
         worker_cls = ray.remote(max_restarts=3, max_task_retries=0)(ActorWindowWorker)
         self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups) for j in range(self.n)]
         live = self.flow.live
-        with live.lock:
-            live.reset()
-            live.states = {w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
-                           for w in self.plan.windows if w.params.get("queryable")}
-            live.running, live.started_at = True, time.time()
+        live.begin({w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
+                    for w in self.plan.windows if w.params.get("queryable")})
         self.collected = {sid: [] for sid, n in self.sink_nodes.items() if isinstance(n.params["sink"], Collect)}
         epoch, resumed_from, written, recoveries = 0, None, [], 0
         state = None

@@ -14,7 +14,7 @@ import numpy as np
 from ._duration import parse_duration
 from .agg import Agg
 from .batch import Batch
-from .operators import make_window_operator
+from .operators import make_window_operator, window_operator
 from .sinks import Sink
 from .sources import Source
 from .timing import EventTime, ProcessingTime
@@ -419,6 +419,15 @@ class LiveState:
         self.__init__()
         self.lock, self._tickets = lock, tickets
 
+    def begin(self, states: dict, ops: dict | None = None, metrics: dict | None = None) -> None:
+        """A runtime starts a run: fresh counters, its queryable states (and, locally, its
+        operators and their counters for metrics), running from now."""
+        with self.lock:
+            self.reset()
+            self.ops, self.metrics = ops or {}, metrics or {}
+            self.states = states
+            self.running, self.started_at = True, _wall.time()
+
     @contextlib.contextmanager
     def reading(self):
         """Holds the lock for a reader. Readers announce themselves first, and the runtime lets
@@ -527,9 +536,7 @@ class LocalRuntime:
 
         from .process import KeyedProcessOperator
 
-        ops = {n.id: make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
-                                          n.params["allowed_lateness"], n.params.get("early_every"))
-               for n in nodes if n.kind == "window"}
+        ops = {n.id: window_operator(n.params) for n in nodes if n.kind == "window"}
         ops.update({n.id: KeyedProcessOperator(n.params["fn"], n.params["keys"], n.params["time"], n.params["state"],
                                                n.params["on_timer"], n.params["ttl"])
                     for n in nodes if n.kind == "process"})
@@ -546,13 +553,9 @@ class LocalRuntime:
         live = self.flow.live
         from .query import QueryableState
 
-        with live.lock:
-            live.reset()
-            live.ops, live.metrics = ops, metrics
-            live.states = {n.params["queryable"][0]: QueryableState(n.params["queryable"][0], ops[n.id], live,
-                                                                    n.params["queryable"][1])
-                           for n in nodes if n.kind == "window" and n.params.get("queryable")}
-            live.running, live.started_at = True, _wall.time()
+        live.begin({n.params["queryable"][0]: QueryableState(n.params["queryable"][0], ops[n.id], live,
+                                                             n.params["queryable"][1])
+                    for n in nodes if n.kind == "window" and n.params.get("queryable")}, ops, metrics)
         last_input: dict[int, Batch] = {}
         for s in sinks:
             s.params["sink"].open()

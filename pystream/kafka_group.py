@@ -76,6 +76,17 @@ def _murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+def _write_atomic(path: str, data: bytes) -> None:
+    """`data` as the file `path`, whole or not at all: written and fsynced under a temp name
+    in the same directory, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class _MemberState(ShardedState):
     """A member's queryable window: its own partitions' operators answer; `owner(key)` says
     which partition holds a key and which member owns that partition (from the members'
@@ -183,10 +194,7 @@ class KafkaGroup:
         os.makedirs(self._members(), exist_ok=True)
         doc = {"member": self.member_id, "url": self.advertise, "partitions": sorted(partitions),
                "partition_count": self.partition_count, "updated": time.time()}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._members())
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, os.path.join(self._members(), f"{self.member_id}.json"))
+        _write_atomic(os.path.join(self._members(), f"{self.member_id}.json"), json.dumps(doc).encode())
 
     def owner(self, key) -> dict:
         """Which partition holds `key` and which member holds that partition: the newest
@@ -216,12 +224,7 @@ class KafkaGroup:
         return os.path.join(self.state, f"partition-{p}.pkl")
 
     def _save(self, p: int, offset, ops: dict) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.state)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump({"fingerprint": self._fingerprint, "offset": offset, "ops": ops}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(p))
+        _write_atomic(self._path(p), pickle.dumps({"fingerprint": self._fingerprint, "offset": offset, "ops": ops}))
 
     def _load(self, p: int):
         try:
@@ -256,12 +259,9 @@ class KafkaGroup:
         # Queryable state: this member answers for the partitions it owns (each one's operators;
         # queries take flow.live's lock, which batches and rebalances hold).
         live = flow.live
-        with live.lock:
-            live.reset()
-            live.states = {w.params["queryable"][0]: _MemberState(w.params["queryable"][0], w, live,
-                                                                  lambda wid=w.id: [s.op for s in worker.slots[wid]], self)
-                           for w in plan.windows if w.params.get("queryable")}
-            live.running, live.started_at = True, time.time()
+        live.begin({w.params["queryable"][0]: _MemberState(w.params["queryable"][0], w, live,
+                                                           lambda wid=w.id: [s.op for s in worker.slots[wid]], self)
+                    for w in plan.windows if w.params.get("queryable")})
         self.owned, self.partition_count = set(), 0
         offsets: dict[int, int] = {}
         epoch = [0]

@@ -630,3 +630,9 @@ def make_window_operator(window, aggs, time, keys=(), allowed_lateness=0, early_
     else:
         cls = WindowAggregateOperator
     return cls(window, aggs, time, keys, allowed_lateness)
+
+
+def window_operator(params: dict):
+    """The operator of a window node, from the node's params (every runtime builds them so)."""
+    return make_window_operator(params["window"], params["aggs"], params["time"], params["keys"],
+                                params["allowed_lateness"], params.get("early_every"))

@@ -62,7 +62,7 @@ except ImportError:  # not on Windows: no fault counts there
 
 from . import _core, _shm
 from .batch import Batch
-from .operators import make_window_operator
+from .operators import window_operator
 from .query import History, QueryableState, answer
 from .sinks import Collect, Files
 
@@ -391,13 +391,11 @@ class ShardedState(QueryableState):
     Kafka partition): each query asks every one of them (query.answer) and combines the
     answers. `operators()` gives them; the watermark is the lowest of theirs."""
 
-    def __init__(self, name: str, node, live, operators=None):
-        p = node.params
-        # A template of the operators: names, window kind, empty results.
-        op = make_window_operator(p["window"], p["aggs"], p["time"], p["keys"], p["allowed_lateness"], p.get("early_every"))
-        super().__init__(name, op, live, p["queryable"][1])
+    def __init__(self, name: str, node, live, operators):
+        # A template of the operators (names, window kind, empty results) stands for them.
+        super().__init__(name, window_operator(node.params), live, node.params["queryable"][1])
         self.wid = node.id
-        self.operators = operators or (lambda: [])
+        self.operators = operators
 
     def _ask(self, what: str, *args) -> list:
         return [answer(op, what, *args) for op in self.operators()]
@@ -630,8 +628,7 @@ class WindowWorker:
 
     def _new_slot(self, wid: int, lo: int, hi: int, pure: bool) -> _Slot:
         n = self.plan.nodes[wid]
-        op = make_window_operator(n.params["window"], n.params["aggs"], n.params["time"], n.params["keys"],
-                                  n.params["allowed_lateness"], n.params.get("early_every"))
+        op = window_operator(n.params)
         op.declare_partitions(self.declared(wid, lo))
         if n.params.get("queryable"):  # the state's history of fired rows, shared out over the actors
             op.history = History(-(-n.params["queryable"][1] // self.parallelism))

@@ -75,6 +75,13 @@ class BufferedSink(Sink):
         return Batch.concat(batches) if batches else None
 
 
+def _buffer_rows(value) -> int:
+    """A sink's `buffer_rows` (rows it holds in memory before they go to disk), checked."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"buffer_rows must be an int >= 1, got {value!r}")
+    return value
+
+
 class Spool:
     """An epoch's batches for a sink that publishes them later: up to `buffer_rows` rows in
     memory, the rest pickled (protocol 5: NumPy columns as raw bytes) to an unnamed local temp
@@ -82,9 +89,7 @@ class Spool:
     order, in chunks of about `buffer_rows` rows, and empties the spool."""
 
     def __init__(self, buffer_rows: int = 65_536):
-        if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, int) or buffer_rows < 1:
-            raise ValueError(f"buffer_rows must be an int >= 1, got {buffer_rows!r}")
-        self.buffer_rows = buffer_rows
+        self.buffer_rows = _buffer_rows(buffer_rows)
         self._mem: list[Batch] = []
         self._mem_rows = 0
         self._file = None  # spilled chunks, in order
@@ -205,12 +210,10 @@ class Files(BufferedSink):
             raise ValueError(f"Files format must be 'csv' or 'parquet', got {format!r}")
         if format == "parquet":
             _require_pyarrow("Files(format='parquet')")
-        if isinstance(buffer_rows, bool) or not isinstance(buffer_rows, int) or buffer_rows < 1:
-            raise ValueError(f"buffer_rows must be an int >= 1, got {buffer_rows!r}")
         self.path = str(path)
         self.format = format
         self.name = name or os.path.basename(os.path.normpath(self.path)) or "files"
-        self.buffer_rows = buffer_rows
+        self.buffer_rows = _buffer_rows(buffer_rows)
         self._pending: list[Batch] = []
         self._buffered = 0
         self._file: _PartWriter | None = None  # this epoch's rows on disk so far
