@@ -16,7 +16,14 @@ from .batch import Batch
 from .flow import LiveState, RunResult, _Node, _parse_every
 from .operators import window_operator
 from .query import History, NotStarted
-from .runtimes import Plan, ShardedState, SourceWorker, WindowWorker, owned_range
+from .runtimes import (
+    Plan,
+    ShardedState,
+    SourceWorker,
+    WindowWorker,
+    key_owner,
+    owned_range,
+)
 from .sinks import Collect
 
 
@@ -123,10 +130,11 @@ def _graph(flow, keep_source: int | None = None):
 
 class RayQueryableState(ShardedState):
     """A queryable window of a flow on the Ray runtime. While it runs, a query goes to every
-    window actor (each holds the keys of its key groups) and waits behind the rounds already
-    handed to them, so each actor answers from between two of its rounds; the watermark is
-    the one the driver last sent. Once the run has ended, the actors' operators are rebuilt
-    here from their final snapshots and histories, and queries answer from them."""
+    window actor (each holds the keys of its key groups), which answers on a thread of its own
+    from between two of its rounds (WindowWorker.query), without waiting for the rounds queued
+    behind; the watermark is the lowest of the actors' operators' (actors may stand a round
+    or two apart). Once the run has ended, the actors' operators are rebuilt here from their
+    final snapshots and histories, and queries answer from them."""
 
     def __init__(self, name: str, node, driver):
         super().__init__(name, node, LiveState(), lambda: self.ops)
@@ -137,9 +145,25 @@ class RayQueryableState(ShardedState):
     def _ask(self, what: str, *args) -> list:
         if self.ops is not None:
             return super()._ask(what, *args)
+        workers = self.driver.workers
+        if what in ("partial", "last", "view") and args[0] is not None:
+            # One key: the actor that owns its key group answers alone, where it holds the key
+            # (one call instead of one per actor); else (the key's type routed it elsewhere, or
+            # no actor has it) the other actors are asked too.
+            j = key_owner(args[0], self.driver.plan.nodes[self.wid].params["keys"], self.driver.n, self.driver.groups)
+            if j is not None:
+                answers = self._call(workers[j:j + 1], what, *args)
+                if any((a[0] if what == "view" else a) is not None for a in answers):
+                    return answers
+                return answers + self._call(workers[:j] + workers[j + 1:], what, *args)
+        return self._call(workers, what, *args)
+
+    def _call(self, workers: list, what: str, *args) -> list:
+        """The answers of these actors' operators (WindowWorker.query), in their query thread."""
         ray = self.driver.ray
         try:
-            per_actor = ray.get([w.query.remote(self.wid, what, *args) for w in self.driver.workers])
+            per_actor = ray.get([w.query.options(concurrency_group="query").remote(self.wid, what, *args)
+                                 for w in workers])
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             raise NotStarted(f"queryable state {self.name!r} is recovering (an actor died): ask again ({e})") from None
         for answers in per_actor:
@@ -150,7 +174,8 @@ class RayQueryableState(ShardedState):
     @property
     def watermark(self):
         if self.ops is None:
-            return getattr(self.driver, "sent_watermarks", {}).get(self.wid)  # (none before the first start)
+            marks = [m for m in self._ask("watermark") if m is not None]
+            return min(marks) if marks else None
         # After the run: where end of input moved the windows' watermark to the end of time,
         # that; else the one every actor's rounds made (the driver's, from all of them).
         marks = [op.watermark for op in self.ops if op.watermark is not None] + [self.final_watermark]
@@ -220,7 +245,6 @@ class Driver:
         ray = self.ray
         st = state or {}
         self.positions = dict(st.get("positions", {}))
-        self.sent_watermarks: dict = {}  # by window: the watermark of the rounds handed out since this start
         self.chan_ids = dict(st.get("chan_ids", {}))
         self.top = dict(st.get("top", {}))
         self.ended = set(st.get("ended", ()))
@@ -312,7 +336,9 @@ class Driver:
         every_batches, every_seconds = _parse_every(checkpoint_every)
         store = CheckpointStore(checkpoints, keep=keep) if checkpoints is not None else None
         fingerprint = f"{self.flow.fingerprint()}|ray key_groups={self.groups} state=slots"
-        worker_cls = ray.remote(max_restarts=3, max_task_retries=0)(ActorWindowWorker)
+        # Queries run in a concurrency group of their own: a thread beside the driver's calls,
+        # which keep theirs (one at a time, in order).
+        worker_cls = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={"query": 1})(ActorWindowWorker)
         self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups) for j in range(self.n)]
         live = self.flow.live
         live.begin({w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
@@ -467,9 +493,6 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
-        # What the actors' windows stand at once this round has run (a window whose sources
-        # all ended gets none: it keeps the last).
-        self.sent_watermarks = {**self.sent_watermarks, **wms}
         refs, packed = [], packed_messages(parts, self.n)
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}

@@ -126,10 +126,8 @@ class Flow:
     def query(self, name: str, key=None, last: int = 10) -> dict:
         """A consistent view of queryable state `name`: {"watermark", "partial", "last"} for one
         key (a tuple for several key columns) or, without a key, for all keys."""
-        st = self.state(name)
-        with st.live.reading():
-            partial, fired = st.view(key, last)
-            return {"watermark": st.watermark, "partial": partial, "last": fired}
+        partial, fired, watermark = self.state(name).view(key, last)
+        return {"watermark": watermark, "partial": partial, "last": fired}
 
     def serve(self, address: str = ":8080", token: str | None = None):
         """Starts an HTTP server for this flow's queryable state, Prometheus /metrics and the

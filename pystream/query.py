@@ -116,7 +116,9 @@ def answer(op, what: str, *args):
         where it does not hold the key;
       - ("top", by, k, window) -> (the window end the rows belong to, or None where each key
         has its own window; its k rows with the largest `by`), (None, None) when it has none;
-      - ("stats",) -> op.stats() and the rows its history holds."""
+      - ("view", key, n) -> the answers to "partial" and "last", and its watermark;
+      - ("stats",) -> op.stats() and the rows its history holds;
+      - ("watermark",) -> its watermark (None before its first)."""
     if what == "partial":
         try:
             return op.peek(args[0])
@@ -130,13 +132,15 @@ def answer(op, what: str, *args):
             return None
         rows, stamps = op.history.last(kid, n, stamps=True)
         return (rows if rows is not None else op.empty_result()), stamps
-    if what == "view":  # partial and last of one key (or all) from one look
+    if what == "view":  # partial and last of one key (or all), and the watermark, from one look
         key, n = args
-        return answer(op, "partial", key), answer(op, "last", key, n)
+        return answer(op, "partial", key), answer(op, "last", key, n), op.watermark
     if what == "top":
         return _top_of(op, *args)
     if what == "stats":
         return {**op.stats(), "history_rows": op.history.rows}
+    if what == "watermark":
+        return op.watermark
     raise ValueError(f"unknown query {what!r}")
 
 
@@ -201,12 +205,16 @@ class QueryableState:
         with self.live.reading():
             return self._last(key, n, self._ask("last", key, n))
 
-    def view(self, key=None, n: int = 10) -> tuple[Batch, Batch]:
-        """(partial(key), last(key, n)) from one look at the operators: one call per actor on
-        the Ray runtime, where each call waits behind the rounds in flight."""
+    def view(self, key=None, n: int = 10) -> tuple[Batch, Batch, int | None]:
+        """(partial(key), last(key, n), watermark) from one look at the operators that answered
+        (the watermark: the lowest of theirs, the one their open windows are open against; for
+        one key on the Ray runtime, that of the actor that holds it). On the Ray runtime one
+        Ray call to each actor asked, instead of three."""
         with self.live.reading():
             answers = self._ask("view", key, n)
-            return self._partial(key, [a[0] for a in answers]), self._last(key, n, [a[1] for a in answers])
+            marks = [a[2] for a in answers if a[2] is not None]
+            return (self._partial(key, [a[0] for a in answers]), self._last(key, n, [a[1] for a in answers]),
+                    min(marks) if marks else None)
 
     def _partial(self, key, answers: list) -> Batch:
         if key is not None:

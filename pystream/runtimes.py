@@ -47,9 +47,11 @@ from __future__ import annotations
 import bisect
 import collections
 import concurrent.futures
+import functools
 import heapq
 import os
 import pickle
+import threading
 import time
 import zlib
 
@@ -63,7 +65,7 @@ except ImportError:  # not on Windows: no fault counts there
 from . import _core, _shm
 from .batch import Batch
 from .operators import window_operator
-from .query import History, QueryableState, answer
+from .query import History, NotStarted, QueryableState, answer
 from .sinks import Collect, Files
 
 _U64 = np.uint64
@@ -129,6 +131,27 @@ def native_groups(batch: Batch, keys, n_groups: int) -> np.ndarray:
 def owner(group: int, parallelism: int, n_groups: int) -> int:
     """The window actor that owns a key group (contiguous ranges)."""
     return group * parallelism // n_groups
+
+
+def key_owner(key, keys, parallelism: int, n_groups: int) -> int | None:
+    """The window actor that holds `key` (a value, or a tuple of one per key column) if the
+    source actors routed it as the value's NumPy type: integers, floats and booleans by value,
+    strings and other objects by repr (key_groups). None where it has no such type. A column
+    of another type (times in another unit, integers asked for as floats) may put the key
+    elsewhere: a caller that does not find it at the owner asks the other actors."""
+    values = key if len(keys) > 1 else (key,)
+    if not isinstance(values, tuple) or len(values) != len(keys):
+        return None
+    cols = {}
+    for c, v in zip(keys, values):
+        try:
+            a = np.asarray([v])
+        except (TypeError, ValueError):
+            return None
+        if a.shape != (1,):  # not one value (a sequence)
+            return None
+        cols[c] = a if a.dtype.kind in "iubfmM" else np.array([v], dtype=object)
+    return owner(int(key_groups(Batch(cols), keys, n_groups)[0]), parallelism, n_groups)
 
 
 class Plan:
@@ -412,6 +435,17 @@ def owned_range(index: int, parallelism: int, n_groups: int) -> tuple[int, int]:
     return (-(-index * n_groups // parallelism), -(-(index + 1) * n_groups // parallelism))
 
 
+def _locked(method):
+    """The method under its worker's lock (WindowWorker.lock)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class WindowWorker:
     """The window operators of the key groups one actor owns, what follows them, and their
     sinks (this actor's copies). One operator (slot) per window covers the actor's whole range
@@ -445,6 +479,11 @@ class WindowWorker:
         self.spent = {kind: [0, 0.0, 0, 0.0, 0, 0] for kind in ("read", "round", "reading")}
         self.depth = 1  # reads the reading thread keeps done ahead of the driver's requests
         self.round_ends: collections.deque = collections.deque(maxlen=4096)
+        # The operators' state: the driver's calls (one at a time, in order) change it under
+        # this lock, and queries, which Ray runs on a thread of their own (see query), read it
+        # under it.
+        self.lock = threading.RLock()
+        self.started = False  # whether `start` has given the operators their state
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
@@ -590,6 +629,7 @@ class WindowWorker:
         return sorted(os.sched_getaffinity(0))
 
     # -- state ----------------------------------------------------------------------------------
+    @_locked
     def start(self, channels: dict, slots: dict | None) -> None:
         """(Re)starts from slot snapshots {window: [(lo, hi, pure, state), ...]} (None: from
         scratch), keeping of each the part of [lo, hi) this worker owns; `channels` maps each
@@ -620,6 +660,7 @@ class WindowWorker:
             sink.open()
             if sid in self.pending:
                 self.pending[sid] = []
+        self.started = True
 
     def _owns(self, wid: int, slot: _Slot, rows: Batch) -> np.ndarray:
         """Which of these rows' keys fall in the slot's key groups."""
@@ -649,16 +690,19 @@ class WindowWorker:
         """The channels a new operator waits for: every source partition feeding the window."""
         return self.channels.get(wid, [])
 
+    @_locked
     def snapshot(self) -> dict:
         return {wid: [(s.lo, s.hi, s.pure, s.op.snapshot()) for s in slots] for wid, slots in self.slots.items()}
 
     def _group_slots(self, g: int) -> dict:
         return {wid: s for wid, slots in self.slots.items() for s in slots if (s.lo, s.hi) == (g, g + 1)}
 
+    @_locked
     def group_snapshot(self, g: int) -> dict:
         """Snapshots, by window, of the slots that hold key group g alone."""
         return {wid: s.op.snapshot() for wid, s in self._group_slots(g).items()}
 
+    @_locked
     def take_group(self, g: int) -> dict:
         """Removes key group g's own slots, returning their snapshots by window."""
         snaps = self.group_snapshot(g)
@@ -666,22 +710,30 @@ class WindowWorker:
             self.slots[wid].remove(s)
         return snaps
 
+    @_locked
     def put_group(self, g: int, snaps: dict) -> None:
         for wid, state in snaps.items():
             self._slot(wid, g).op.restore(state)
 
     # -- queryable state ----------------------------------------------------------------------
+    @_locked
     def query(self, wid: int, what: str, *args) -> list:
         """The answers of this actor's operators of window `wid` to a query (query.answer), one
-        per slot. Ray runs an actor's calls in order, so a query sees the state between two
-        rounds of this actor. A query the operators refuse (a key of the wrong type: ValueError,
-        TypeError) comes back as its exception, which the driver raises: a refused query is an
-        answer, not a failed task."""
+        per slot. The driver sends queries to a concurrency group of their own, so Ray runs them
+        on a thread of their own, beside the driver's calls rather than behind the rounds it has
+        queued; under the worker's lock, a query sees the state between two rounds of this
+        actor (it waits for the windowing of the round under way, not for the round's reads).
+        A query the operators refuse (a key of the wrong type: ValueError, TypeError) comes
+        back as its exception, which the driver raises: a refused query is an answer, not a
+        failed task."""
+        if not self.started:  # a restarted actor, before the driver gives it its state back
+            return NotStarted(f"window actor {self.index} is starting (restoring its state): ask again")
         try:
             return [answer(s.op, what, *args) for s in self.slots[wid]]
         except (ValueError, TypeError) as e:
             return e
 
+    @_locked
     def export_queryable(self, wid: int) -> list:
         """(snapshot, history batches, history size) of each slot of window `wid`: what the
         driver rebuilds the state from once the run has ended, so queries still answer then."""
@@ -704,12 +756,13 @@ class WindowWorker:
             pool = self.pools.get(sid)
             if pool is not None:
                 pool.release(upto)
-        for wid in self.queryable:
-            for slot in self.slots[wid]:
-                slot.op.history.stamp = stamp
         t, used = time.perf_counter(), _usage()
         try:
-            progress = self._round(watermarks, chans, messages)
+            with self.lock:
+                for wid in self.queryable:
+                    for slot in self.slots[wid]:
+                        slot.op.history.stamp = stamp
+                progress = self._round(watermarks, chans, messages)
         finally:
             self._spent("round", t, used)
             self.round_ends.append(time.time())
@@ -864,6 +917,7 @@ class WindowWorker:
                 for b in _stateless(child, batch):
                     self._push(child, "out", b)
 
+    @_locked
     def finish(self) -> None:
         """End of input: every window fires; side outputs that never fired still tell their
         sinks their columns."""

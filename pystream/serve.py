@@ -133,9 +133,7 @@ class Server:
         key = self.key_of(st, q.get("key"))
         last = _int(q, "last", 10)
         try:
-            with st.live.reading():  # one consistent view: watermark, partial and last from the same moment
-                partial, fired = st.view(key, last)
-                wm = st.watermark
+            partial, fired, wm = st.view(key, last)  # one consistent view: all three from the same moment
         except QueryError as e:
             where = _elsewhere(st, key)
             if where is not None:  # another consumer-group member owns the key: send the client there

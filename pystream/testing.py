@@ -1,4 +1,5 @@
-"""Test helpers: a clock the test advances, and a source that follows a script.
+"""Test helpers: a clock the test advances, a source that follows a script, and one that
+paces its batches like a live feed.
 
 >>> clock = ManualClock("2025-01-01T00:00")
 >>> src = Script(clock, [("a", batch1), Advance("25m"), ("b", batch2)])   # doctest: +SKIP
@@ -7,11 +8,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ._duration import parse_duration
 from .batch import Batch
-from .sources import Source
+from .sources import Arrays, Source
 
 
 class ManualClock:
@@ -72,3 +75,20 @@ class Script(Source):
 
 
 __all__ = ["ManualClock", "Advance", "Script"]
+
+
+class Paced(Arrays):
+    """An Arrays source that waits `pause` seconds before each batch: a live feed at a steady
+    rate (what happens while a flow runs, e.g. queries against its state), wherever it is read
+    (a Ray actor too)."""
+
+    def __init__(self, data, pause: float = 0.0, **kw):
+        super().__init__(data, **kw)
+        if not pause >= 0:
+            raise ValueError(f"pause must be >= 0 seconds, got {pause!r}")
+        self.pause = pause
+
+    def read(self, position=None):
+        for item in super().read(position):
+            time.sleep(self.pause)
+            yield item

@@ -683,19 +683,6 @@ def test_a_round_takes_the_sources_rows_in_turns_by_event_time():
     assert all(len(g) == len(ts) for _, ts, g in got)
 
 
-class SlowArrays(ps.sources.Arrays):
-    """An Arrays source that waits `pause` seconds before each batch (a live feed)."""
-
-    def __init__(self, data, pause=0.0, **kw):
-        super().__init__(data, **kw)
-        self.pause = pause
-
-    def read(self, position=None):
-        for item in super().read(position):
-            time.sleep(self.pause)
-            yield item
-
-
 def queryable_flow(kind, make=ps.sources.Arrays, **kw):
     window, _ = WINDOWS[kind]
     flow = ps.Flow(f"q-{kind}")
@@ -741,9 +728,8 @@ def test_queryable_state_on_ray_answers_as_the_local_runtime_after_the_run(kind)
 
 
 def test_queryable_state_on_ray_answers_while_the_flow_runs_and_over_http():
-    # 40 one-batch rounds of 500 rows per source, 0.1 s each: a run of seconds, and a query waits
-    # behind the actors' calls in flight (a round that takes the next read) for tenths of one.
-    flow = queryable_flow("tumbling", make=SlowArrays, pause=0.1, batch_size=500)
+    # 40 one-batch rounds of 500 rows per source, 0.1 s each: a run of seconds, queried all along.
+    flow = queryable_flow("tumbling", make=ps.testing.Paced, pause=0.1, batch_size=500)
     import json
     import urllib.error
     import urllib.request
@@ -793,6 +779,153 @@ def test_queryable_state_on_ray_answers_while_the_flow_runs_and_over_http():
     assert any(len(top["rows"]) == 3 for _, _, top in seen)
     final = flow.query("usage", last=1_000_000)
     assert len(final["partial"]) == 0 and len(final["last"]) > 100  # after the run: every window fired
+
+
+class Gated(ps.sources.Arrays):
+    """An Arrays source that, after `before` batches, says so (a file NAME.waiting in `gate`)
+    and waits until the file `gate`/open exists: a feed that has gone quiet."""
+
+    def __init__(self, data, gate="", before=0, **kw):
+        super().__init__(data, **kw)
+        self.gate, self.before = gate, before
+
+    def read(self, position=None):
+        for i, item in enumerate(super().read(position)):
+            if i == self.before:
+                open(os.path.join(self.gate, f"{self.name}.waiting"), "w").close()
+                while not os.path.exists(os.path.join(self.gate, "open")):
+                    time.sleep(0.01)
+            yield item
+
+
+def test_queries_on_their_own_thread_see_a_window_actor_between_two_rounds():
+    # In process: rounds of 8 batches on this thread, queries on another (as Ray runs them in
+    # their concurrency group). Every answer counts the rows of a whole number of rounds
+    # (open windows plus fired rows), never those of part of one; before `start` gives the
+    # actor its state, a query is told to ask again.
+    def flow():
+        f = ps.Flow("between")
+        usage = f.source(ps.sources.Arrays(DATA, batch_size=1_000, name="all"), time=ps.EventTime("ts", **TIME)) \
+            .key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count())
+        usage.queryable("usage", history_rows=10**6)
+        usage.sink(ps.sinks.Discard("out"))
+        return f
+
+    f = flow()
+    reader = ps.runtimes.SourceWorker(f, f._nodes[0].id, 1, 16, round_rows=8_000)
+    w = ps.runtimes.WindowWorker(flow(), 0, 1, 16)
+    wid = w.queryable[0]
+    assert isinstance(w.query(wid, "partial", None), ps.query.NotStarted)
+    w.start({}, None)
+    totals, answers, stop = {0}, [], threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            (partial,), ((last, _stamps),), _watermarks = zip(*w.query(wid, "view", None, 10**6))
+            answers.append(int(partial["n"].sum() + last["n"].sum()) if partial is not None else 0)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        while True:
+            parts, (_label, _position, done) = reader.next()
+            if done:
+                break
+            w.round({}, [0], parts)
+            totals.add(max(totals) + sum(len(b) for step in parts[0] for _wid, b, _g in step))
+    finally:
+        stop.set()
+        asker.join()
+    assert max(totals) == len(DATA["ts"]) and len(totals) == 6  # 5 rounds
+    assert len(answers) > 20 and set(answers) <= totals, sorted(set(answers) - totals)
+    assert len(set(answers)) > 2  # answers from between several rounds
+
+
+@pytest.mark.parametrize("keys", [("meter_id",), ("name",), ("feeder", "name")])
+def test_key_owner_names_the_window_actor_that_holds_the_key(keys):
+    # In process, 3 window actors fed by routed reads: for every key (integers, strings, and
+    # pairs of them, as queries name them: Python values), key_owner names the one actor
+    # whose operator holds it; a key of another shape names none.
+    data = {**DATA, "name": np.array([f"m-{m}" for m in DATA["meter_id"]], dtype=object),
+            "feeder": DATA["meter_id"] % 7}
+
+    def flow():
+        f = ps.Flow("owner")
+        usage = f.source(ps.sources.Arrays(data, batch_size=2_000, name="all"), time=ps.EventTime("ts", **TIME)) \
+            .key_by(*keys).window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count())
+        usage.queryable("usage")
+        usage.sink(ps.sinks.Discard("out"))
+        return f
+
+    f = flow()
+    reader = ps.runtimes.SourceWorker(f, f._nodes[0].id, 3, 16, round_rows=8_000)
+    workers = [ps.runtimes.WindowWorker(flow(), j, 3, 16) for j in range(3)]
+    for w in workers:
+        w.start({}, None)
+    while True:
+        parts, (_label, _position, done) = reader.next()
+        if done:
+            break
+        for w in workers:
+            w.round({}, [0], parts)
+    wid = workers[0].queryable[0]
+    pairs = sorted(set(zip(*(data[k].tolist() for k in keys))))
+    owners = set()
+    for pair in pairs:
+        key = pair if len(keys) > 1 else pair[0]
+        held = [j for j, w in enumerate(workers) if w.query(wid, "partial", key) != [None]]
+        assert held == [ps.runtimes.key_owner(key, keys, 3, 16)], key
+        owners.add(held[0])
+    assert owners == {0, 1, 2}
+    assert ps.runtimes.key_owner((1, 2), keys, 3, 16) is None if len(keys) == 1 else \
+        ps.runtimes.key_owner(1, keys, 3, 16) is None
+
+
+def test_a_query_answers_while_the_actors_wait_for_their_next_reads(tmp_path):
+    """Both sources go quiet after 4 batches: each window actor's round waits (for its
+    source's next read) until they go on. A query is answered meanwhile, from the rows
+    before the gap: queries run beside the rounds, not behind them."""
+    flow = queryable_flow("tumbling", make=Gated, gate=str(tmp_path), before=4)
+    run = threading.Thread(target=lambda: flow.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16,
+                                                                            round_rows=2_000)), daemon=True)
+    run.start()
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("*.waiting"))) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    answered = {}
+
+    def ask():
+        while time.time() < deadline:
+            try:
+                answered["state"] = flow.query("usage", last=10**6)
+                answered["keys"] = [flow.query("usage", key=m) for m in answered["state"]["partial"]["meter_id"][:20]]
+                return
+            except ps.query.NotStarted:
+                time.sleep(0.01)
+
+    try:
+        assert len(list(tmp_path.glob("*.waiting"))) == 2
+        query = threading.Thread(target=ask, daemon=True)
+        query.start()
+        query.join(30)
+        before_the_gate_opened = dict(answered)
+    finally:
+        (tmp_path / "open").touch()
+        run.join(60)
+    assert not run.is_alive()
+    assert "state" in before_the_gate_opened, "the query waited for the rounds"
+    state = before_the_gate_opened["state"]
+    seen = int(state["partial"]["n"].sum() + state["last"]["n"].sum())
+    first = [{k: v[i::2][:4 * 2_000] for k, v in DATA.items()} for i in range(2)]  # each source's first 4 batches
+    assert 0 < seen <= 2 * 4 * 2_000
+    assert set(state["partial"]["meter_id"].tolist()) <= {m for f in first for m in f["meter_id"].tolist()}
+    # A key's answer comes from the actor that holds it, with that actor's watermark: its
+    # partial rows are of windows open against it, and it is at least every actor's lowest.
+    assert len(before_the_gate_opened["keys"]) == 20 and state["watermark"] is not None
+    for q in before_the_gate_opened["keys"]:
+        assert len(q["partial"]) and q["watermark"] >= state["watermark"]
+        assert (q["partial"]["window_end"].astype(np.int64) - 1 > q["watermark"] // 1_000_000).all()
+    assert flow.query("usage", last=10**6)["last"]["n"].sum() == len(DATA["ts"])  # then the run went on to the end
 
 
 def test_queryable_state_after_an_actor_died_and_the_flow_recovered(tmp_path):

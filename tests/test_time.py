@@ -151,3 +151,18 @@ def test_manual_clock_does_not_go_back():
     c.advance("1h")
     with pytest.raises(ValueError, match="does not go back"):
         c.set(0)
+
+
+def test_a_paced_source_reads_as_arrays_with_a_pause_before_each_batch():
+    import time
+
+    data = {"ts": np.arange(10, dtype=np.int64), "v": np.arange(10.0)}
+    t0 = time.monotonic()
+    paced = list(ps.testing.Paced(data, pause=0.02, batch_size=3).read())
+    waited = time.monotonic() - t0
+    plain = list(ps.sources.Arrays(data, batch_size=3).read())
+    assert len(paced) == len(plain) == 4 and waited >= 4 * 0.02  # sleeps last at least as long as asked
+    for (a, *pa), (b, *pb) in zip(paced, plain):
+        assert pa == pb and a.columns == b.columns and all(np.array_equal(a[c], b[c]) for c in a.columns)
+    with pytest.raises(ValueError, match=r"pause must be >= 0 seconds, got -1"):
+        ps.testing.Paced(data, pause=-1)
