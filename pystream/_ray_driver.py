@@ -129,11 +129,11 @@ def _graph(flow, keep_source: int | None = None):
 
 
 class RayQueryableState(ShardedState):
-    """A queryable window of a flow on the Ray runtime. While it runs, a query goes to every
-    window actor (each holds the keys of its key groups), which answers on a thread of its own
-    from between two of its rounds (WindowWorker.query), without waiting for the rounds queued
-    behind; the watermark is the lowest of the actors' operators' (actors may stand a round
-    or two apart). Once the run has ended, the actors' operators are rebuilt here from their
+    """A queryable window of a flow on the Ray runtime. While it runs, a query goes to the
+    window actors (each holds the keys of its key groups: a query for one key to the one that
+    owns it, the others to all), which answer on a thread of their own from between two of
+    their rounds (WindowWorker.query), without waiting for the rounds queued behind; the
+    watermark is the lowest of the actors' operators' (actors may stand a round or two apart). Once the run has ended, the actors' operators are rebuilt here from their
     final snapshots and histories, and queries answer from them."""
 
     def __init__(self, name: str, node, driver):

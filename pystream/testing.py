@@ -74,9 +74,6 @@ class Script(Source):
         return f"Script:{self.name}:{len(self.steps)}"
 
 
-__all__ = ["ManualClock", "Advance", "Script"]
-
-
 class Paced(Arrays):
     """An Arrays source that waits `pause` seconds before each batch: a live feed at a steady
     rate (what happens while a flow runs, e.g. queries against its state), wherever it is read
@@ -92,3 +89,6 @@ class Paced(Arrays):
         for item in super().read(position):
             time.sleep(self.pause)
             yield item
+
+
+__all__ = ["ManualClock", "Advance", "Script", "Paced"]
