@@ -7,6 +7,7 @@ import collections
 import copy
 import ctypes
 import pickle
+import threading
 import time
 import types
 import uuid
@@ -130,10 +131,12 @@ def _graph(flow, keep_source: int | None = None):
 
 class RayQueryableState(ShardedState):
     """A queryable window of a flow on the Ray runtime. While it runs, a query goes to the
-    window actors (each holds the keys of its key groups: a query for one key to the one that
-    owns it, the others to all), which answer on a thread of their own from between two of
-    their rounds (WindowWorker.query), without waiting for the rounds queued behind; the
-    watermark is the lowest of the actors' operators' (actors may stand a round or two apart). Once the run has ended, the actors' operators are rebuilt here from their
+    window actors (each holds the keys of its key groups), which answer on a thread of their
+    own from between two of their rounds (WindowWorker.query), without waiting for the reads
+    their rounds wait for: a query for one key to the actor that owns it, at once; one of all
+    keys (partial and last rows, top, describe) to every actor, each answering from after the
+    same round, the latest handed out, so that the whole counts every round in full or not at
+    all (actors stand a round or two apart). The watermark is the lowest of the actors'. Once the run has ended, the actors' operators are rebuilt here from their
     final snapshots and histories, and queries answer from them."""
 
     def __init__(self, name: str, node, driver):
@@ -156,14 +159,29 @@ class RayQueryableState(ShardedState):
                 if any((a[0] if what == "view" else a) is not None for a in answers):
                     return answers
                 return answers + self._call(workers[:j] + workers[j + 1:], what, *args)
-        return self._call(workers, what, *args)
+        return self._call(workers, what, *args, same_round=what != "watermark")
 
-    def _call(self, workers: list, what: str, *args) -> list:
-        """The answers of these actors' operators (WindowWorker.query), in their query thread."""
+    def _call(self, workers: list, what: str, *args, same_round: bool = False) -> list:
+        """The answers of these actors' operators (WindowWorker.query), in their query thread.
+        `same_round`: each answers from after the same round, the latest handed out (keys
+        spread over the actors: a whole that no round half counts); the actors' next round
+        waits for it. Else each answers between two of its rounds, at once."""
         ray = self.driver.ray
+        d = self.driver
+
+        def send(at):
+            return [w.query.options(concurrency_group="query").remote(self.wid, what, *args, at=at) for w in workers]
+
         try:
-            per_actor = ray.get([w.query.options(concurrency_group="query").remote(self.wid, what, *args)
-                                 for w in workers])
+            if same_round:
+                with d.query_lock:  # counted and sent before the next round is handed out
+                    at = d.round_no - 1 if d.round_no else None
+                    if at is not None:
+                        d.asked += 1
+                    refs = send(at)
+            else:
+                refs = send(None)
+            per_actor = ray.get(refs)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
             raise NotStarted(f"queryable state {self.name!r} is recovering (an actor died): ask again ({e})") from None
         for answers in per_actor:
@@ -217,6 +235,11 @@ class Driver:
         self.segments = f"pystream-{uuid.uuid4().hex[:12]}-"  # name prefix of this run's shared-memory segments
         self.starts = 0
         self.round_no = 0  # rounds handed out, over restarts too: stamps queryable histories
+        # Queries of every actor (RayQueryableState._call) see them all after the same round:
+        # `asked` counts those asked since the latest round was handed out, which the next
+        # round waits for on each actor (WindowWorker.round's hold).
+        self.query_lock = threading.Lock()
+        self.asked = 0
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_guarantee(self, guarantee, checkpoints):
@@ -244,6 +267,8 @@ class Driver:
         actors with colocate=True)."""
         ray = self.ray
         st = state or {}
+        with self.query_lock:  # queries asked of the actors before this start are not waited for
+            self.asked = 0
         self.positions = dict(st.get("positions", {}))
         self.chan_ids = dict(st.get("chan_ids", {}))
         self.top = dict(st.get("top", {}))
@@ -336,9 +361,10 @@ class Driver:
         every_batches, every_seconds = _parse_every(checkpoint_every)
         store = CheckpointStore(checkpoints, keep=keep) if checkpoints is not None else None
         fingerprint = f"{self.flow.fingerprint()}|ray key_groups={self.groups} state=slots"
-        # Queries run in a concurrency group of their own: a thread beside the driver's calls,
-        # which keep theirs (one at a time, in order).
-        worker_cls = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={"query": 1})(ActorWindowWorker)
+        # Queries run in a concurrency group of their own: threads beside the driver's calls,
+        # which keep theirs (one at a time, in order); several, so that a query waiting for a
+        # round (WindowWorker.query's `at`) holds up no other.
+        worker_cls = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={"query": 4})(ActorWindowWorker)
         self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups) for j in range(self.n)]
         live = self.flow.live
         live.begin({w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
@@ -432,7 +458,8 @@ class Driver:
         # it for them); spread_ms: how long after the first actor the last one ended the same
         # round (mean over rounds); last_share: per actor, the share of rounds it ended last;
         # cpus: the CPUs each actor may run on at the end (pinned with Ray(cpus=...); None
-        # where the platform cannot say).
+        # where the platform cannot say); query_waits_gave_up: waits of a query of all keys
+        # for its round, or of a round for such queries, that ran out (0 unless one was lost).
         driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
 
@@ -461,6 +488,7 @@ class Driver:
             "spread_ms": round_spread([t["round_ends"] for t in timings]),
             "last_share": last_shares([t["round_ends"] for t in timings]),
             "segments": [t["segments"] for t in timings],
+            "query_waits_gave_up": sum(t["query_waits_gave_up"] for t in timings),
         }}
         result.checkpoints = written
         result.resumed_from = resumed_from
@@ -493,16 +521,18 @@ class Driver:
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         wms = self.watermarks()
+        with self.query_lock:  # the queries asked since the last round see the actors before this one
+            stamp, hold = self.round_no, self.asked
+            self.round_no, self.asked = stamp + 1, 0
         refs, packed = [], packed_messages(parts, self.n)
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}
             if packed is not None:
-                message = (wms, chans, packed[j], tuple(reads_in[j]), released, self.round_no)
+                message = (wms, chans, packed[j], tuple(reads_in[j]), released, stamp, hold)
                 refs.append(w.round_packed.remote(pickle.dumps(message, pickle.HIGHEST_PROTOCOL)))
             else:
                 refs.append(w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]), released=released,
-                                           stamp=self.round_no))
-        self.round_no += 1
+                                           stamp=stamp, hold=hold))
         for j, ref in enumerate(refs):
             for sid in reads_in[j]:
                 self.pending[sid].append((ref, sid))

@@ -38,8 +38,9 @@ and replays the sources from its positions. Sinks run in the window actors (one 
 `Files` names its parts per actor); `Collect` output travels to the driver at each commit.
 
 Queryable state: each actor's operators keep their share of the history of fired rows, and
-answer queries between rounds (WindowWorker.query); the driver's RayQueryableState asks every
-actor and combines their answers as the local state combines one (pystream/query.py).
+answer queries between rounds, on a thread of their own (WindowWorker.query); the driver's
+RayQueryableState asks the actor that holds a key, or every actor after the same round for
+all keys, and combines their answers as the local state combines one (pystream/query.py).
 """
 
 from __future__ import annotations
@@ -484,6 +485,14 @@ class WindowWorker:
         # under it.
         self.lock = threading.RLock()
         self.started = False  # whether `start` has given the operators their state
+        # Queries of every actor meet them after the same round (see query's `at`): the round
+        # windowed last, the round waiting for queries (its `hold`) and, by round, the
+        # queries answered after it.
+        self.changed = threading.Condition(self.lock)
+        self.done_round = -1
+        self.holding: int | None = None
+        self.answered: collections.Counter = collections.Counter()
+        self.gave_up = 0  # waits of either kind that ran out (HOLD_WAIT_S) and went on regardless
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
@@ -600,7 +609,7 @@ class WindowWorker:
                 "round_cpu_s": rnd[3], "round_preempted": rnd[4], "round_blocked": rnd[5],
                 "readings": reading[0], "reading_s": reading[1], "read_faults": reading[2], "reading_cpu_s": reading[3],
                 "reading_preempted": reading[4], "reading_blocked": reading[5], "round_ends": list(self.round_ends),
-                "segments": sum(p.made for p in self.pools.values()),
+                "segments": sum(p.made for p in self.pools.values()), "query_waits_gave_up": self.gave_up,
                 "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
     def owned(self) -> tuple[int, int]:
@@ -716,8 +725,12 @@ class WindowWorker:
             self._slot(wid, g).op.restore(state)
 
     # -- queryable state ----------------------------------------------------------------------
+    #: Seconds a query waits for the round it is to follow, and a round for the queries it
+    #: holds for, before going on regardless (a query that never came: its caller died).
+    HOLD_WAIT_S = 10.0
+
     @_locked
-    def query(self, wid: int, what: str, *args) -> list:
+    def query(self, wid: int, what: str, *args, at: int | None = None) -> list:
         """The answers of this actor's operators of window `wid` to a query (query.answer), one
         per slot. The driver sends queries to a concurrency group of their own, so Ray runs them
         on a thread of their own, beside the driver's calls rather than behind the rounds it has
@@ -725,13 +738,27 @@ class WindowWorker:
         actor (it waits for the windowing of the round under way, not for the round's reads).
         A query the operators refuse (a key of the wrong type: ValueError, TypeError) comes
         back as its exception, which the driver raises: a refused query is an answer, not a
-        failed task."""
-        if not self.started:  # a restarted actor, before the driver gives it its state back
-            return NotStarted(f"window actor {self.index} is starting (restoring its state): ask again")
+        failed task.
+
+        `at`: the query asks every actor, and each answers from after round `at` (the latest
+        the driver had handed out): it waits for that round, and the driver's next round waits
+        here until the queries asked before it have been answered (`round`'s hold), so that
+        no actor has gone further. A round waiting for them stands where `at` would leave it
+        (an actor restarted since has not had round `at`)."""
         try:
-            return [answer(s.op, what, *args) for s in self.slots[wid]]
-        except (ValueError, TypeError) as e:
-            return e
+            if at is not None and not self.changed.wait_for(
+                    lambda: self.done_round >= at or self.holding == at + 1, self.HOLD_WAIT_S):
+                self.gave_up += 1
+            if not self.started:  # a restarted actor, before the driver gives it its state back
+                return NotStarted(f"window actor {self.index} is starting (restoring its state): ask again")
+            try:
+                return [answer(s.op, what, *args) for s in self.slots[wid]]
+            except (ValueError, TypeError) as e:
+                return e
+        finally:
+            if at is not None:
+                self.answered[at] += 1
+                self.changed.notify_all()
 
     @_locked
     def export_queryable(self, wid: int) -> list:
@@ -741,13 +768,14 @@ class WindowWorker:
 
     # -- data ---------------------------------------------------------------------------------
     def round(self, watermarks: dict, chans: list, *messages, reads: tuple = (), released: dict | None = None,
-              stamp: int = 0) -> tuple:
+              stamp: int = 0, hold: int = 0) -> tuple:
         """Advances every window to the driver's watermark, then takes this actor's part of each
         source's read (`parts` of SourceWorker.next, or their `_shm.Shared` layout; chans[i] is
         the channel of messages[i]). `released`: by source read here, how many of its reads
         every actor is done with (rounds the driver has collected): their segments are free.
         `stamp`: the driver's round number, which queryable histories keep with the rows fired
-        in this round. Returns (per window and channel, the largest event time its engines
+        in this round; `hold`: how many queries of every actor (query's `at`) were asked after
+        the previous round, which this round waits for before it windows. Returns (per window and channel, the largest event time its engines
         hold, for the next round's watermark; {sid: read_source(sid)} for the sources in
         `reads`, this actor's next reads, taken after the windowing: a read that failed is
         there as its exception, raised where the driver takes that read, so the round itself
@@ -759,10 +787,20 @@ class WindowWorker:
         t, used = time.perf_counter(), _usage()
         try:
             with self.lock:
+                if hold:
+                    self.holding = stamp
+                    self.changed.notify_all()
+                    if not self.changed.wait_for(lambda: self.answered[stamp - 1] >= hold, self.HOLD_WAIT_S):
+                        self.gave_up += 1
+                    self.holding = None
+                for done in [k for k in self.answered if k < stamp]:
+                    del self.answered[done]
                 for wid in self.queryable:
                     for slot in self.slots[wid]:
                         slot.op.history.stamp = stamp
                 progress = self._round(watermarks, chans, messages)
+                self.done_round = stamp
+                self.changed.notify_all()
         finally:
             self._spent("round", t, used)
             self.round_ends.append(time.time())
@@ -775,12 +813,12 @@ class WindowWorker:
         return progress, taken
 
     def round_packed(self, packed: bytes) -> tuple:
-        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released, stamp): every
+        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released, stamp, hold): every
         argument in one, pickled by the driver with the C pickler, so Ray serializes one bytes
         object (its serializer's cost grows with the objects it visits, in Python: at 16
         sources, 20 arguments cost more than the call itself; see _shm.Shared)."""
-        watermarks, chans, messages, reads, released, stamp = pickle.loads(packed)
-        return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp)
+        watermarks, chans, messages, reads, released, stamp, hold = pickle.loads(packed)
+        return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp, hold=hold)
 
     def _round(self, watermarks: dict, chans: list, messages) -> dict:
         for wid, w in watermarks.items():
@@ -920,7 +958,9 @@ class WindowWorker:
     @_locked
     def finish(self) -> None:
         """End of input: every window fires; side outputs that never fired still tell their
-        sinks their columns."""
+        sinks their columns. No round follows: queries waiting for one answer now."""
+        self.done_round = float("inf")
+        self.changed.notify_all()
         for wid, slots in self.slots.items():
             for slot in slots:
                 self._emit(wid, slot.op.finish(), None, None)

@@ -881,6 +881,39 @@ def test_key_owner_names_the_window_actor_that_holds_the_key(keys):
         ps.runtimes.key_owner(1, keys, 3, 16) is None
 
 
+def test_queries_of_all_keys_see_every_actor_after_the_same_round():
+    # Two paced sources of equal size, one 1,000-row batch a round each: after any round the
+    # actors together have counted a multiple of 2,000 rows (open windows plus fired rows). A
+    # query of all keys asks both actors, which stand a round or more apart as their sources'
+    # reads come; each answers from after the same round, the latest handed out when the
+    # query was asked.
+    flow = queryable_flow("tumbling", make=ps.testing.Paced, pause=0.03, batch_size=1_000)
+    totals, errors = [], []
+
+    def ask():
+        while not flow.live.running:
+            time.sleep(0.005)
+        while flow.live.running:
+            try:
+                q = flow.query("usage", last=10**6)
+                totals.append(int(q["partial"]["n"].sum() + q["last"]["n"].sum()))
+            except ps.query.NotStarted:
+                pass
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+            time.sleep(0.003)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    res = flow.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=1_000))
+    asker.join(30)
+    assert not errors
+    assert len(totals) >= 10 and len(set(totals)) > 4, totals
+    assert res.metrics["ray"]["query_waits_gave_up"] == 0
+    assert all(t % 2_000 == 0 for t in totals), sorted({t for t in totals if t % 2_000})
+
+
 def test_a_query_answers_while_the_actors_wait_for_their_next_reads(tmp_path):
     """Both sources go quiet after 4 batches: each window actor's round waits (for its
     source's next read) until they go on. A query is answered meanwhile, from the rows
@@ -935,9 +968,30 @@ def test_queryable_state_after_an_actor_died_and_the_flow_recovered(tmp_path):
     local = queryable_flow("count")
     local.run()
     dist = queryable_flow("count")
+    # Queries of all keys all along, through the recovery: none is waited for in vain (one
+    # asked of the actor that died is answered "ask again"), and the results stand.
+    answered, errors = [0, 0], []
+
+    def ask():
+        while not dist.live.running:
+            time.sleep(0.005)
+        while dist.live.running:
+            try:
+                dist.query("usage", last=10)
+                answered[0] += 1
+            except ps.query.NotStarted:
+                answered[1] += 1
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
     res = dist.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=7),
                    checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
-    assert res.metrics["ray"]["recoveries"] == 1
+    asker.join(30)
+    assert not errors and answered[0] > 0, (errors, answered)
+    assert res.metrics["ray"]["recoveries"] == 1 and res.metrics["ray"]["query_waits_gave_up"] == 0
     want = local.state("usage").partial()
     assert len(want) > 100 and canon(dist.state("usage").partial()) == canon(want)
     assert dist.state("usage").describe()["num_keys"] == local.state("usage").describe()["num_keys"]
