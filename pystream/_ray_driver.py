@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import copy
 import ctypes
+import os
 import pickle
 import threading
 import time
@@ -45,19 +46,30 @@ def keep_freed_pages() -> bool:
     return bool(mallopt(-3, 1 << 28)) and bool(mallopt(-1, 1 << 28))
 
 
+def in_actor(cwd: str | None) -> None:
+    """What an actor's process does first (Ray runs it again when it restarts the actor):
+    keep_freed_pages, and work in the driver's working directory `cwd`, where that exists on
+    the actor's machine, so that relative paths (a Files sink's directory, a Files source's
+    files) name there what they name to the driver (Ray starts its workers elsewhere: a sink
+    given "out/usage" wrote under the temp directory)."""
+    keep_freed_pages()
+    if cwd is not None and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 class ActorSourceWorker(SourceWorker):
     """SourceWorker as a Ray actor of its own (colocate=False)."""
 
-    def __init__(self, *args, **kwargs):
-        keep_freed_pages()
+    def __init__(self, *args, cwd: str | None = None, **kwargs):
+        in_actor(cwd)
         super().__init__(*args, **kwargs)
 
 
 class ActorWindowWorker(WindowWorker):
     """WindowWorker as a Ray actor (Ray runs __init__ again when it restarts one)."""
 
-    def __init__(self, *args, **kwargs):
-        keep_freed_pages()
+    def __init__(self, *args, cwd: str | None = None, **kwargs):
+        in_actor(cwd)
         super().__init__(*args, **kwargs)
 
     def start(self, channels: dict, slots: dict | None) -> tuple:
@@ -305,7 +317,8 @@ class Driver:
         else:
             self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
-            self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows) for sid, a in args.items()}
+            self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows, cwd=os.getcwd())
+                                  for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
         self.used = collections.Counter()  # by source: reads handed to rounds since this start
@@ -365,7 +378,8 @@ class Driver:
         # which keep theirs (one at a time, in order); several, so that a query waiting for a
         # round (WindowWorker.query's `at`) holds up no other.
         worker_cls = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={"query": 4})(ActorWindowWorker)
-        self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups) for j in range(self.n)]
+        self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups, cwd=os.getcwd())
+                        for j in range(self.n)]
         live = self.flow.live
         live.begin({w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
                     for w in self.plan.windows if w.params.get("queryable")})

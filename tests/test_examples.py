@@ -62,3 +62,26 @@ def test_run_refuses_a_file_without_a_flow(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     r = pystream_cli("run", "empty.py", cwd=tmp_path)
     assert r.returncode == 2 and "defines neither" in r.stderr
+
+
+def test_run_on_ray_writes_what_the_local_runtime_writes(tmp_path):
+    pytest.importorskip("ray")
+    example = next(p for p in EXAMPLES if p.name == "tumbling_usage.py")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    local = pystream_cli("run", example, cwd=tmp_path / "local")
+    dist = pystream_cli("run", example, "--ray", "2", "--key-groups", "16", cwd=tmp_path / "ray")
+    assert local.returncode == 0 and dist.returncode == 0, dist.stderr
+    assert "ray: 2 window actors" in dist.stdout and "0 recoveries" in dist.stdout
+
+    def rows(where):
+        b = ps.sinks.Files.read(str(where / "out" / "usage_15m"))
+        return sorted(zip(*(b[c].tolist() for c in sorted(b.columns))))
+
+    want = rows(tmp_path / "local")
+    assert len(want) == 142_400 and rows(tmp_path / "ray") == want
+    for bad, says in [(["--ray", "2", "--progress"], "--progress follows the local runtime"),
+                      (["--ray", "0"], "parallelism must be an int >= 1, got 0"),
+                      (["--key-groups", "16"], "--key-groups and --ray-address go with --ray N")]:
+        r = pystream_cli("run", example, *bad, cwd=tmp_path)
+        assert r.returncode == 2 and says in r.stderr, (bad, r.stderr)

@@ -73,6 +73,32 @@ def canon(batch):
     return sorted(rows, key=repr)
 
 
+@pytest.mark.parametrize("colocate", [True, False])
+def test_relative_paths_name_in_the_actors_what_they_name_to_the_driver(tmp_path, monkeypatch, colocate):
+    # A Files source read in the actors and a Files sink written there, both given paths
+    # relative to the driver's working directory: the run reads and writes there.
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("in")
+    for i in range(2):
+        pacsv.write_csv(pa.table({k: v[i::2] for k, v in DATA.items()}), f"in/part-{i}.csv")
+
+    def flow(out):
+        f = ps.Flow("relative")
+        f.source(ps.sources.Files("in", batch_size=2_000, schema={"meter_id": "int64", "ts": "int64", "kwh": "float64"}),
+                 time=ps.EventTime("ts", **TIME)).key_by("meter_id").window(ps.windows.Tumbling("15m")) \
+            .aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()).sink(ps.sinks.Files(out, name="usage"))
+        return f
+
+    flow("local").run()
+    flow("out/usage").run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND, colocate=colocate))
+    want = ps.sinks.Files.read(str(tmp_path / "local"))
+    assert len(want) > 100 and canon(ps.sinks.Files.read(str(tmp_path / "out" / "usage"))) == canon(want)
+
+
 @pytest.mark.parametrize("kind", sorted(WINDOWS))
 def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     local = meter_flow(kind).run()
