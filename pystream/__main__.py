@@ -38,6 +38,7 @@ def main(argv=None) -> int:
 
 def run_cmd(args) -> int:
     import argparse
+    import os
     import runpy
     import time
 
@@ -60,6 +61,13 @@ def run_cmd(args) -> int:
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="with --ray: a Ray cluster to join "
                    "('auto' for a running one; default: start a local one)")
     a = p.parse_args(args)
+    # Modules beside the app import as they would under `python app.py` (its directory first
+    # on the path), in the Ray runtime's actors too.
+    app_dir = os.path.dirname(os.path.abspath(a.app))
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    if app_dir not in ps.runtimes.CODE_PATHS:
+        ps.runtimes.CODE_PATHS.append(app_dir)
     runtime = None
     if a.ray is not None:
         if a.progress:

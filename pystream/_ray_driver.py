@@ -8,6 +8,7 @@ import copy
 import ctypes
 import os
 import pickle
+import sys
 import threading
 import time
 import types
@@ -19,6 +20,7 @@ from .flow import LiveState, RunResult, _Node, _parse_every
 from .operators import window_operator
 from .query import History, NotStarted
 from .runtimes import (
+    CODE_PATHS,
     Plan,
     ShardedState,
     SourceWorker,
@@ -46,31 +48,60 @@ def keep_freed_pages() -> bool:
     return bool(mallopt(-3, 1 << 28)) and bool(mallopt(-1, 1 << 28))
 
 
-def in_actor(cwd: str | None) -> None:
+def driver_context() -> dict:
+    """What actors take over from the driver (in_actor's arguments): its working directory and
+    the code paths pystream registered (runtimes.CODE_PATHS)."""
+    return {"cwd": os.getcwd(), "code_paths": list(CODE_PATHS)}
+
+
+def packed_graph(flow, keep_source: int | None = None) -> bytes:
+    """_graph, pickled here (cloudpickle, as Ray would): an actor unpickles it in __init__,
+    after in_actor has set up its paths; as an argument Ray unpickles, its functions' modules
+    (a module beside a flow file) would be imported before."""
+    from ray import cloudpickle
+
+    return cloudpickle.dumps(_graph(flow, keep_source))
+
+
+def _unpacked(graph):
+    if isinstance(graph, bytes):
+        from ray import cloudpickle
+
+        return cloudpickle.loads(graph)
+    return graph
+
+
+def in_actor(cwd: str | None = None, code_paths: tuple = ()) -> None:
     """What an actor's process does first (Ray runs it again when it restarts the actor):
-    keep_freed_pages, and work in the driver's working directory `cwd`, where that exists on
-    the actor's machine, so that relative paths (a Files sink's directory, a Files source's
-    files) name there what they name to the driver (Ray starts its workers elsewhere: a sink
-    given "out/usage" wrote under the temp directory)."""
+    keep_freed_pages; work in the driver's working directory `cwd`, where that exists on the
+    actor's machine, so that relative paths (a Files sink's directory, a Files source's files)
+    name there what they name to the driver (Ray starts its workers elsewhere: a sink given
+    "out/usage" wrote under the temp directory); and import from `code_paths` too (after the
+    actor's own paths, so that none shadows an installed package): `pystream run app.py`
+    puts the app's directory there, so that modules beside it import in the actors."""
     keep_freed_pages()
     if cwd is not None and os.path.isdir(cwd):
         os.chdir(cwd)
+    for path in code_paths:
+        if path not in sys.path:
+            sys.path.append(path)
 
 
 class ActorSourceWorker(SourceWorker):
     """SourceWorker as a Ray actor of its own (colocate=False)."""
 
-    def __init__(self, *args, cwd: str | None = None, **kwargs):
-        in_actor(cwd)
-        super().__init__(*args, **kwargs)
+    def __init__(self, graph, *args, cwd: str | None = None, code_paths: tuple = (), **kwargs):
+        in_actor(cwd, code_paths)
+        super().__init__(_unpacked(graph), *args, **kwargs)
 
 
 class ActorWindowWorker(WindowWorker):
-    """WindowWorker as a Ray actor (Ray runs __init__ again when it restarts one)."""
+    """WindowWorker as a Ray actor (Ray runs __init__ again when it restarts one). `graph`:
+    the flow's (packed_graph, or as _graph makes it)."""
 
-    def __init__(self, *args, cwd: str | None = None, **kwargs):
-        in_actor(cwd)
-        super().__init__(*args, **kwargs)
+    def __init__(self, graph, *args, cwd: str | None = None, code_paths: tuple = (), **kwargs):
+        in_actor(cwd, code_paths)
+        super().__init__(_unpacked(graph), *args, **kwargs)
 
     def start(self, channels: dict, slots: dict | None) -> tuple:
         """WindowWorker.start; returns (this actor's Ray node id, whether shared-memory
@@ -317,7 +348,8 @@ class Driver:
         else:
             self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
-            self.source_actors = {sid: src_cls.remote(*a, round_rows=self.rt.round_rows, cwd=os.getcwd())
+            self.source_actors = {sid: src_cls.remote(packed_graph(self.flow, sid), *a[1:],
+                                                      round_rows=self.rt.round_rows, **driver_context())
                                   for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
@@ -378,7 +410,7 @@ class Driver:
         # which keep theirs (one at a time, in order); several, so that a query waiting for a
         # round (WindowWorker.query's `at`) holds up no other.
         worker_cls = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={"query": 4})(ActorWindowWorker)
-        self.workers = [worker_cls.remote(_graph(self.flow), j, self.n, self.groups, cwd=os.getcwd())
+        self.workers = [worker_cls.remote(packed_graph(self.flow), j, self.n, self.groups, **driver_context())
                         for j in range(self.n)]
         live = self.flow.live
         live.begin({w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)

@@ -71,6 +71,12 @@ from .sinks import Collect, Files
 
 _U64 = np.uint64
 
+#: Directories the Ray runtime's actors import from too (after their own sys.path): where a
+#: flow's code lives when Ray cannot tell (`pystream run app.py` adds the app's directory, as
+#: Python puts a script's first on its path; Ray itself passes on the directory of the
+#: script a driver runs).
+CODE_PATHS: list[str] = []
+
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer over uint64 arrays (the native key index uses the same one)."""

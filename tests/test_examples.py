@@ -6,9 +6,11 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pystream as ps
+from pystream.datagen import meter_readings
 
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
 
@@ -85,3 +87,49 @@ def test_run_on_ray_writes_what_the_local_runtime_writes(tmp_path):
                       (["--key-groups", "16"], "--key-groups and --ray-address go with --ray N")]:
         r = pystream_cli("run", example, *bad, cwd=tmp_path)
         assert r.returncode == 2 and says in r.stderr, (bad, r.stderr)
+
+
+APP = '''
+import pystream as ps
+from pystream.datagen import meter_readings
+from pystream.datagen import meter_readings
+from helpers import Doubled, positive  # a module beside this file
+
+flow = ps.Flow("app")
+s = flow.source(Doubled(meter_readings(50_000, n_meters=500, seed=3), batch_size=5_000),
+                time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s"))
+s.filter(positive).map(lambda b: b.with_columns(wh=b["kwh"] * 1000)).key_by("meter_id") \\
+    .window(ps.windows.Tumbling("1h")).aggregate(wh=ps.agg.sum("wh")).sink(ps.sinks.Files("out/hourly", name="hourly"))
+'''
+
+HELPERS = '''
+import pystream as ps
+from pystream.datagen import meter_readings
+
+
+class Doubled(ps.sources.Arrays):
+    def read(self, position=None):
+        for b, pos, part in super().read(position):
+            yield b.with_columns(kwh=b["kwh"] * 2), pos, part
+
+
+def positive(b):
+    return b["kwh"] > 0
+'''
+
+
+@pytest.mark.parametrize("ray", [False, True])
+def test_run_imports_modules_beside_the_app_as_python_would(tmp_path, ray):
+    # The app lives in its own directory and imports a module there (a source class and a
+    # filter); pystream runs it from elsewhere, locally and in Ray's actors, which unpickle
+    # the flow's functions and classes from that module.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "job.py").write_text(APP)
+    (tmp_path / "app" / "helpers.py").write_text(HELPERS)
+    if ray:
+        pytest.importorskip("ray")
+    r = pystream_cli("run", "app/job.py", *(["--ray", "2", "--key-groups", "16"] if ray else []), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = ps.sinks.Files.read(str(tmp_path / "out" / "hourly"))
+    assert len(got) == 9_000 and np.isclose(got["wh"].sum(), 2_000 * meter_readings(
+        50_000, n_meters=500, seed=3)["kwh"].sum())
