@@ -56,8 +56,8 @@ def run_cmd(args) -> int:
     p.add_argument("--progress", action="store_true", help="events/s, watermark and late counts on stderr")
     p.add_argument("--ray", type=int, default=None, metavar="N", help="run on the Ray runtime with N window "
                    "actors (pip install 'pystream[ray]')")
-    p.add_argument("--key-groups", type=int, default=128, metavar="G", help="with --ray: key groups (keep them "
-                   "across runs that share checkpoints; at most G actors can restore them)")
+    p.add_argument("--key-groups", type=int, default=None, metavar="G", help="with --ray: key groups (default "
+                   "128; keep them across runs that share checkpoints; at most G actors can restore them)")
     p.add_argument("--ray-address", default=None, metavar="ADDR", help="with --ray: a Ray cluster to join "
                    "('auto' for a running one; default: start a local one)")
     a = p.parse_args(args)
@@ -72,11 +72,12 @@ def run_cmd(args) -> int:
     if a.ray is not None:
         if a.progress:
             p.error("--progress follows the local runtime; with --ray, the run's metrics are printed at the end")
+        groups = 128 if a.key_groups is None else a.key_groups
         try:
-            runtime = ps.runtimes.Ray(parallelism=a.ray, key_groups=a.key_groups, address=a.ray_address)
+            runtime = ps.runtimes.Ray(parallelism=a.ray, key_groups=groups, address=a.ray_address)
         except ValueError as e:
-            p.error(f"--ray {a.ray} --key-groups {a.key_groups}: {e}")
-    elif a.ray_address is not None or "--key-groups" in args:
+            p.error(f"--ray {a.ray} --key-groups {groups}: {e}")
+    elif a.ray_address is not None or a.key_groups is not None:
         p.error("--key-groups and --ray-address go with --ray N")
     namespace = runpy.run_path(a.app, run_name="__pystream_app__")
     flow = namespace.get("flow")

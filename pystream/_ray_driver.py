@@ -179,8 +179,9 @@ class RayQueryableState(ShardedState):
     their rounds wait for: a query for one key to the actor that owns it, at once; one of all
     keys (partial and last rows, top, describe) to every actor, each answering from after the
     same round, the latest handed out, so that the whole counts every round in full or not at
-    all (actors stand a round or two apart). The watermark is the lowest of the actors'. Once the run has ended, the actors' operators are rebuilt here from their
-    final snapshots and histories, and queries answer from them."""
+    all (actors stand a round or two apart). The watermark is the lowest of the actors'. Once
+    the run has ended, the actors' operators are rebuilt here from their final snapshots and
+    histories, and queries answer from them."""
 
     def __init__(self, name: str, node, driver):
         super().__init__(name, node, LiveState(), lambda: self.ops)
@@ -209,8 +210,8 @@ class RayQueryableState(ShardedState):
         `same_round`: each answers from after the same round, the latest handed out (keys
         spread over the actors: a whole that no round half counts); the actors' next round
         waits for it. Else each answers between two of its rounds, at once."""
-        ray = self.driver.ray
         d = self.driver
+        ray = d.ray
 
         def send(at):
             return [w.query.options(concurrency_group="query").remote(self.wid, what, *args, at=at) for w in workers]
@@ -348,8 +349,9 @@ class Driver:
         else:
             self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
+            context = driver_context()
             self.source_actors = {sid: src_cls.remote(packed_graph(self.flow, sid), *a[1:],
-                                                      round_rows=self.rt.round_rows, **driver_context())
+                                                      round_rows=self.rt.round_rows, **context)
                                   for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
@@ -410,8 +412,8 @@ class Driver:
         # which keep theirs (one at a time, in order); several, so that a query waiting for a
         # round (WindowWorker.query's `at`) holds up no other.
         worker_cls = ray.remote(max_restarts=3, max_task_retries=0, concurrency_groups={"query": 4})(ActorWindowWorker)
-        self.workers = [worker_cls.remote(packed_graph(self.flow), j, self.n, self.groups, **driver_context())
-                        for j in range(self.n)]
+        graph, context = packed_graph(self.flow), driver_context()
+        self.workers = [worker_cls.remote(graph, j, self.n, self.groups, **context) for j in range(self.n)]
         live = self.flow.live
         live.begin({w.params["queryable"][0]: RayQueryableState(w.params["queryable"][0], w, self)
                     for w in self.plan.windows if w.params.get("queryable")})

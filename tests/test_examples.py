@@ -84,7 +84,7 @@ def test_run_on_ray_writes_what_the_local_runtime_writes(tmp_path):
     assert len(want) == 142_400 and rows(tmp_path / "ray") == want
     for bad, says in [(["--ray", "2", "--progress"], "--progress follows the local runtime"),
                       (["--ray", "0"], "parallelism must be an int >= 1, got 0"),
-                      (["--key-groups", "16"], "--key-groups and --ray-address go with --ray N")]:
+                      (["--key-groups=16"], "--key-groups and --ray-address go with --ray N")]:
         r = pystream_cli("run", example, *bad, cwd=tmp_path)
         assert r.returncode == 2 and says in r.stderr, (bad, r.stderr)
 
