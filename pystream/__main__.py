@@ -88,9 +88,19 @@ def run_cmd(args) -> int:
               file=sys.stderr)
         return 2
     every = int(a.checkpoint_every) if a.checkpoint_every.isdigit() else a.checkpoint_every
+    # The server is started here (as flow.run(serve=...) would) to say where it listens:
+    # with port 0 the system picks it.
+    server = flow.serve(a.serve, token=a.token) if a.serve is not None else None
+    if server is not None:
+        print(f"serving {server.url}/ (dashboard), {server.url}/api (queryable states), {server.url}/metrics",
+              file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    result = flow.run(checkpoints=a.checkpoints, resume=a.resume, guarantee=a.guarantee, checkpoint_every=every,
-                      serve=a.serve, serve_token=a.token, progress=a.progress, runtime=runtime)
+    try:
+        result = flow.run(checkpoints=a.checkpoints, resume=a.resume, guarantee=a.guarantee, checkpoint_every=every,
+                          progress=a.progress, runtime=runtime)
+    finally:
+        if server is not None:
+            server.close()
     elapsed = time.perf_counter() - t0
     print(f"flow {flow.name!r} finished in {elapsed:.2f} s"
           + (f", resumed from epoch {result.resumed_from}" if result.resumed_from is not None else "")

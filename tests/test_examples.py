@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -46,6 +47,8 @@ def test_run_serves_and_reports_progress(tmp_path):
     r = pystream_cli("run", example, "--serve", "127.0.0.1:0", "--progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "events" in r.stderr and "watermark end of input" in r.stderr
+    # where the server listened (port 0: the system picked one)
+    assert re.search(r"serving http://127\.0\.0\.1:[1-9][0-9]*/ \(dashboard\)", r.stderr), r.stderr
 
 
 def test_run_resume_keeps_exactly_once_output(tmp_path):
