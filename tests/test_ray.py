@@ -66,6 +66,15 @@ def meter_flow(kind, sink=None):
     return flow
 
 
+def reads(reader):
+    """The parts of each read of an in-process SourceWorker, to the source's end."""
+    while True:
+        parts, (_label, _position, done) = reader.next()
+        if done:
+            return
+        yield parts
+
+
 def canon(batch):
     cols = sorted(batch.columns)
     rows = list(zip(*(np.round(batch[c], 9).tolist() if batch[c].dtype.kind == "f" else batch[c].tolist()
@@ -383,10 +392,7 @@ def test_a_rescaled_actor_keeps_only_its_own_keys_where_the_state_allows(kind, a
         reader = ps.runtimes.SourceWorker(f, src, len(workers), 16, round_rows=4_000)
         for w in workers:
             w.start({}, slots)
-        while True:
-            parts, (_label, _position, done) = reader.next()
-            if done:
-                return
+        for parts in reads(reader):
             for w in workers:
                 w.round({}, [0], parts)
 
@@ -449,10 +455,7 @@ def test_batches_a_filter_empties_pass_the_window_actors(kind, parallelism):
     for w in workers:
         w.start({}, None)
     empty = 0
-    while True:
-        parts, (_label, _position, done) = reader.next()
-        if done:
-            break
+    for parts in reads(reader):
         msgs = [(rows, groups) for part in parts for step in part for _wid, rows, groups in step]
         empty += sum(len(rows) == 0 for rows, _ in msgs)
         # one actor: rows come without their key groups (it holds one slot; nothing to split)
@@ -853,10 +856,7 @@ def test_queries_on_their_own_thread_see_a_window_actor_between_two_rounds():
     asker = threading.Thread(target=ask)
     asker.start()
     try:
-        while True:
-            parts, (_label, _position, done) = reader.next()
-            if done:
-                break
+        for parts in reads(reader):
             w.round({}, [0], parts)
             totals.add(max(totals) + sum(len(b) for step in parts[0] for _wid, b, _g in step))
     finally:
@@ -888,10 +888,7 @@ def test_key_owner_names_the_window_actor_that_holds_the_key(keys):
     workers = [ps.runtimes.WindowWorker(flow(), j, 3, 16) for j in range(3)]
     for w in workers:
         w.start({}, None)
-    while True:
-        parts, (_label, _position, done) = reader.next()
-        if done:
-            break
+    for parts in reads(reader):
         for w in workers:
             w.round({}, [0], parts)
     wid = workers[0].queryable[0]
