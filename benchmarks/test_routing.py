@@ -6,7 +6,9 @@ buffer as they are in a shared-memory segment (`_core.route_rows(..., out=)`).
 benchmark's round), to 2, 8 and 16 actors over 128 key groups. The NumPy baseline does the same
 work in the same run: the same groups (`runtimes.key_groups`, NumPy's own mix), a stable
 argsort by owner and a take of every column into the same buffer. Each checks its answer
-against the other before its timing counts.
+against the other before its timing counts. Also each row's watermark floor (the largest
+earlier time of its partition, which the window actors judge it by), read by read, against
+NumPy's running max.
 
 Run: pytest benchmarks/test_routing.py --benchmark-only
 """
@@ -78,3 +80,41 @@ def test_route_reads(benchmark, impl, parallelism):
 
     benchmark.pedantic(route_all, rounds=3, iterations=1)
     record(benchmark, f"{impl} route to {parallelism} actors, {READ:,}-row reads", ROWS)
+
+
+def numpy_floors(ts, unit_ns, carry):
+    """Watermark floors without a max_future guard in NumPy: the max of the earlier times (a
+    shifted running max), from `carry`."""
+    t = ts * unit_ns
+    acc = np.maximum.accumulate(t)
+    floor = np.empty_like(t)
+    floor[0] = _core.NO_WATERMARK if carry is None else carry
+    np.maximum(acc[:-1], floor[0], out=floor[1:])
+    return floor, int(max(acc[-1], floor[0]))
+
+
+@pytest.mark.parametrize("impl", ["numpy", "pystream"])
+def test_watermark_floors(benchmark, impl):
+    # Each row's watermark floor on its way to the window actors (SourceWorker._floors), read
+    # by read with the carry between, as the reading actor does; 1 minute of disorder, no
+    # max_future guard (NumPy has no sequential guard to race against).
+    ts = readings(100_000)["ts"]
+    chunks = [ts[i:i + READ] for i in range(0, len(ts), READ)]
+
+    def native(c, carry):
+        return _core.watermark_floors(c, 1_000_000, 60_000_000_000, -1, carry)
+
+    def numpy(c, carry):
+        return numpy_floors(c, 1_000_000, carry)
+
+    run, check = (numpy, native) if impl == "numpy" else (native, numpy)
+    a, b = run(chunks[0], None), check(chunks[0], None)
+    assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+    def all_reads():
+        carry = None
+        for c in chunks:
+            _floor, carry = run(c, carry)
+
+    benchmark.pedantic(all_reads, rounds=3, iterations=1)
+    record(benchmark, f"{impl} watermark floors, {READ:,}-row reads", ROWS)

@@ -188,6 +188,26 @@ std::vector<const double*> value_pointers(const std::vector<std::optional<F64Arr
   return vptr;
 }
 
+/// The watermark floors of one batch (WindowEngine::process), checked before the engine sees
+/// them: one per row, each kNoWatermark (none) or a time within the supported range. Null
+/// without floors; `top` gets the largest. Runs without the GIL (a pass over the floors).
+const int64_t* checked_floors(const std::optional<I64Array>& floor, int64_t n, int64_t& top) {
+  top = kNoWatermark;
+  if (!floor) return nullptr;
+  if (floor->ndim() != 1 || floor->size() != n) {
+    fail("floor and timestamp columns differ in length: " + std::to_string(floor->size()) + " != " + std::to_string(n));
+  }
+  const int64_t* f = floor->data();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = f[i];
+    if (v != kNoWatermark && (v < -kMaxAbsTime || v > kMaxAbsTime)) {
+      fail("floor " + std::to_string(v) + " ns at row " + std::to_string(i) + " is out of range (|t| <= 2^62 ns, or none)");
+    }
+    top = std::max(top, v);
+  }
+  return f;
+}
+
 /// What the engine wrappers share: running an engine call without the GIL and handing its
 /// output to Python, and the watermark and partitions as Python values.
 template <class E>
@@ -239,7 +259,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
   }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
-                   int64_t unit_ns, int64_t partition) {
+                   int64_t unit_ns, int64_t partition, const std::optional<I64Array>& floor) {
     const bool keyed = engine_->spec().keyed;
     const int64_t n = ts.size();
     if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
@@ -249,7 +269,9 @@ class PyEngine : public PyEngineBase<WindowEngine> {
     }
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](WindowEngine& e, EmitBuffer& o) {
-      e.process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition);
+      int64_t top;
+      const int64_t* f = checked_floors(floor, n, top);
+      e.process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f, top);
     });
   }
 
@@ -358,12 +380,14 @@ class PySessionEngine : public PyEngineBase<SessionEngine> {
   }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
-                   int64_t unit_ns, int64_t partition) {
+                   int64_t unit_ns, int64_t partition, const std::optional<I64Array>& floor) {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed session window needs a key column as long as the batch");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](SessionEngine& e, EmitBuffer& o) {
-      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition);
+      int64_t top;
+      const int64_t* f = checked_floors(floor, n, top);
+      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f);
     });
   }
 
@@ -442,14 +466,16 @@ class PyCalendarEngine : public PyEngineBase<CalendarEngine> {
   int32_t add_zone(const I64Array& bounds) { return engine_->add_zone(from_numpy(bounds)); }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
-                   std::optional<I32Array> zones, int64_t unit_ns, int64_t partition) {
+                   std::optional<I32Array> zones, int64_t unit_ns, int64_t partition, const std::optional<I64Array>& floor) {
     const int64_t n = ts.size();
     if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed calendar window needs a key column as long as the batch");
     if (zones && zones->size() != n) fail("zone and timestamp columns differ in length");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](CalendarEngine& e, EmitBuffer& o) {
-      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, zones ? zones->data() : nullptr, vptr, n, o, partition);
+      int64_t top;
+      const int64_t* f = checked_floors(floor, n, top);
+      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, zones ? zones->data() : nullptr, vptr, n, o, partition, f);
     });
   }
 
@@ -513,11 +539,15 @@ class PyGlobalEngine : public PyEngineBase<GlobalEngine> {
   }
 
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
-                   int64_t unit_ns, int64_t partition) {
+                   int64_t unit_ns, int64_t partition, const std::optional<I64Array>& floor) {
     const int64_t n = ts.size();
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed global window needs a key column as long as the batch");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
-    return call([&](GlobalEngine& e, EmitBuffer& o) { e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition); });
+    return call([&](GlobalEngine& e, EmitBuffer& o) {
+      int64_t top;
+      const int64_t* f = checked_floors(floor, n, top);
+      e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f);
+    });
   }
 
   py::dict snapshot() const {
@@ -804,6 +834,31 @@ PYBIND11_MODULE(_core, m) {
   m.def("regrowth_bytes", [] { return regrowth_bytes().load(std::memory_order_relaxed); },
         "Bytes that engines' output columns have copied, process-wide, because they outgrew their buffer (output "
         "sized up front copies none).");
+  m.def(
+      "watermark_floors",
+      [](const I64Array& ts, int64_t unit_ns, int64_t ooo, int64_t max_future, std::optional<int64_t> carry) {
+        if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
+        if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
+        if (ooo < 0 || ooo > kMaxDuration) fail("ooo must be within 0..2^60 ns, got " + std::to_string(ooo));
+        if (max_future > kMaxDuration) fail("max_future must be at most 2^60 ns, got " + std::to_string(max_future));
+        const int64_t c = carry.value_or(kNoWatermark);
+        if (c != kNoWatermark && (c < -kMaxAbsTime || c > kMaxAbsTime)) fail("carry " + std::to_string(c) + " ns is out of range");
+        const int64_t n = ts.size();
+        py::array_t<int64_t> floor(n);
+        int64_t* out = floor.mutable_data();
+        const int64_t* in = ts.data();
+        int64_t hi;
+        {
+          py::gil_scoped_release release;
+          hi = watermark_floors(in, unit_ns, n, ooo, max_future, c, out);
+        }
+        return py::make_tuple(floor, hi == kNoWatermark ? py::object(py::none()) : py::object(py::int_(hi)));
+      },
+      py::arg("ts"), py::arg("unit_ns"), py::arg("ooo"), py::arg("max_future"), py::arg("carry") = py::none(),
+      "Per event of one partition, the largest event time (ns) of the accepted events before it (NO_WATERMARK: none), "
+      "for engines that each hold some of its keys (WindowEngine.process's `floor`); and that time after the batch "
+      "(None: none), the next batch's `carry`.");
+  m.attr("NO_WATERMARK") = kNoWatermark;
   m.attr("ROUTE_ALIGN") = kRouteAlign;
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
   m.attr("MAX_DURATION") = kMaxDuration;
@@ -813,7 +868,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("size"), py::arg("slide"), py::arg("offset"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"),
            py::arg("keyed"), py::arg("aggs"), py::arg("out_div") = 1, py::arg("early_every") = 0)
       .def("process", &PyEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
-           py::arg("partition") = 0)
+           py::arg("partition") = 0, py::arg("floor") = py::none())
       .def("advance_watermark", &PyEngine::advance_watermark, py::arg("watermark"))
       .def("set_partition_idle", &PyEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
       .def_property_readonly("partitions", &PyEngine::partitions)
@@ -866,7 +921,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("gap"), py::arg("ooo"), py::arg("lateness"), py::arg("max_future"), py::arg("keyed"), py::arg("aggs"),
            py::arg("out_div") = 1)
       .def("process", &PySessionEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
-           py::arg("partition") = 0)
+           py::arg("partition") = 0, py::arg("floor") = py::none())
       .def("set_partition_idle", &PySessionEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
       .def_property_readonly("partitions", &PySessionEngine::partitions)
       .def("flush", &PySessionEngine::flush)
@@ -886,7 +941,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("early_every") = 0)
       .def("add_zone", &PyCalendarEngine::add_zone, py::arg("bounds"))
       .def("process", &PyCalendarEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("zones") = py::none(),
-           py::arg("unit_ns") = 1, py::arg("partition") = 0)
+           py::arg("unit_ns") = 1, py::arg("partition") = 0, py::arg("floor") = py::none())
       .def("advance_watermark",
            [](PyCalendarEngine& e, int64_t w) { return e.call([w](CalendarEngine& c, EmitBuffer& o) { c.advance_watermark(w, o); }); },
            py::arg("watermark"))
@@ -918,7 +973,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("trigger"), py::arg("count"), py::arg("interval"), py::arg("purge"), py::arg("ooo"), py::arg("max_future"),
            py::arg("keyed"), py::arg("aggs"))
       .def("process", &PyGlobalEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
-           py::arg("partition") = 0)
+           py::arg("partition") = 0, py::arg("floor") = py::none())
       .def("advance_watermark",
            [](PyGlobalEngine& e, int64_t w) { return e.call([w](GlobalEngine& g, EmitBuffer& o) { g.advance_watermark(w, o); }); },
            py::arg("watermark"))

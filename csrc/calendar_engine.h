@@ -142,9 +142,11 @@ class CalendarEngine {
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
   /// One batch in arrival order. zone[i] is the zone of row i (null: every row in zone 0).
-  /// The batch is validated before any state changes.
+  /// The batch is validated before any state changes. `floor`: as WindowEngine::process's
+  /// (the partition's events before each one that went to other engines), or null.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const int32_t* zone,
-               const std::vector<const double*>& values, int64_t n, EmitBuffer& out, int64_t partition = 0) {
+               const std::vector<const double*>& values, int64_t n, EmitBuffer& out, int64_t partition = 0,
+               const int64_t* floor = nullptr) {
     if (zones_.empty()) fail("calendar engine has no time zone");
     check_batch(layout_, flushed_, values, ts, n, unit_ns);
     const int64_t nz = num_zones();
@@ -195,6 +197,12 @@ class CalendarEngine {
     int64_t rejected = 0;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
+      if (floor && floor[i] > pmax) {
+        // Events of this partition before this one went to other engines: the watermark
+        // they allow comes first.
+        pmax = floor[i];
+        watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
+      }
       const int32_t slot = slots_[i];
       const int32_t z = zone_of_slot_[slot];
       if (zone && zone[i] != z) {
@@ -202,36 +210,14 @@ class CalendarEngine {
         ++rejected;
         continue;
       }
-      if (!wm_.has()) {
-        pmax = std::max(pmax, t);
-        const int64_t cand = std::min(wm_.candidate(pmax), cap_);
-        if (cand > kNoWatermark) {
-          aggregate(a, i, rejected == 0);
-          a = i;
-          rejected = 0;
-          begin_watermark(cand, out);
-        }
-      } else {
-        if (spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
-          reject(i, kReasonFuture, out);
-          ++rejected;
-          continue;
-        }
-        pmax = std::max(pmax, t);
-        const int64_t cand = std::min(wm_.candidate(pmax), cap_);
-        if (cand > wm_.value()) {
-          if (cand >= next_boundary_) {
-            // Windows fire here: finish the events before this one first (this one is on
-            // time for its window, which ends after cand + 1).
-            aggregate(a, i, rejected == 0);
-            step(cand, out);
-            a = i;
-            rejected = 0;
-          } else {
-            wm_.set(cand);
-          }
-        }
+      if (wm_.has() && spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
+        reject(i, kReasonFuture, out);
+        ++rejected;
+        continue;
       }
+      pmax = std::max(pmax, t);
+      // This event is on time for its window, which ends after the watermark it makes + 1.
+      watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
       const ZoneBounds& zb = zones_[static_cast<size_t>(z)];
       const int64_t j = zb.window_of(t);
       const int64_t fire = zb.end(j) - 1;
@@ -284,6 +270,27 @@ class CalendarEngine {
     }
     values_ = nullptr;
     ts_ = nullptr;
+  }
+
+  /// The watermark moves to `cand` before event i: the first watermark begins, or windows
+  /// fire where it crosses the next boundary, after the pending events [a, i) are aggregated.
+  void watermark_before(int64_t i, int64_t cand, int64_t& a, int64_t& rejected, EmitBuffer& out) {
+    if (!wm_.has()) {
+      if (cand <= kNoWatermark) return;
+      aggregate(a, i, rejected == 0);
+      a = i;
+      rejected = 0;
+      begin_watermark(cand, out);
+    } else if (cand > wm_.value()) {
+      if (cand >= next_boundary_) {
+        aggregate(a, i, rejected == 0);
+        step(cand, out);
+        a = i;
+        rejected = 0;
+      } else {
+        wm_.set(cand);
+      }
+    }
   }
 
   void advance_watermark(int64_t w, EmitBuffer& out) {

@@ -62,8 +62,10 @@ class GlobalEngine {
   bool has_key(int64_t k) const { return keys_.contains(k); }
   const std::vector<PartitionState>& partitions() const { return parts_.all(); }
 
+  /// `floor`: as WindowEngine::process's (the partition's events before each one that went to
+  /// other engines), or null.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
-               EmitBuffer& out, int64_t partition = 0) {
+               EmitBuffer& out, int64_t partition = 0, const int64_t* floor = nullptr) {
     check_batch(layout_, flushed_, values, ts, n, unit_ns);
     prepare(out);
     slots_.resize(static_cast<size_t>(n));
@@ -79,6 +81,11 @@ class GlobalEngine {
     for (int64_t i = 0; i < n; ++i) {
       if (i + kAhead < n) __builtin_prefetch(row(slots_[i + kAhead]), 1);
       const int64_t t = ts[i] * unit_ns;
+      if (floor && floor[i] > pmax) {
+        pmax = floor[i];
+        const int64_t cand = std::min(wm_.candidate(pmax), cap);
+        if (cand > kNoWatermark) move_watermark(cand, out);
+      }
       if (wm_.has() && spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
         out.invalid_rows.push_back(i);
         continue;

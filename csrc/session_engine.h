@@ -57,8 +57,10 @@ class SessionEngine {
   bool has_key(int64_t k) const { return keys_.contains(k); }
   int64_t live_sessions() const { return live_; }
 
+  /// `floor`: as WindowEngine::process's (the partition's events before each one that went to
+  /// other engines), or null.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
-               EmitBuffer& out, int64_t partition = 0) {
+               EmitBuffer& out, int64_t partition = 0, const int64_t* floor = nullptr) {
     check_batch(layout_, flushed_, values, ts, n, unit_ns);
     prepare(out);
     slots_.resize(static_cast<size_t>(n));
@@ -73,6 +75,11 @@ class SessionEngine {
     const size_t p = parts_.begin_batch(partition, wm_, cap, pmax);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
+      if (floor && floor[i] > pmax) {
+        pmax = floor[i];
+        const int64_t cand = std::min(wm_.candidate(pmax), cap);
+        if (cand > kNoWatermark && (!wm_.has() || cand > wm_.value())) advance(cand, out);
+      }
       if (wm_.has() && max_future_ >= 0 && t > wm_.value() + max_future_) {
         out.invalid_rows.push_back(i);
         continue;

@@ -102,4 +102,27 @@ class PartitionSet {
   std::vector<PartitionState> parts_;
 };
 
+/// Watermark floors for the events of one partition split among several engines (the Ray
+/// runtime's window actors, each holding some keys): floor[i] is the largest event time (ns)
+/// of the events before event i that an engine accepts: each one not more than `max_future`
+/// (< 0: no guard) ahead of the watermark before it, as the engines judge them where no other
+/// partition holds the watermark back; kNoWatermark where there is none. `carry` is that
+/// largest time over the partition's earlier batches (kNoWatermark: none); returns it after
+/// this batch. ts are in units of `unit_ns`; a time out of range (which the engine rejects
+/// with its batch) counts for nothing here.
+inline int64_t watermark_floors(const int64_t* ts, int64_t unit_ns, int64_t n, int64_t ooo, int64_t max_future, int64_t carry,
+                                int64_t* floor) {
+  int64_t hi = carry;
+  const int64_t limit = kMaxAbsTime / unit_ns;
+  for (int64_t i = 0; i < n; ++i) {
+    floor[i] = hi;
+    const int64_t raw = ts[i];
+    if (raw > limit || raw < -limit) continue;
+    const int64_t t = raw * unit_ns;
+    if (max_future >= 0 && hi > kNoWatermark && t > hi - ooo - 1 + max_future) continue;  // invalid: moves nothing
+    hi = t > hi ? t : hi;
+  }
+  return hi;
+}
+
 }  // namespace pystream

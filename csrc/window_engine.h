@@ -138,8 +138,15 @@ class WindowEngine {
   /// classification pass, so no converted copy is ever made. values[i] is the value column of
   /// aggregation spec i (may be null for count). The whole batch is validated before any state
   /// changes, so a rejected batch leaves the engine as it was.
+  ///
+  /// `floor` (may be null): per event, the largest event time (ns) of the events of this
+  /// partition that came before it but went to other engines (kNoWatermark: none), for an
+  /// engine that holds some of a partition's keys (the Ray runtime's window actors). Before
+  /// each event the watermark moves to what that floor allows, so every event is judged
+  /// against the watermark an engine that saw the whole partition would hold (DESIGN.md:
+  /// watermarks per event). Checked by the caller: kNoWatermark or |floor| <= kMaxAbsTime.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
-               EmitBuffer& out, int64_t partition = 0) {
+               EmitBuffer& out, int64_t partition = 0, const int64_t* floor = nullptr, int64_t floor_max = kNoWatermark) {
     const int64_t batch_max = check_batch(layout_, flushed_, values, ts, n, unit_ns);
     prepare_out(out);
     reserve_out(out, n);
@@ -160,49 +167,32 @@ class WindowEngine {
     parts_[part_].idle = false;
     cap_ = parts_.others_min(part_, wm_);
     int64_t pmax = parts_[part_].has_max ? parts_[part_].max_ts : kNoWatermark;
-    if (n > 0) reserve_fires(std::min(wm_.candidate(std::max(pmax, batch_max * unit_ns)), cap_), out);
+    if (n > 0) reserve_fires(std::min(wm_.candidate(std::max({pmax, batch_max * unit_ns, floor_max})), cap_), out);
 
     int64_t a = 0;  // start of the current segment
     int64_t rejected = 0;
     int64_t i = 0;
     while (i < n) {
-      i = classify_fast(ts, unit_ns, i, n, pmax);
+      i = floor ? classify_fast<true>(ts, unit_ns, floor, i, n, pmax) : classify_fast<false>(ts, unit_ns, floor, i, n, pmax);
       if (i >= n) break;
       const int64_t t = ts[i] * unit_ns;
-      if (!wm_.has()) {
-        pmax = std::max(pmax, t);
-        const int64_t cand = std::min(wm_.candidate(pmax), cap_);
-        if (cand > kNoWatermark) {
-          // Events may have arrived while another partition held the watermark back.
-          if (base_ != top_) {
-            aggregate(a, i, rejected == 0);
-            a = i;
-            rejected = 0;
-          }
-          begin_watermark(cand, out);
-        }
-      } else {
-        // Poison guard, judged against the watermark before this event.
-        if (spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
-          status_[i] = kInvalid;
-          out.invalid_rows.push_back(i);
-          ++rejected;
-          ++i;
-          continue;
-        }
-        pmax = std::max(pmax, t);
-        const int64_t cand = std::min(wm_.candidate(pmax), cap_);
-        if (cand >= next_boundary_ && cand > wm_.value()) {
-          // Windows fire (and slices purge) here: finish the events before this one first.
-          // Event i is on time for all its windows, which all end after cand + 1.
-          aggregate(a, i, rejected == 0);
-          step(cand, out);
-          a = i;
-          rejected = 0;
-        } else {
-          wm_.set(cand);
-        }
+      if (floor && floor[i] > pmax) {
+        // Events of this partition before this one went to other engines: the watermark
+        // they allow comes first, firing (or beginning) as it would have there.
+        pmax = floor[i];
+        watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
       }
+      if (wm_.has() && spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
+        // Poison guard, judged against the watermark before this event.
+        status_[i] = kInvalid;
+        out.invalid_rows.push_back(i);
+        ++rejected;
+        ++i;
+        continue;
+      }
+      pmax = std::max(pmax, t);
+      // Event i is on time for all its windows, which all end after the watermark it makes + 1.
+      watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
       const int64_t W = wm_.value();
       const int64_t k = slicer_.slice_of(t);
       const int64_t jhi = r_ == 1 ? k : windower_.slice_of(t);
@@ -242,10 +232,34 @@ class WindowEngine {
     ts_ = nullptr;
   }
 
+  /// The watermark moves to `cand` before event i: the first watermark begins (events may
+  /// have arrived while another partition held it back), or windows fire and slices purge
+  /// where it crosses the next boundary, after the pending events [a, i) are aggregated.
+  void watermark_before(int64_t i, int64_t cand, int64_t& a, int64_t& rejected, EmitBuffer& out) {
+    if (!wm_.has()) {
+      if (cand <= kNoWatermark) return;
+      if (base_ != top_) {
+        aggregate(a, i, rejected == 0);
+        a = i;
+        rejected = 0;
+      }
+      begin_watermark(cand, out);
+    } else if (cand >= next_boundary_ && cand > wm_.value()) {
+      aggregate(a, i, rejected == 0);
+      step(cand, out);
+      a = i;
+      rejected = 0;
+    } else {
+      wm_.set(cand);
+    }
+  }
+
   /// The common event, with all engine state in registers: above the watermark (so on time
   /// for all its windows: they end after t > W), not crossing the next boundary, into a live
   /// slice. Returns the first event that needs the general path (or n).
-  int64_t classify_fast(const int64_t* __restrict ts, int64_t unit_ns, int64_t i, int64_t n, int64_t& pmax) {
+  template <bool kFloor>
+  int64_t classify_fast(const int64_t* __restrict ts, int64_t unit_ns, const int64_t* __restrict floor, int64_t i, int64_t n,
+                        int64_t& pmax) {
     if (!wm_.has()) return i;
     int64_t W = wm_.value();
     int64_t hi = pmax;
@@ -262,6 +276,17 @@ class WindowEngine {
     uint8_t* __restrict used = slice_used_.data();
     for (; i < n; ++i) {
       const int64_t t = ts[i] * unit_ns;
+      if constexpr (kFloor) {
+        const int64_t f = floor[i];
+        if (f > hi) {
+          const int64_t c = std::min(f - ooo1, cap);
+          if (c > W) {
+            if (c >= boundary) break;
+            W = c;
+          }
+          hi = f;
+        }
+      }
       if (t <= W || t > W + mf) break;
       hi = t > hi ? t : hi;
       const int64_t cand = std::min(hi - ooo1, cap);

@@ -25,6 +25,15 @@ def route_chunks(words: Sequence[Sequence[np.ndarray]], n_groups: int, paralleli
     columns, the same columns and dtypes in every chunk), routed as one batch, chunk after chunk:
     equal to route_rows over the joined chunks, without joining them (no copy of the rows)."""
 
+NO_WATERMARK: int  # a floor (watermark_floors) where no event came before
+
+def watermark_floors(ts: np.ndarray, unit_ns: int, ooo: int, max_future: int, carry: Optional[int] = None
+                     ) -> tuple[np.ndarray, Optional[int]]:
+    """Per event of one partition (ts in units of unit_ns), the largest event time (ns) of the
+    events before it that an engine accepts (max_future < 0: no guard), or NO_WATERMARK: the
+    `floor` of an engine that holds some of the partition's keys; and that time after the batch
+    (None: none), the next batch's `carry`."""
+
 def regrowth_bytes() -> int:
     """Bytes that engines' output columns have copied, process-wide, because they outgrew their
     buffer (output sized up front copies none)."""
@@ -64,6 +73,7 @@ class WindowEngine:
         values: Sequence[Optional[np.ndarray]],  # const double[n] per aggregation (None for count)
         unit_ns: int = 1,
         partition: int = 0,
+        floor: Optional[np.ndarray] = None,  # int64 ns per row (watermark_floors), or None
     ) -> Emitted: ...
     def flush(self) -> Emitted: ...
     def advance_watermark(self, watermark: int) -> Emitted: ...
@@ -113,6 +123,7 @@ class CalendarEngine:
         zones: Optional[np.ndarray] = None,  # int32 zone id per row; None: all in zone 0
         unit_ns: int = 1,
         partition: int = 0,
+        floor: Optional[np.ndarray] = None,  # int64 ns per row (watermark_floors), or None
     ) -> Emitted: ...
     def flush(self) -> Emitted: ...
     def advance_watermark(self, watermark: int) -> Emitted: ...
@@ -140,7 +151,7 @@ class GlobalEngine:
     def __init__(self, trigger: int, count: int, interval: int, purge: bool, ooo: int, max_future: int, keyed: bool,
                  aggs: Sequence[tuple[int, int]]) -> None: ...
     def process(self, keys: Optional[np.ndarray], ts: np.ndarray, values: Sequence[Optional[np.ndarray]], unit_ns: int = 1,
-                partition: int = 0) -> Emitted: ...
+                partition: int = 0, floor: Optional[np.ndarray] = None) -> Emitted: ...
     def fire(self) -> Emitted: ...  # the processing-time trigger is due
     def flush(self) -> Emitted: ...
     def advance_watermark(self, watermark: int) -> Emitted: ...

@@ -334,6 +334,7 @@ class Driver:
             calls.append(w.start.remote(self._channels(), mine))
         live = [s for s in self.plan.sources if s.id not in self.ended]
         args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
+        carry = self._carry()
         nodes = ray.get(calls)  # every round of an earlier start has ended (an actor runs its calls in order)
         self.starts += 1
         gen = f"{self.segments}{self.starts}-"
@@ -344,14 +345,14 @@ class Driver:
             self.reader_of = {sid: i % self.n for i, sid in enumerate(args)}
             self.source_actors = {sid: self.workers[j] for sid, j in self.reader_of.items()}
             calls += [self.source_actors[sid].open_source.remote(
-                *a, round_rows=self.rt.round_rows, depth=self.rt.ahead,
+                *a, round_rows=self.rt.round_rows, depth=self.rt.ahead, carry=carry[sid],
                 segments=f"{gen}s{sid}-" if self.transport == "shared_memory" else None) for sid, a in args.items()]
         else:
             self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
             context = driver_context()
             self.source_actors = {sid: src_cls.remote(packed_graph(self.flow, sid), *a[1:],
-                                                      round_rows=self.rt.round_rows, **context)
+                                                      round_rows=self.rt.round_rows, carry=carry[sid], **context)
                                   for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
@@ -361,6 +362,18 @@ class Driver:
         # call, or (ref, sid) of the round that takes the read after its windowing.
         self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
+
+    def _carry(self) -> dict:
+        """By source: where its readers' watermark floors start (SourceWorker.carry), from the
+        largest event time each window's actors hold per channel, as of the state started from
+        (the actor that took a partition's last row before the checkpoint holds its whole max)."""
+        out = {s.id: {} for s in self.plan.sources}
+        where = {c: key for key, c in self.chan_ids.items()}
+        for (wid, chan), t in self.top.items():
+            if chan in where:
+                sid, label = where[chan]
+                out[sid][(wid, label)] = t
+        return out
 
     def _restart(self, state: dict | None) -> None:
         """_start after an actor died: Ray may still be restarting it, and a call to an actor

@@ -119,7 +119,15 @@ class WindowAggregateOperator:
             cols.append(np.ascontiguousarray(arr, dtype=np.float64))
         return cols
 
-    def process(self, batch: Batch, partition: int = 0):
+    #: Whether `process` takes watermark floors (every engine with a watermark does).
+    FLOORS = True
+
+    def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
+        """One batch of `partition` in arrival order. `floor` (int64 ns per row, or None): the
+        largest event time of the partition's rows before each row that went to other operators
+        (`_core.watermark_floors`; NO_WATERMARK: none), where several operators share a
+        partition's keys (the Ray runtime's window actors): each row is then judged against the
+        watermark of one operator that saw the whole partition."""
         ts, rep = self.time.extract(batch)
         self._begin_python(batch, ts, rep)
         values = self._values(batch)
@@ -130,7 +138,7 @@ class WindowAggregateOperator:
             raise TypeError(f"time column {self.time.column!r} changed representation from {self._repr} to {rep}")
         extra = self._extra_columns(batch)
         try:
-            out = self._engine.process(keys, ts, values, *extra, rep.factor, partition)
+            out = self._engine.process(keys, ts, values, *extra, rep.factor, partition, floor)
         except ValueError as e:
             raise ValueError(f"time column {self.time.column!r}: {e}") from None
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"],
@@ -374,7 +382,11 @@ class CountWindowOperator(WindowAggregateOperator):
         self._repr = rep
         self._div = rep.factor  # window bounds are event times, already in the input's unit
 
-    def process(self, batch: Batch, partition: int = 0):
+    FLOORS = False  # arrival order decides, not a watermark
+
+    def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
+        if floor is not None:
+            raise ValueError(f"{self.window!r} has no watermark to take floors")
         ts, rep = self.time.extract(batch)
         self._begin_python(batch, ts, rep)
         values = [None] + self._values(batch)
@@ -568,8 +580,10 @@ class GlobalWindowOperator(CountWindowOperator):
         for p in self._declared:
             self._engine.set_partition_idle(p, False)
 
-    def process(self, batch: Batch, partition: int = 0):
-        return WindowAggregateOperator.process(self, batch, partition)
+    FLOORS = True
+
+    def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
+        return WindowAggregateOperator.process(self, batch, partition, floor)
 
     @staticmethod
     def _retain_rows(state: dict, mask: np.ndarray) -> None:

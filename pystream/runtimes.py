@@ -24,12 +24,20 @@ the driver, and a checkpoint first waits for every round in flight (an aligned b
 actor that reads a source takes each next read, and puts it into the object store, on a
 thread of its own while its rounds run (routing and the window kernels release the GIL).
 
-Watermarks: each window actor reports, per window and source partition (channel), the
-largest event time its engines accepted; the driver takes the max over actors and each actor
-advances its engines to min over live channels (max - out_of_orderness - 1), so a window
-fires once every channel has passed it, whichever actor saw the data. Lateness is decided
-against that watermark, which trails the data by up to `ahead` rounds: where no row is late,
-results equal the local runtime's row for row (tests/test_ray.py checks every window kind).
+Watermarks move per row, as in one local operator. A reading actor gives every row on its
+way into an event-time window its *floor*: the largest event time of the rows of its
+partition before it that the window accepts, whichever actor they go to
+(`_core.watermark_floors`, carried from read to read and restored from a checkpoint). Before
+each row an actor's engine moves its watermark to what the floor allows, so it judges that
+row late, on time or invalid exactly as the local runtime's one operator does, and fires
+what that operator has fired by then (tests/test_floors.py with Hypothesis, per engine;
+tests/test_ray.py, a run against the local one for every window kind, and across a
+restore). Besides, each actor reports per window and channel the largest event time its
+engines hold; the driver takes the max over actors, and each round advances every actor to
+the min over live channels, so an actor without rows of a partition still fires. Where
+several partitions feed a window, each partition's own rows are judged exactly, and the
+other partitions hold the watermark back as far as the actor has seen them, which depends
+on how reads interleave (as in Flink, and as in the local runtime, which interleaves by batch).
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
 its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
@@ -68,8 +76,14 @@ from .batch import Batch
 from .operators import window_operator
 from .query import History, NotStarted, QueryableState, answer
 from .sinks import Collect, Files
+from .timing import EventTime, IngestionTime
+from .windows import CountWindow
 
 _U64 = np.uint64
+
+#: The column of routed rows that holds their watermark floors (SourceWorker._floors); the
+#: window actors take it out before the rows reach an operator.
+FLOOR = "\x00floor"
 
 #: Directories the Ray runtime's actors import from too (after their own sys.path): where a
 #: flow's code lives when Ray cannot tell (`pystream run app.py` adds the app's directory, as
@@ -237,7 +251,7 @@ class SourceWorker:
     per-call cost is shared by many rows."""
 
     def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True,
-                 round_rows: int = 1):
+                 round_rows: int = 1, carry: dict | None = None):
         self.plan = Plan(flow)
         self.node = self.plan.nodes[source_id]
         self.parallelism, self.n_groups, self.round_rows = parallelism, n_groups, round_rows
@@ -248,6 +262,11 @@ class SourceWorker:
         # Where routed rows go: None, arrays of their own; or a function that gives room for n
         # bytes (uint8; None where it has none), a shared-memory segment the receivers view.
         self.out = None
+        # By (window id, partition label): the largest event time (ns) the window's operators
+        # accept of that partition so far, whichever actor holds its row: where the next rows'
+        # watermark floors start (`_floors`). `carry`: those of the checkpoint restored.
+        self.carry = dict(carry or {})
+        self.label = None  # the partition of the rows being routed
 
     def _direct_windows(self) -> list | None:
         """The windows this source's batches reach unchanged (through unions only), each once,
@@ -301,6 +320,7 @@ class SourceWorker:
                 self.held = item
                 break
             got, label, position = True, item_label, item[1]
+            self.label = label
             if batch is None:  # no data yet: the position moves, nothing to route
                 break
             batches.append(batch)
@@ -345,25 +365,58 @@ class SourceWorker:
             groups = self.groups(window, batch)
             out[0].append((window.id, batch, None if groups is None else groups.astype(np.uint16, copy=False)))
             return
-        # Fixed-width columns (and the batches' own times) are scattered into routed order
-        # natively, one pass each; object columns are taken by `order`.
+        # Fixed-width columns (and the batches' own times, and the watermark floors) are
+        # scattered into routed order natively, one pass each; object columns are taken by `order`.
         first = batches[0]
         fixed = [c for c in first.columns if first[c].dtype.kind != "O"]
         with_ts = first.ts is not None
-        ins = [[b[c] for c in fixed] + ([b.ts] if with_ts else []) for b in batches]
+        floors = self._floors(window, batches)
+        ins = [[b[c] for c in fixed] + ([b.ts] if with_ts else []) + ([floors[k]] if floors else [])
+               for k, b in enumerate(batches)]
         room = None
         if self.out is not None:
             room = self.out(_core.routed_bytes(sum(len(b) for b in batches), [a.dtype.itemsize for a in ins[0]]))
         # several batches only where _chunkable passed them: fixed-width columns, no order needed
         order, groups, bounds, cols = _core.route_chunks([_key_words(b, keys) for b in batches], self.n_groups, n,
                                                          ins, with_order=len(fixed) < len(first.columns), out=room)
+        floor = cols.pop() if floors else None
         ts = cols.pop() if with_ts else None
         cols = dict(zip(fixed, cols))
-        routed = Batch({c: cols[c] if c in cols else first[c][order] for c in first.columns}, ts=ts)
+        routed = {c: cols[c] if c in cols else first[c][order] for c in first.columns}
+        if floor is not None:
+            routed[FLOOR] = floor
+        routed = Batch(routed, ts=ts)
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
                 out[j].append((window.id, routed.slice(lo, hi), groups[lo:hi]))
+
+
+    def _floors(self, window, batches: list) -> list | None:
+        """Per batch on its way into `window`, the watermark floor of each row (ns): the
+        largest event time of the rows of its partition before it that the window's operators
+        accept, whichever actor holds them (`_core.watermark_floors`). The actors' operators
+        move their watermark to it before each row (WindowAggregateOperator.process), so each
+        row is judged late or not as the local runtime's one operator judges it. None where the
+        window has no event-time watermark (count windows, processing and ingestion time), or
+        where a batch's time column is bad: the window's operator then names what is wrong."""
+        time_ = window.params["time"]
+        if (not isinstance(time_, EventTime) or isinstance(time_, IngestionTime)
+                or isinstance(window.params["window"], CountWindow)):
+            return None
+        key = (window.id, self.label)
+        carry, floors = self.carry.get(key), []
+        mf = -1 if time_.max_future is None else time_.max_future
+        try:
+            for b in batches:
+                ts, rep = time_.extract(b)
+                floor, carry = _core.watermark_floors(ts, rep.factor, time_.max_out_of_orderness, mf, carry)
+                floors.append(floor)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if carry is not None:
+            self.carry[key] = carry
+        return floors
 
 
 def _chunkable(batches: list) -> bool:
@@ -502,10 +555,11 @@ class WindowWorker:
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
-                    round_rows: int = 1, depth: int = 1, segments: str | None = None) -> None:
+                    round_rows: int = 1, depth: int = 1, segments: str | None = None, carry: dict | None = None) -> None:
         """Opens (or reopens, at `position`) a source that this actor reads and routes, keeping
         up to `depth` reads done ahead; `segments`: a name prefix for shared-memory segments
-        that carry its reads to the other actors (None: Ray's object store)."""
+        that carry its reads to the other actors (None: Ray's object store); `carry`: where its
+        watermark floors start (SourceWorker)."""
         for old in self.ahead.pop(source_id, ()):  # reads of the replaced reader finish first; what they read is dropped
             old.exception()
         old_pool = self.pools.pop(source_id, None)
@@ -515,7 +569,7 @@ class WindowWorker:
         if self.reading is None:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
-                                               round_rows=round_rows)
+                                               round_rows=round_rows, carry=carry)
         self.kept[source_id] = collections.deque()
         self.ahead[source_id] = collections.deque()
         if segments is not None:  # its reads are routed straight into the segments
@@ -883,11 +937,16 @@ class WindowWorker:
                 yield wid, batch, groups, chan
 
     def _take(self, wid: int, chan: int, batch: Batch, groups: np.ndarray) -> None:
-        """Rows of one channel into the window's operators (by slot)."""
+        """Rows of one channel into the window's operators (by slot), with their watermark
+        floors where the source sent them (SourceWorker._floors)."""
         self._channel(wid, chan)
         for slot, sub in self._split(wid, batch, groups):
+            floor = None
+            if FLOOR in sub:
+                floor = sub[FLOOR]
+                sub = Batch({c: sub[c] for c in sub.columns if c != FLOOR}, ts=sub.ts)
             self.last_input[wid] = sub
-            self._emit(wid, *slot.op.process(sub, chan))
+            self._emit(wid, *slot.op.process(sub, chan, floor))
 
     def _part(self, read):
         """This actor's part of a read: each read holds every actor's part (in a shared segment,
@@ -1072,8 +1131,10 @@ class Ray:
         ahead: reads queued per source (a colocated source's reading thread also keeps that
             many done before they are asked for), and rounds handed to the window actors
             before the driver waits for the oldest: deeper lets an actor run further ahead of
-            a slow one (holding that many more reads in memory and in Ray's object store);
-            watermarks trail the data by up to this many rounds.
+            a slow one (holding that many more reads in memory and in Ray's object store).
+            Rows are judged by their floors (per row, whatever `ahead`); the driver's
+            watermark, which fires windows on actors without rows of a partition, trails the
+            data by up to this many rounds.
         cpus: CPU sets for the window actors: actor j runs, all its threads, on
             cpus[j % len(cpus)] (Linux; None: where the OS puts it). On a machine whose
             logical CPUs pair up on cores (hyper-threads), one actor per core keeps two busy

@@ -262,6 +262,92 @@ def test_last_shares_say_which_actor_ends_rounds_last():
     assert last_shares([[1.0]]) == [0.0] and last_shares([[], [1.0]]) == [0.0, 0.0]
 
 
+def late_flow(kind, batch_size, make=ps.sources.Arrays, out=None, poison=(5_000, 17_000), **kw):
+    """One source with transmission delays of up to 45 minutes against 1 minute of expected
+    disorder (many rows late, some beyond the lateness), and clocks 10 years ahead at rows
+    `poison`; from 14:00 UTC, so a Berlin day ends 9 hours in."""
+    data = dict(meter_readings(30_000, 300, seed=7, max_delay_ms=45 * 60_000, start_ms=1_735_740_000_000))
+    data["ts"] = data["ts"].copy()
+    data["ts"][list(poison)] += 10 * 365 * 86_400_000
+    window, lateness = {
+        "tumbling": (ps.windows.Tumbling("15m"), "5m"),
+        "sliding": (ps.windows.Sliding("30m", "15m"), "10m"),
+        "session": (ps.windows.Session("20m"), "10m"),
+        "calendar": (ps.windows.Calendar("day", tz="Europe/Berlin"), "0s"),
+        "global-event-time": (ps.windows.Global(ps.triggers.EventTimeInterval("30m"), "purging"), "0s"),
+    }[kind]
+    flow = ps.Flow(f"ray-late-{kind}")
+    s = flow.source(make(data, batch_size=batch_size, **kw),
+                    time=ps.EventTime("ts", unit="ms", max_out_of_orderness="1m", max_future="1d"))
+    res = s.key_by("meter_id").window(window, allowed_lateness=lateness).aggregate(
+        kwh=ps.agg.sum("kwh"), n=ps.agg.count(), peak=ps.agg.max("kwh"))
+    for name, stream in (("out", res), ("late", res.late()), ("invalid", res.invalid())):
+        stream.sink(ps.sinks.Collect(name) if out is None else ps.sinks.Files(os.path.join(out, name), name=name))
+    return flow
+
+
+@pytest.mark.parametrize("kind", ["tumbling", "sliding", "session", "calendar", "global-event-time"])
+def test_late_rows_on_ray_are_the_local_runtimes_row_for_row(kind):
+    # Each window actor holds some keys of the one partition; the rows' watermark floors (the
+    # partition's largest time before each row, whichever actor took it) make every actor judge
+    # every row against the watermark the local runtime's one operator judges it by. A local
+    # batch is what a round reads (two 2,000-row batches), so late updates coalesce alike.
+    # Late updates of one batch may coalesce into one emission (DESIGN.md): an engine emits
+    # its pending updates when the watermark fires something, and an actor's engine holds
+    # fewer keys, so it fires at fewer rows. The rows fired on time, each window's last row and
+    # the windows that got updates are the local runtime's.
+    local = late_flow(kind, ROUND).run()
+    dist = late_flow(kind, 2_000).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND))
+    assert canon(dist["late"]) == canon(local["late"])
+    assert canon(dist["invalid"]) == canon(local["invalid"]) and len(local["invalid"]) == 2
+    on_time = [canon(r["out"].filter(~r["out"]["update"])) for r in (local, dist)]
+    assert on_time[0] == on_time[1] and len(on_time[0]) > 100
+    assert final_rows(dist["out"]) == final_rows(local["out"])
+    updated = [{(r[0], r[-2]) for r in final_rows(r["out"]) if r[3]} for r in (local, dist)]
+    assert updated[0] == updated[1]
+    assert len(local["late"]) > 20 or kind.startswith("global")
+    if kind in ("tumbling", "sliding", "session"):
+        assert len(local["late"]) > 300 and len(updated[0]) > 100, (len(local["late"]), len(updated[0]))
+
+
+@pytest.mark.parametrize("after", [2, 3])
+def test_late_rows_on_ray_after_a_restore_are_the_local_runtimes(tmp_path, after):
+    # A run that fails mid-way, resumed from its checkpoint (at parallelism 2, and rescaled to
+    # 3): the sources' floors start again from the largest times the checkpoint's actors hold.
+    # Every read begins with a clock 10 years ahead, so the first row after the restore is one:
+    # judged from no earlier time, it would count, and make every later row late.
+    poison = range(ROUND, 30_000, ROUND)
+    local = late_flow("tumbling", ROUND, poison=poison).run()
+    assert len(local["invalid"]) == len(poison)
+    out, ckpt = str(tmp_path / "out"), str(tmp_path / "ckpt")
+    with pytest.raises(Exception, match="source went away"):
+        late_flow("tumbling", 2_000, Flaky, out, poison=poison, fail_after=9).run(
+            runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND), checkpoints=ckpt,
+            guarantee="exactly_once", checkpoint_every=2)
+    assert 0 < len(ps.sinks.Files.read(os.path.join(out, "late"))) < len(local["late"])
+    res = late_flow("tumbling", 2_000, out=out, poison=poison).run(
+        runtime=ps.runtimes.Ray(parallelism=after, key_groups=16, round_rows=ROUND), checkpoints=ckpt, resume=True,
+        guarantee="exactly_once", checkpoint_every=2)
+    assert res.resumed_from is not None
+    got = {name: ps.sinks.Files.read(os.path.join(out, name)) for name in ("out", "late", "invalid")}
+    assert canon(got["late"]) == canon(local["late"])
+    assert canon(got["invalid"]) == canon(local["invalid"])
+    assert canon(got["out"].filter(~got["out"]["update"])) == canon(local["out"].filter(~local["out"]["update"]))
+
+
+def final_rows(out):
+    """Each key's rows that no later row of that key supersedes (a later row of the same
+    window, or of a session that grew over it), canonical; as (key, kwh, n, update, start, end)."""
+    by_key: dict = {}
+    for row in zip(out["meter_id"].tolist(), np.round(out["kwh"], 9).tolist(), out["n"].tolist(),
+                   out["update"].tolist(), out["window_start"].tolist(), out["window_end"].tolist()):
+        by_key.setdefault(row[0], []).append(row)
+    final = []
+    for rows in by_key.values():
+        final += [r for i, r in enumerate(rows) if not any(q[4] <= r[4] and r[5] <= q[5] for q in rows[i + 1:])]
+    return sorted(final)
+
+
 @pytest.mark.parametrize("ahead", [1, 4])
 def test_any_number_of_rounds_ahead_gives_the_local_results(ahead):
     local = meter_flow("session").run()

@@ -1,0 +1,169 @@
+"""Watermark floors: a partition's keys split among several engines (the Ray runtime's window
+actors), each given per row the largest event time of the partition's rows before it that
+went elsewhere (`_core.watermark_floors`), judge every row as one engine that saw the whole
+partition does (DESIGN.md: the watermark advances per event, of its partition).
+
+With Hypothesis, for tumbling/sliding, session and global windows, random keys, times,
+disorder, lateness, max_future, engine counts and batch cuts, against one engine fed the whole
+stream in one batch:
+  - the on-time rows (update=False) are the same;
+  - every (key, window)'s final value is the same, and the same windows got late updates;
+  - the late and the invalid rows are the same rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pystream import _core
+
+AGGS = [(0, 1), (1, 1), (3, 1)]  # count, sum, max
+NONE = _core.NO_WATERMARK
+
+
+def floors_of(ts, ooo, max_future, unit_ns=1, cuts=()):
+    """watermark_floors over the stream cut into batches at `cuts` (carry between them)."""
+    out, carry = [], None
+    bounds = [0, *cuts, len(ts)]
+    for a, b in itertools.pairwise(bounds):
+        f, carry = _core.watermark_floors(ts[a:b], unit_ns, ooo, max_future, carry)
+        out.append(f)
+    return np.concatenate(out) if out else np.empty(0, np.int64), carry
+
+
+def reference_floors(ts, ooo, max_future, unit_ns=1):
+    """The rule, event by event: the max of the accepted times before; an event more than
+    max_future ahead of the watermark before it (max - ooo - 1) is not accepted."""
+    hi, out = None, []
+    for raw in ts:
+        out.append(NONE if hi is None else hi)
+        t = int(raw) * unit_ns
+        if max_future >= 0 and hi is not None and t > hi - ooo - 1 + max_future:
+            continue
+        hi = t if hi is None else max(hi, t)
+    return out, hi
+
+
+@settings(max_examples=200, deadline=None)
+@given(ts=st.lists(st.integers(-10**6, 10**6), max_size=60), ooo=st.integers(0, 1000),
+       max_future=st.sampled_from([-1, 0, 50, 5000]), unit=st.sampled_from([1, 1000]),
+       cuts=st.lists(st.integers(0, 60), max_size=4))
+def test_floors_follow_the_rule_event_by_event_whatever_the_batches(ts, ooo, max_future, unit, cuts):
+    ts = np.array(ts, dtype=np.int64)
+    cuts = sorted({c for c in cuts if c <= len(ts)})
+    got, carry = floors_of(ts, ooo, max_future, unit, cuts)
+    want, hi = reference_floors(ts, ooo, max_future, unit)
+    assert got.tolist() == want
+    assert carry == hi
+
+
+def test_floors_refuse_what_no_engine_could_hold():
+    ts = np.array([1, 2], dtype=np.int64)
+    with pytest.raises(ValueError, match="carry .* out of range"):
+        _core.watermark_floors(ts, 1, 0, -1, 2**63 - 1)
+    with pytest.raises(ValueError, match="unit_ns must be >= 1"):
+        _core.watermark_floors(ts, 0, 0, -1)
+    eng = _core.WindowEngine(10, 10, 0, 0, 0, -1, True, AGGS)
+    keys, vals = np.array([1, 2], np.int64), [None, np.ones(2), np.ones(2)]
+    with pytest.raises(ValueError, match="floor and timestamp columns differ in length: 1 != 2"):
+        eng.process(keys, ts, vals, floor=np.array([NONE], np.int64))
+    with pytest.raises(ValueError, match=r"floor 4611686018427387905 ns at row 1 is out of range"):
+        eng.process(keys, ts, vals, floor=np.array([NONE, 2**62 + 1], np.int64))
+    assert eng.num_keys == 0 and eng.watermark is None  # refused before anything changed
+
+
+def engine_of(kind, p):
+    mf = p["max_future"]
+    if kind == "window":
+        return _core.WindowEngine(p["size"], p["slide"], p["offset"], p["ooo"], p["lateness"], mf, True, AGGS)
+    if kind == "session":
+        return _core.SessionEngine(p["size"], p["ooo"], p["lateness"], mf, True, AGGS)
+    return _core.GlobalEngine(1, 0, p["size"], False, p["ooo"], mf, True, AGGS)  # event-time trigger
+
+
+def rows_of(out, rows):
+    for r in range(len(out["start"])):
+        rows.append((int(out["key"][r]), int(out["start"][r]), int(out["end"][r]),
+                     tuple(round(float(c[r]), 9) for c in out["cols"]), bool(out["update"][r])))
+
+
+def run(kind, p, keys, ts, vals, idx, cuts, floor=None):
+    """The rows idx of the stream through one engine, in batches cut at `cuts` (positions in
+    idx), with their floors; returns (rows, late and invalid as stream positions)."""
+    eng = engine_of(kind, p)
+    rows, late, invalid = [], [], []
+    bounds = [0, *cuts, len(idx)]
+    for a, b in itertools.pairwise(bounds):
+        part = idx[a:b]
+        out = eng.process(keys[part], ts[part], [None, vals[part], vals[part]],
+                          floor=None if floor is None else floor[part])
+        rows_of(out, rows)
+        late += part[out["late"]].tolist()
+        invalid += part[out["invalid"]].tolist()
+    rows_of(eng.flush(), rows)
+    return rows, late, invalid
+
+
+def summary(rows):
+    """On-time rows (as a multiset), the final value of every (key, window), the windows updated."""
+    final, updated = {}, set()
+    for key, start, end, vals, update in rows:
+        final[(key, start, end)] = vals
+        if update:
+            updated.add((key, start, end))
+    return sorted(r for r in rows if not r[4]), final, updated
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), kind=st.sampled_from(["window", "session", "global"]))
+def test_engines_sharing_a_partition_by_key_judge_every_row_as_one_engine(data, kind):
+    n = data.draw(st.integers(1, 120))
+    keys = np.array(data.draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)), dtype=np.int64)
+    base = np.sort(np.array(data.draw(st.lists(st.integers(0, 2_000), min_size=n, max_size=n)), dtype=np.int64))
+    delay = np.array(data.draw(st.lists(st.sampled_from([0, 0, 0, 5, 40, 150, 600]), min_size=n, max_size=n)))
+    ts = base - delay  # mostly in order, some rows late by up to 600
+    if data.draw(st.booleans()):
+        ts[data.draw(st.integers(0, n - 1))] += 50_000  # a poison clock
+    size = data.draw(st.sampled_from([50, 100, 300]))
+    p = {"size": size, "slide": data.draw(st.sampled_from([size, size // 2])), "offset": data.draw(st.integers(0, 40)),
+         "ooo": data.draw(st.sampled_from([0, 20, 100])), "lateness": data.draw(st.sampled_from([0, 60, 250])),
+         "max_future": data.draw(st.sampled_from([-1, 5_000]))}
+    if kind == "global":
+        p["lateness"] = 0
+    vals = np.arange(n, dtype=np.float64) + 0.5
+
+    whole = run(kind, p, keys, ts, vals, np.arange(n), [])
+    floor, _ = floors_of(ts, p["ooo"], p["max_future"], cuts=sorted(set(data.draw(st.lists(st.integers(0, n), max_size=3)))))
+    engines = data.draw(st.integers(1, 4))
+    rows, late, invalid = [], [], []
+    for e in range(engines):
+        idx = np.flatnonzero(keys % engines == e)
+        cuts = sorted({c for c in data.draw(st.lists(st.integers(0, n), max_size=4)) if c <= len(idx)})
+        r, lt, inv = run(kind, p, keys, ts, vals, idx, cuts, floor)
+        rows += r
+        late += lt
+        invalid += inv
+    assert summary(rows) == summary(whole[0])
+    assert sorted(late) == sorted(whole[1])
+    assert sorted(invalid) == sorted(whole[2])
+
+
+def test_without_floors_an_engine_that_holds_some_keys_judges_from_its_own_rows():
+    # The case the floors exist for: engine 1 sees only key 1's rows, so its watermark trails
+    # the partition's; the late row of key 1 is late only against the whole partition's.
+    p = {"size": 10, "slide": 10, "offset": 0, "ooo": 0, "lateness": 0, "max_future": -1}
+    keys = np.array([1, 0, 1], np.int64)
+    ts = np.array([1, 30, 2], np.int64)  # by t=2, the partition's watermark is 29: window [0, 10) closed
+    vals = np.ones(3)
+    whole = run("window", p, keys, ts, vals, np.arange(3), [])
+    assert whole[1] == [2]
+    idx = np.array([0, 2])
+    floor, _ = floors_of(ts, 0, -1)
+    assert floor.tolist() == [NONE, 1, 30]
+    assert run("window", p, keys, ts, vals, idx, [], floor)[1] == [2]
+    assert run("window", p, keys, ts, vals, idx, [])[1] == []  # from its own rows: on time
