@@ -391,7 +391,6 @@ class SourceWorker:
             if hi > lo:
                 out[j].append((window.id, routed.slice(lo, hi), groups[lo:hi]))
 
-
     def _floors(self, window, batches: list) -> list | None:
         """Per batch on its way into `window`, the watermark floor of each row (ns): the
         largest event time of the rows of its partition before it that the window's operators
