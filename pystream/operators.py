@@ -119,9 +119,6 @@ class WindowAggregateOperator:
             cols.append(np.ascontiguousarray(arr, dtype=np.float64))
         return cols
 
-    #: Whether `process` takes watermark floors (every engine with a watermark does).
-    FLOORS = True
-
     def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
         """One batch of `partition` in arrival order. `floor` (int64 ns per row, or None): the
         largest event time of the partition's rows before each row that went to other operators
@@ -382,8 +379,6 @@ class CountWindowOperator(WindowAggregateOperator):
         self._repr = rep
         self._div = rep.factor  # window bounds are event times, already in the input's unit
 
-    FLOORS = False  # arrival order decides, not a watermark
-
     def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
         if floor is not None:
             raise ValueError(f"{self.window!r} has no watermark to take floors")
@@ -579,8 +574,6 @@ class GlobalWindowOperator(CountWindowOperator):
         self._div = rep.factor  # bounds are event times in the input's unit
         for p in self._declared:
             self._engine.set_partition_idle(p, False)
-
-    FLOORS = True
 
     def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
         return WindowAggregateOperator.process(self, batch, partition, floor)
