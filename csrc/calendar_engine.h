@@ -19,7 +19,8 @@
 /// row(slot, pos) = (slot * C + pos) * row_bytes with pos = window & (C - 1), and each zone
 /// keeps its own live window range [base, top) and next window to fire; C (a power of two)
 /// covers the widest live range of any zone and grows by doubling. An event whose zone
-/// differs from its key's goes to the invalid output (reason code 1).
+/// differs from its key's goes to the invalid output (reason code 1); its time still moves
+/// the watermark, as every event the max_future guard accepts does.
 #pragma once
 
 #include <algorithm>
@@ -203,6 +204,16 @@ class CalendarEngine {
         pmax = floor[i];
         watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
       }
+      if (wm_.has() && spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
+        reject(i, kReasonFuture, out);
+        ++rejected;
+        continue;
+      }
+      // Every event the future guard accepts moves the watermark, its zone right or wrong:
+      // the watermark is the partition's progress in event time (made at the source, as in
+      // Flink), so it does not hang on which rows a window takes.
+      pmax = std::max(pmax, t);
+      watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
       const int32_t slot = slots_[i];
       const int32_t z = zone_of_slot_[slot];
       if (zone && zone[i] != z) {
@@ -210,14 +221,7 @@ class CalendarEngine {
         ++rejected;
         continue;
       }
-      if (wm_.has() && spec_.max_future >= 0 && t > wm_.value() + spec_.max_future) {
-        reject(i, kReasonFuture, out);
-        ++rejected;
-        continue;
-      }
-      pmax = std::max(pmax, t);
       // This event is on time for its window, which ends after the watermark it makes + 1.
-      watermark_before(i, std::min(wm_.candidate(pmax), cap_), a, rejected, out);
       const ZoneBounds& zb = zones_[static_cast<size_t>(z)];
       const int64_t j = zb.window_of(t);
       const int64_t fire = zb.end(j) - 1;

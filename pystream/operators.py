@@ -472,7 +472,8 @@ class CalendarWindowOperator(WindowAggregateOperator):
     """Calendar windows (ps.windows.Calendar) over the native calendar engine
     (csrc/calendar_engine.h): bounds are precomputed per zone from the IANA database, so no
     Python runs per event; with `tz_column` each key gets the zone of its first row, and rows
-    whose zone differs from their key's go to the invalid output."""
+    whose zone differs from their key's go to the invalid output (their times still move the
+    watermark, as the time of every row the max_future guard accepts does)."""
 
     def __init__(self, window, aggs, time, keys=(), allowed_lateness=0, early_every=None):
         if window.tz_column is not None:

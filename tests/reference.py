@@ -136,6 +136,10 @@ class RefWindows:
             if W is not None and end - 1 <= W:
                 # Late but within allowed lateness: the window fires again at once.
                 self.rows.append(self._row(key, j, True))
+        self.seen(t)
+
+    def seen(self, t):
+        """An accepted event time of the current partition: the watermark moves with it."""
         self.part_max.setdefault(self.part, None)
         if self.part_max[self.part] is None or t > self.part_max[self.part]:
             self.part_max[self.part] = t
@@ -240,10 +244,15 @@ class RefCalendar(RefWindows):
         k = key if self.keyed else None
         z = self.key_zone.setdefault(k, zone)
         if z != zone:
+            # Invalid for its zone, but its time (where not too far ahead) moves the watermark.
             self.key_order.setdefault(k, len(self.key_order))
             self.arrival += 1
             self.invalid.append(index)
+            W = self.wm
+            if W is not None and self.max_future is not None and t > W + self.max_future:
+                return
             self.invalid_zone.append(index)
+            self.seen(t)
             return
         self.event(index, key, t, values)
 

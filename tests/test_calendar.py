@@ -95,6 +95,7 @@ def cases(draw, max_events=50):
     if n and len(zones) > 1 and draw(st.booleans()):
         i = draw(st.integers(0, n - 1))
         zone_ids[i] = (zone_ids[i] + 1) % len(zones)  # a row whose zone differs from its key's
+        ts[i] += draw(st.sampled_from([0, 6 * H, span]))  # invalid, but its time moves the watermark
     vals = [float(draw(st.integers(-100, 100))) / 4 for _ in range(n)]
     splits = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=4)))) if n > 1 else []
     return (p, zones, np.array(keys, dtype=np.int64), np.array(ts, dtype=np.int64), np.array(vals),
