@@ -190,9 +190,11 @@ std::vector<const double*> value_pointers(const std::vector<std::optional<F64Arr
 
 /// The watermark floors of one batch (WindowEngine::process), checked before the engine sees
 /// them: one per row, each kNoWatermark (none) or a time within the supported range. Null
-/// without floors; `top` gets the largest. Runs without the GIL (a pass over the floors).
-const int64_t* checked_floors(const std::optional<I64Array>& floor, int64_t n, int64_t& top) {
-  top = kNoWatermark;
+/// without floors; `top` (where given) gets the largest. Runs without the GIL (a pass over
+/// the floors).
+const int64_t* checked_floors(const std::optional<I64Array>& floor, int64_t n, int64_t* top = nullptr) {
+  int64_t largest = kNoWatermark;
+  if (top) *top = largest;
   if (!floor) return nullptr;
   if (floor->ndim() != 1 || floor->size() != n) {
     fail("floor and timestamp columns differ in length: " + std::to_string(floor->size()) + " != " + std::to_string(n));
@@ -203,8 +205,9 @@ const int64_t* checked_floors(const std::optional<I64Array>& floor, int64_t n, i
     if (v != kNoWatermark && (v < -kMaxAbsTime || v > kMaxAbsTime)) {
       fail("floor " + std::to_string(v) + " ns at row " + std::to_string(i) + " is out of range (|t| <= 2^62 ns, or none)");
     }
-    top = std::max(top, v);
+    largest = std::max(largest, v);
   }
+  if (top) *top = largest;
   return f;
 }
 
@@ -270,7 +273,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](WindowEngine& e, EmitBuffer& o) {
       int64_t top;
-      const int64_t* f = checked_floors(floor, n, top);
+      const int64_t* f = checked_floors(floor, n, &top);
       e.process(keyed ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f, top);
     });
   }
@@ -385,8 +388,7 @@ class PySessionEngine : public PyEngineBase<SessionEngine> {
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed session window needs a key column as long as the batch");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](SessionEngine& e, EmitBuffer& o) {
-      int64_t top;
-      const int64_t* f = checked_floors(floor, n, top);
+      const int64_t* f = checked_floors(floor, n);
       e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f);
     });
   }
@@ -473,8 +475,7 @@ class PyCalendarEngine : public PyEngineBase<CalendarEngine> {
     if (zones && zones->size() != n) fail("zone and timestamp columns differ in length");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](CalendarEngine& e, EmitBuffer& o) {
-      int64_t top;
-      const int64_t* f = checked_floors(floor, n, top);
+      const int64_t* f = checked_floors(floor, n);
       e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, zones ? zones->data() : nullptr, vptr, n, o, partition, f);
     });
   }
@@ -544,8 +545,7 @@ class PyGlobalEngine : public PyEngineBase<GlobalEngine> {
     if (keyed_ && (!keys || keys->size() != n)) fail("a keyed global window needs a key column as long as the batch");
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](GlobalEngine& e, EmitBuffer& o) {
-      int64_t top;
-      const int64_t* f = checked_floors(floor, n, top);
+      const int64_t* f = checked_floors(floor, n);
       e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f);
     });
   }
