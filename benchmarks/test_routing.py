@@ -102,7 +102,7 @@ def test_watermark_floors(benchmark, impl):
     chunks = [ts[i:i + READ] for i in range(0, len(ts), READ)]
 
     def native(c, carry):
-        return _core.watermark_floors(c, 1_000_000, 60_000_000_000, -1, carry)
+        return _core.watermark_floors(c, 1_000_000, 60_000_000_000, -1, carry)[:2]
 
     def numpy(c, carry):
         return numpy_floors(c, 1_000_000, carry)

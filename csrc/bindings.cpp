@@ -234,6 +234,13 @@ class PyEngineBase {
   }
   py::list partitions() const { return partitions_to_list(engine_->partitions()); }
   const E& engine() const { return *engine_; }
+  /// E::raise_partition, its time checked first (|t| <= 2^62 ns).
+  py::dict raise_partition(int64_t partition, int64_t t) {
+    if (t < -kMaxAbsTime || t > kMaxAbsTime) {
+      fail("partition " + std::to_string(partition) + " max " + std::to_string(t) + " ns is out of range (|t| <= 2^62 ns)");
+    }
+    return call([=](E& e, EmitBuffer& o) { e.raise_partition(partition, t, o); });
+  }
 
  protected:
   std::unique_ptr<E> engine_;
@@ -549,6 +556,7 @@ class PyGlobalEngine : public PyEngineBase<GlobalEngine> {
       e.process(keyed_ ? keys->data() : nullptr, ts.data(), unit_ns, vptr, n, o, partition, f);
     });
   }
+  void first_watermark(int64_t w) { engine_->first_watermark(w); }
 
   py::dict snapshot() const {
     GlobalEngine::State s = engine_->snapshot();
@@ -836,13 +844,20 @@ PYBIND11_MODULE(_core, m) {
         "sized up front copies none).");
   m.def(
       "watermark_floors",
-      [](const I64Array& ts, int64_t unit_ns, int64_t ooo, int64_t max_future, std::optional<int64_t> carry) {
+      [](const I64Array& ts, int64_t unit_ns, int64_t ooo, int64_t max_future, std::optional<int64_t> carry,
+         std::optional<int64_t> cap, std::optional<int64_t> wm) {
         if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
         if (unit_ns < 1) fail("unit_ns must be >= 1, got " + std::to_string(unit_ns));
         if (ooo < 0 || ooo > kMaxDuration) fail("ooo must be within 0..2^60 ns, got " + std::to_string(ooo));
         if (max_future > kMaxDuration) fail("max_future must be at most 2^60 ns, got " + std::to_string(max_future));
         const int64_t c = carry.value_or(kNoWatermark);
         if (c != kNoWatermark && (c < -kMaxAbsTime || c > kMaxAbsTime)) fail("carry " + std::to_string(c) + " ns is out of range");
+        const int64_t k = cap.value_or(kEndWatermark);
+        if (k != kNoWatermark && k != kEndWatermark && (k < -kMaxAbsTime - kMaxDuration - 1 || k > kMaxAbsTime)) {
+          fail("cap " + std::to_string(k) + " ns is out of range");
+        }
+        int64_t w = wm.value_or(kNoWatermark);
+        if (w != kNoWatermark && (w < -kMaxAbsTime - kMaxDuration - 1 || w > kMaxAbsTime)) fail("wm " + std::to_string(w) + " ns is out of range");
         const int64_t n = ts.size();
         py::array_t<int64_t> floor(n);
         int64_t* out = floor.mutable_data();
@@ -850,14 +865,17 @@ PYBIND11_MODULE(_core, m) {
         int64_t hi;
         {
           py::gil_scoped_release release;
-          hi = watermark_floors(in, unit_ns, n, ooo, max_future, c, out);
+          hi = watermark_floors(in, unit_ns, n, ooo, max_future, c, k, w, out);
         }
-        return py::make_tuple(floor, hi == kNoWatermark ? py::object(py::none()) : py::object(py::int_(hi)));
+        const auto opt = [](int64_t v) { return v == kNoWatermark ? py::object(py::none()) : py::object(py::int_(v)); };
+        return py::make_tuple(floor, opt(hi), opt(w));
       },
       py::arg("ts"), py::arg("unit_ns"), py::arg("ooo"), py::arg("max_future"), py::arg("carry") = py::none(),
+      py::arg("cap") = py::none(), py::arg("wm") = py::none(),
       "Per event of one partition, the largest event time (ns) of the accepted events before it (NO_WATERMARK: none), "
-      "for engines that each hold some of its keys (WindowEngine.process's `floor`); and that time after the batch "
-      "(None: none), the next batch's `carry`.");
+      "for engines that each hold some of its keys (WindowEngine.process's `floor`); that time after the batch (None: "
+      "none), the next batch's `carry`; and the watermark after it (None: none), the next batch's `wm`. `cap`: the "
+      "watermark the engines' other partitions allow (None: none holds it back; NO_WATERMARK: one has no data yet).");
   m.attr("NO_WATERMARK") = kNoWatermark;
   m.attr("ROUTE_ALIGN") = kRouteAlign;
   m.attr("MAX_ABS_TIME") = kMaxAbsTime;
@@ -871,6 +889,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("partition") = 0, py::arg("floor") = py::none())
       .def("advance_watermark", &PyEngine::advance_watermark, py::arg("watermark"))
       .def("set_partition_idle", &PyEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
+      .def("raise_partition", &PyEngine::raise_partition, py::arg("partition"), py::arg("max_ts"))
       .def_property_readonly("partitions", &PyEngine::partitions)
       .def("flush", &PyEngine::flush)
       .def("peek", &PyEngine::peek, py::arg("key") = py::none())
@@ -923,6 +942,7 @@ PYBIND11_MODULE(_core, m) {
       .def("process", &PySessionEngine::process, py::arg("keys"), py::arg("ts"), py::arg("values"), py::arg("unit_ns") = 1,
            py::arg("partition") = 0, py::arg("floor") = py::none())
       .def("set_partition_idle", &PySessionEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
+      .def("raise_partition", &PySessionEngine::raise_partition, py::arg("partition"), py::arg("max_ts"))
       .def_property_readonly("partitions", &PySessionEngine::partitions)
       .def("flush", &PySessionEngine::flush)
       .def("advance_watermark", &PySessionEngine::advance_watermark, py::arg("watermark"))
@@ -950,6 +970,7 @@ PYBIND11_MODULE(_core, m) {
              return e.call([p, idle](CalendarEngine& c, EmitBuffer& o) { c.set_partition_idle(p, idle, o); });
            },
            py::arg("partition"), py::arg("idle"))
+      .def("raise_partition", &PyCalendarEngine::raise_partition, py::arg("partition"), py::arg("max_ts"))
       .def("flush", [](PyCalendarEngine& e) { return e.call([](CalendarEngine& c, EmitBuffer& o) { c.flush(o); }); })
       .def("peek",
            [](PyCalendarEngine& e, std::optional<int64_t> key) {
@@ -982,6 +1003,14 @@ PYBIND11_MODULE(_core, m) {
              return e.call([p, idle](GlobalEngine& g, EmitBuffer& o) { g.set_partition_idle(p, idle, o); });
            },
            py::arg("partition"), py::arg("idle"))
+      .def("raise_partition", &PyGlobalEngine::raise_partition, py::arg("partition"), py::arg("max_ts"))
+      .def(
+          "first_watermark",
+          [](PyGlobalEngine& e, int64_t w) {
+            if (w < -kMaxAbsTime - kMaxDuration - 1 || w > kMaxAbsTime) fail("first watermark " + std::to_string(w) + " ns is out of range");
+            e.first_watermark(w);
+          },
+          py::arg("watermark"))
       .def("fire", [](PyGlobalEngine& e) { return e.call([](GlobalEngine& g, EmitBuffer& o) { g.fire(o); }); })
       .def("peek",
            [](PyGlobalEngine& e, std::optional<int64_t> key) {

@@ -3,7 +3,8 @@
 ///
 /// Triggers: kCount fires a key when `count` events arrived for it since its last firing;
 /// kEventTime fires every key that received events since its last firing whenever the
-/// watermark passes a multiple of `interval` (the first watermark passes nothing); kProcessing
+/// watermark passes a multiple of `interval` (the first watermark passes nothing, unless
+/// first_watermark says where it began); kProcessing
 /// fires them when the runtime calls `fire` (its wall clock passed a multiple of the interval).
 /// Accumulating mode emits the key's whole window so far; purging mode clears it after each
 /// firing. Rows carry the first and last event time of the window contents (by arrival, in
@@ -114,6 +115,23 @@ class GlobalEngine {
     move_watermark(w, out);
   }
 
+  /// Rows of `partition` up to time t (ns) went to other engines (the Ray runtime's window
+  /// actors tell each other their partitions' maxima): its max rises to t and it is active,
+  /// as if those rows had come here, which may advance the watermark and fire.
+  void raise_partition(int64_t partition, int64_t t, EmitBuffer& out) {
+    parts_.raise(partition, t);
+    set_partition_idle(partition, false, out);
+  }
+
+  /// Where the watermark of one engine that saw every row of the input began (w, ns), for an
+  /// engine that holds some keys (the Ray runtime's window actors): its own watermark may
+  /// first appear later, past a multiple of the interval that the one engine's watermark
+  /// passed on its way there, firing the keys that had events. While this engine has no
+  /// watermark, its schedule starts at w, as the one engine's did.
+  void first_watermark(int64_t w) {
+    if (!wm_.has()) first_hint_ = w;
+  }
+
   void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {
     prepare(out);
     parts_[parts_.index(partition)].idle = idle;
@@ -220,7 +238,12 @@ class GlobalEngine {
   /// multiple of the interval.
   void move_watermark(int64_t w, EmitBuffer& out) {
     if (wm_.has() && w <= wm_.value()) return;
-    const bool first = !wm_.has();
+    bool first = !wm_.has();
+    if (first && first_hint_ > kNoWatermark && first_hint_ < w && spec_.trigger == GlobalSpec::kEventTime) {
+      // The one engine that saw every partition began at the hint: the schedule starts there.
+      next_fire_ = (floor_div(first_hint_, spec_.interval) + 1) * spec_.interval;
+      first = false;
+    }
     wm_.set(w);
     if (spec_.trigger != GlobalSpec::kEventTime) return;
     if (!first && w >= next_fire_) fire_all(out);
@@ -267,6 +290,7 @@ class GlobalEngine {
   std::vector<int32_t> slots_;
   int64_t slot_cap_ = 0;
   int64_t next_fire_ = 0;
+  int64_t first_hint_ = kNoWatermark;  // first_watermark
   bool flushed_ = false;
   PartitionSet parts_;
 };

@@ -79,6 +79,16 @@ class PartitionSet {
     pmax = parts_[p].has_max ? parts_[p].max_ts : kNoWatermark;
     return p;
   }
+  /// Rows of partition `id` up to time t went to other engines (the Ray runtime's window
+  /// actors): its max rises to t. Returns the partition's index.
+  size_t raise(int64_t id, int64_t t) {
+    const size_t p = index(id);
+    if (!parts_[p].has_max || t > parts_[p].max_ts) {
+      parts_[p].max_ts = t;
+      parts_[p].has_max = true;
+    }
+    return p;
+  }
   void end_batch(size_t p, int64_t pmax) {
     if (pmax > kNoWatermark) {
       parts_[p].max_ts = pmax;
@@ -104,24 +114,37 @@ class PartitionSet {
 
 /// Watermark floors for the events of one partition split among several engines (the Ray
 /// runtime's window actors, each holding some keys): floor[i] is the largest event time (ns)
-/// of the events before event i that an engine accepts: each one not more than `max_future`
-/// (< 0: no guard) ahead of the watermark before it, as the engines judge them where no other
-/// partition holds the watermark back; kNoWatermark where there is none. `carry` is that
-/// largest time over the partition's earlier batches (kNoWatermark: none); returns it after
-/// this batch. ts are in units of `unit_ns`; a time out of range (which the engine rejects
-/// with its batch) counts for nothing here.
+/// of the events before event i that an engine accepts, as one engine that saw them all
+/// judges them: an event is refused when more than `max_future` (< 0: no guard) ahead of the
+/// watermark before it, W = max(wm, min(max - ooo - 1, cap)), where `cap` is the watermark
+/// the engine's other partitions allow (kEndWatermark: none holds it back; kNoWatermark: one
+/// has no data yet) and `wm` the watermark before the batch (kNoWatermark: none). floor[i] is
+/// kNoWatermark where there is no earlier event. `carry` is the largest accepted time over the
+/// partition's earlier batches (kNoWatermark: none); returns it after this batch, and sets
+/// `wm` to the watermark after it. ts are in units of `unit_ns`; a time out of range (which
+/// the engine rejects with its batch) counts for nothing here.
 inline int64_t watermark_floors(const int64_t* ts, int64_t unit_ns, int64_t n, int64_t ooo, int64_t max_future, int64_t carry,
-                                int64_t* floor) {
+                                int64_t cap, int64_t& wm, int64_t* floor) {
   int64_t hi = carry;
+  int64_t w = wm;
   const int64_t limit = kMaxAbsTime / unit_ns;
+  const auto allow = [&](int64_t top) {
+    const int64_t c = std::min(top - ooo - 1, cap);
+    if (top > kNoWatermark && c > w && c > kNoWatermark) w = c;
+  };
+  allow(hi);
   for (int64_t i = 0; i < n; ++i) {
     floor[i] = hi;
     const int64_t raw = ts[i];
     if (raw > limit || raw < -limit) continue;
     const int64_t t = raw * unit_ns;
-    if (max_future >= 0 && hi > kNoWatermark && t > hi - ooo - 1 + max_future) continue;  // invalid: moves nothing
-    hi = t > hi ? t : hi;
+    if (max_future >= 0 && w > kNoWatermark && t > w + max_future) continue;  // invalid: moves nothing
+    if (t > hi) {
+      hi = t;
+      allow(hi);
+    }
   }
+  wm = w;
   return hi;
 }
 

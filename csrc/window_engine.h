@@ -326,6 +326,14 @@ class WindowEngine {
     if (early_pending_) emit_early(out);
   }
 
+  /// Rows of `partition` up to time t (ns) went to other engines (the Ray runtime's window
+  /// actors tell each other their partitions' maxima): its max rises to t and it is active,
+  /// as if those rows had come here, which may advance the watermark and fire.
+  void raise_partition(int64_t partition, int64_t t, EmitBuffer& out) {
+    parts_.raise(partition, t);
+    set_partition_idle(partition, false, out);
+  }
+
   /// Marks a partition idle (or active). An idle partition no longer holds the watermark
   /// back, so this may advance it and fire windows. Unknown partitions are registered.
   void set_partition_idle(int64_t partition, bool idle, EmitBuffer& out) {

@@ -27,12 +27,15 @@ def route_chunks(words: Sequence[Sequence[np.ndarray]], n_groups: int, paralleli
 
 NO_WATERMARK: int  # a floor (watermark_floors) where no event came before
 
-def watermark_floors(ts: np.ndarray, unit_ns: int, ooo: int, max_future: int, carry: Optional[int] = None
-                     ) -> tuple[np.ndarray, Optional[int]]:
+def watermark_floors(ts: np.ndarray, unit_ns: int, ooo: int, max_future: int, carry: Optional[int] = None,
+                     cap: Optional[int] = None, wm: Optional[int] = None
+                     ) -> tuple[np.ndarray, Optional[int], Optional[int]]:
     """Per event of one partition (ts in units of unit_ns), the largest event time (ns) of the
-    events before it that an engine accepts (max_future < 0: no guard), or NO_WATERMARK: the
-    `floor` of an engine that holds some of the partition's keys; and that time after the batch
-    (None: none), the next batch's `carry`."""
+    events before it that an engine accepts (max_future < 0: no guard; judged against the
+    watermark max(wm, min(max - ooo - 1, cap)), `cap` being what the engine's other partitions
+    allow: None, none holds it back; NO_WATERMARK, one has no data), or NO_WATERMARK: the
+    `floor` of an engine that holds some of the partition's keys; that time after the batch
+    (None: none), the next batch's `carry`; the watermark after it, the next batch's `wm`."""
 
 def regrowth_bytes() -> int:
     """Bytes that engines' output columns have copied, process-wide, because they outgrew their
@@ -79,6 +82,7 @@ class WindowEngine:
     def advance_watermark(self, watermark: int) -> Emitted: ...
     def peek(self, key: Optional[int] = None) -> Emitted: ...  # partial rows of windows not fired yet (one key or all)
     def set_partition_idle(self, partition: int, idle: bool) -> Emitted: ...
+    def raise_partition(self, partition: int, max_ts: int) -> Emitted: ...  # others took its rows up to max_ts (ns)
     @property
     def partitions(self) -> list[dict]: ...
     def live_handles(self, spec: int) -> np.ndarray: ...  # nonzero handles of a custom aggregation's column
@@ -129,6 +133,7 @@ class CalendarEngine:
     def advance_watermark(self, watermark: int) -> Emitted: ...
     def peek(self, key: Optional[int] = None) -> Emitted: ...  # partial rows of windows not fired yet (one key or all)
     def set_partition_idle(self, partition: int, idle: bool) -> Emitted: ...
+    def raise_partition(self, partition: int, max_ts: int) -> Emitted: ...  # others took its rows up to max_ts (ns)
     @property
     def partitions(self) -> list[dict]: ...
     def live_handles(self, spec: int) -> np.ndarray: ...  # nonzero handles of a custom aggregation's column
@@ -157,6 +162,7 @@ class GlobalEngine:
     def advance_watermark(self, watermark: int) -> Emitted: ...
     def peek(self, key: Optional[int] = None) -> Emitted: ...  # partial rows of windows not fired yet (one key or all)
     def set_partition_idle(self, partition: int, idle: bool) -> Emitted: ...
+    def raise_partition(self, partition: int, max_ts: int) -> Emitted: ...  # others took its rows up to max_ts (ns)
     @property
     def partitions(self) -> list[dict]: ...
     def live_handles(self, spec: int) -> np.ndarray: ...  # nonzero handles of a custom aggregation's column

@@ -397,7 +397,7 @@ class Driver:
     def _read(self, sid: int):
         """One read: (a ref to the object holding the window actors' parts, which each maps
         without a copy: the reading actor's own part kept there when colocated; (label,
-        position, done)). Small: the parts went into the object store on the reader's side."""
+        position, done, marks)). Small: the parts went into the object store on the reader's side."""
         return self.source_actors[sid].read_source.remote(sid)
 
     def watermarks(self) -> dict:
@@ -561,14 +561,14 @@ class Driver:
         round, not two); a source actor of its own (colocate=False) is asked for it."""
         ray = self.ray
         got = ray.get([q[0][0] for q in self.pending.values()])
-        chans, parts = [], []
+        chans, parts, marks = [], [], {"max": {}, "first": {}}
         reads_in = {j: [] for j in range(self.n)}  # by window actor: the sources whose next read its round takes
         for (sid, q), value in zip(list(self.pending.items()), got):
             _, in_round = q.popleft()
             value = value if in_round is None else value[1][in_round]
             if isinstance(value, BaseException):  # a read that failed in its round: it fails here, in its turn
                 raise value
-            ref, (label, position, done) = value
+            ref, (label, position, done, told) = value
             if done:
                 self.ended.add(sid)
                 del self.pending[sid]
@@ -576,6 +576,9 @@ class Driver:
             self.positions[sid] = position
             self.used[sid] += 1
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
+            for (wid, other), t in told["max"].items():  # SourceWorker.marks, by channel
+                marks["max"][(wid, self.chan_ids.setdefault((sid, other), len(self.chan_ids)))] = t
+            marks["first"].update(told["first"])
             parts.append(ref)  # Ray resolves it for each round (a zero-copy map)
             if self.rt.colocate:
                 reads_in[self.reader_of[sid]].append(sid)
@@ -589,11 +592,11 @@ class Driver:
         for j, w in enumerate(self.workers):
             released = {sid: n for sid, n in self.released.items() if self.reader_of.get(sid) == j}
             if packed is not None:
-                message = (wms, chans, packed[j], tuple(reads_in[j]), released, stamp, hold)
+                message = (wms, chans, packed[j], tuple(reads_in[j]), released, stamp, hold, marks)
                 refs.append(w.round_packed.remote(pickle.dumps(message, pickle.HIGHEST_PROTOCOL)))
             else:
                 refs.append(w.round.remote(wms, chans, *parts, reads=tuple(reads_in[j]), released=released,
-                                           stamp=stamp, hold=hold))
+                                           stamp=stamp, hold=hold, marks=marks))
         for j, ref in enumerate(refs):
             for sid in reads_in[j]:
                 self.pending[sid].append((ref, sid))

@@ -53,6 +53,7 @@ class WindowAggregateOperator:
         self._encoder = KeyEncoder(self.keys) if self.keys else None
         self._engine = None
         self._declared: list[int] = []
+        self._raised: dict[int, int] = {}  # raise_partition before the engine is built
         self._repr: TimeRepr | None = None
         self._value_dtypes: dict[str, np.dtype] = {}
         self._py = self._python_aggs()
@@ -131,6 +132,9 @@ class WindowAggregateOperator:
         keys = self._encoder.encode(batch) if self._encoder is not None else None
         if self._engine is None:
             self._build(rep)
+            for p, t in self._raised.items():  # an engine with no data yet: nothing fires
+                self._engine.raise_partition(p, t)
+            self._raised = {}
         elif rep != self._repr:
             raise TypeError(f"time column {self.time.column!r} changed representation from {self._repr} to {rep}")
         extra = self._extra_columns(batch)
@@ -162,6 +166,22 @@ class WindowAggregateOperator:
         if self._engine is None:
             return self.empty_result()
         return self._results(self._engine.set_partition_idle(int(partition), bool(idle)))
+
+    def first_watermark(self, watermark_ns: int) -> None:
+        """Where the watermark of one operator that saw every row of the input began (ns), for
+        an operator that holds some of its keys (the Ray runtime's window actors). Only a global
+        window's event-time trigger depends on it (GlobalWindowOperator); the rest ignore it."""
+
+    def raise_partition(self, partition: int, max_ts: int) -> Batch:
+        """Rows of `partition` up to event time `max_ts` (ns) went to other operators that
+        share its keys (the Ray runtime's window actors tell each other): its max rises to
+        that, as if the rows had come here, which may move the watermark and fire. Before the
+        first batch (no engine yet) it waits for the engine."""
+        p, t = int(partition), int(max_ts)
+        if self._engine is None:
+            self._raised[p] = max(self._raised.get(p, t), t)
+            return self.empty_result()
+        return self._results(self._engine.raise_partition(p, t))
 
     @property
     def max_event_time(self):
@@ -419,6 +439,9 @@ class CountWindowOperator(WindowAggregateOperator):
     def set_partition_idle(self, partition, idle):
         return self.empty_result()
 
+    def raise_partition(self, partition, max_ts):
+        return self.empty_result()
+
     def declare_partitions(self, partitions) -> None:
         pass
 
@@ -564,6 +587,7 @@ class GlobalWindowOperator(CountWindowOperator):
             raise ValueError(f"allowed_lateness does not apply to {window!r}: nothing is late for a global window")
         super().__init__(window, aggs, time, keys, 0)
         self._next_tick: int | None = None
+        self._first: int | None = None  # first_watermark before the engine is built
 
     def _build(self, rep: TimeRepr):
         tr = self.window.trigger
@@ -575,9 +599,20 @@ class GlobalWindowOperator(CountWindowOperator):
         self._div = rep.factor  # bounds are event times in the input's unit
         for p in self._declared:
             self._engine.set_partition_idle(p, False)
+        if self._first is not None:
+            self._engine.first_watermark(self._first)
 
     def process(self, batch: Batch, partition: int = 0, floor: np.ndarray | None = None):
         return WindowAggregateOperator.process(self, batch, partition, floor)
+
+    def first_watermark(self, watermark_ns: int) -> None:
+        """The event-time trigger's schedule starts where the watermark of one operator that saw
+        every row began: this operator's own may first appear later, with keys holding events
+        since, past a multiple of the interval the other's passed on its way."""
+        if self._engine is None:
+            self._first = int(watermark_ns)
+        else:
+            self._engine.first_watermark(int(watermark_ns))
 
     @staticmethod
     def _retain_rows(state: dict, mask: np.ndarray) -> None:
@@ -605,6 +640,7 @@ class GlobalWindowOperator(CountWindowOperator):
 
     advance_watermark = WindowAggregateOperator.advance_watermark
     set_partition_idle = WindowAggregateOperator.set_partition_idle
+    raise_partition = WindowAggregateOperator.raise_partition
     declare_partitions = WindowAggregateOperator.declare_partitions
     watermark = WindowAggregateOperator.watermark
     max_event_time = WindowAggregateOperator.max_event_time

@@ -32,12 +32,21 @@ each row an actor's engine moves its watermark to what the floor allows, so it j
 row late, on time or invalid exactly as the local runtime's one operator does, and fires
 what that operator has fired by then (tests/test_floors.py with Hypothesis, per engine;
 tests/test_ray.py, a run against the local one for every window kind, and across a
-restore). Besides, each actor reports per window and channel the largest event time its
-engines hold; the driver takes the max over actors, and each round advances every actor to
-the min over live channels, so an actor without rows of a partition still fires. Where
-several partitions feed a window, each partition's own rows are judged exactly, and the
-other partitions hold the watermark back as far as the actor has seen them, which depends
-on how reads interleave (as in Flink, and as in the local runtime, which interleaves by batch).
+restore). A read holds one partition's rows; with it the reader sends how far the source's
+other partitions have got (SourceWorker.marks: the largest accepted time of each, whichever
+actor took its rows), and every actor raises its operators' partitions to those before the
+read's rows (raise_partition), so a partition whose rows all went to other actors holds the
+watermark back, or lets it go, at each row as in the local runtime's one operator; the
+floors are judged against what those partitions allow (a row more than max_future ahead of
+that watermark counts for nothing), and a global window's event-time trigger starts its
+schedule where that watermark began (first_watermark). Tested with Hypothesis per engine
+(partitions lagging each other, keys split among engines) and on Ray against the local
+runtime, with a restore. Besides, each actor reports per window and channel the largest
+event time its engines hold; the driver takes the max over actors, and each round advances
+every actor to the min over live channels. Where several sources feed one window (a union),
+the others' partitions hold the watermark back as far as the actor has seen them, which
+depends on how the sources' reads interleave (as in Flink; the local runtime interleaves
+them batch by batch, the Ray runtime by event time within a round).
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
 its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
@@ -245,7 +254,7 @@ def _stateless(node, batch: Batch):
 
 class SourceWorker:
     """One source: reads it, runs the stateless steps to the windows, splits by key group.
-    `next()` returns (parts, (label, position, done)): parts[j] holds window actor j's messages,
+    `next()` returns (parts, (label, position, done, marks)): parts[j] holds window actor j's messages,
     one list of (window id, rows, key groups or None: see `groups`) per batch read; one call
     reads whole batches up to `round_rows` rows (one partition label per call), so Ray's
     per-call cost is shared by many rows."""
@@ -266,6 +275,14 @@ class SourceWorker:
         # accept of that partition so far, whichever actor holds its row: where the next rows'
         # watermark floors start (`_floors`). `carry`: those of the checkpoint restored.
         self.carry = dict(carry or {})
+        # By window: the watermark its operators' floors were judged against after the latest
+        # read (an operator that saw every partition of this source would have it).
+        self.wm: dict = {}
+        # By window fed by this source alone: where that watermark began (SourceWorker.marks).
+        self.first: dict = {}
+        # The source's partitions: those it declares (each holds the watermark back until it
+        # sends; asked for where floors are first needed), then as they come.
+        self.labels: list | None = None
         self.label = None  # the partition of the rows being routed
 
     def _direct_windows(self) -> list | None:
@@ -301,7 +318,7 @@ class SourceWorker:
 
     def read_source(self, sid: int):
         """`next()` for the Ray driver (a source actor of its own, colocate=False): the parts go
-        into Ray's object store as one object; returns (its ref, (label, position, done))."""
+        into Ray's object store as one object; returns (its ref, (label, position, done, marks))."""
         parts, meta = self.next()
         return _put(parts), meta
 
@@ -312,7 +329,7 @@ class SourceWorker:
             item, self.held = self.held or next(self.it, None), None
             if item is None:
                 if not got:
-                    return [[] for _ in range(self.parallelism)], (None, None, True)
+                    return [[] for _ in range(self.parallelism)], (None, None, True, self.marks())
                 break  # the next call finds the end
             item_label = item[2] if len(item) > 2 else None
             batch = item[0]
@@ -339,12 +356,23 @@ class SourceWorker:
                     self._route(window, batches, step)
                 for j, msgs in enumerate(step):
                     out[j].append(msgs)
-                return out, (label, position, False)
+                return out, (label, position, False, self.marks())
             batches = [Batch.concat(batches)]
         for batch in batches:
             for j, msgs in enumerate(self.route(batch)):
                 out[j].append(msgs)
-        return out, (label, position, False)
+        return out, (label, position, False, self.marks())
+
+    def marks(self) -> dict:
+        """What every actor tells its operators before a read's rows, so that each judges them
+        as the local runtime's one operator does: "max", by (window, partition label), the
+        largest event time the window's operators accept of this source's partitions other
+        than the one just read, whichever actor took them (WindowAggregateOperator.
+        raise_partition: a partition whose rows went to other actors holds the watermark back,
+        or lets it go, as there; a read holds one partition's rows, so these do not change
+        during it); "first", by window this source alone feeds, where its watermark began
+        (first_watermark: where a global window's event-time trigger starts)."""
+        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label}, "first": dict(self.first)}
 
     def _push(self, node, batch, out) -> None:
         for child, _port in self.plan.children[node.id]:
@@ -403,19 +431,45 @@ class SourceWorker:
         if (not isinstance(time_, EventTime) or isinstance(time_, IngestionTime)
                 or isinstance(window.params["window"], CountWindow)):
             return None
-        key = (window.id, self.label)
-        carry, floors = self.carry.get(key), []
+        key, ooo = (window.id, self.label), time_.max_out_of_orderness
+        carry, wm, floors = self.carry.get(key), self.wm.get(window.id), []
+        if self.labels is None:
+            self.labels = list(dict.fromkeys(self.node.params["source"].partitions()))
+        if self.label not in self.labels:
+            self.labels.append(self.label)
+        # The watermark this source's other partitions allow (None: there are none).
+        others = [self.carry.get((window.id, m)) for m in self.labels if m != self.label]
+        cap = None
+        if others:
+            cap = _core.NO_WATERMARK if None in others else min(others) - ooo - 1
         mf = -1 if time_.max_future is None else time_.max_future
         try:
             for b in batches:
                 ts, rep = time_.extract(b)
-                floor, carry = _core.watermark_floors(ts, rep.factor, time_.max_out_of_orderness, mf, carry)
+                floor, carry, wm = _core.watermark_floors(ts, rep.factor, ooo, mf, carry, cap, wm)
                 floors.append(floor)
         except (KeyError, TypeError, ValueError):
             return None
         if carry is not None:
             self.carry[key] = carry
+        if wm is not None:
+            if window.id not in self.wm and len(self.plan.sources_of[window.id]) == 1:
+                self.first[window.id] = _first_watermark(floors, ooo, cap, wm)
+            self.wm[window.id] = wm
         return floors
+
+
+def _first_watermark(floors: list, ooo: int, cap: int | None, last: int) -> int:
+    """Where a watermark that was none before these floors began: with the first row whose
+    floor allows one (min(floor - ooo - 1, cap)), else with the last row (`last`)."""
+    for f in floors:
+        w = f[f != _core.NO_WATERMARK] - ooo - 1
+        if cap is not None:
+            w = np.minimum(w, cap)
+        w = w[w > _core.NO_WATERMARK]
+        if len(w):
+            return int(w[0])
+    return last
 
 
 def _chunkable(batches: list) -> bool:
@@ -597,7 +651,7 @@ class WindowWorker:
 
     def read_source(self, sid: int):
         """The source's next read as (where its parts are, as `_read` gives: a shared-memory
-        layout or an object-store ref; (label, position, done)), already taken by a thread of
+        layout or an object-store ref; (label, position, done, marks)), already taken by a thread of
         this actor while its rounds ran: the reading thread keeps up to `depth` reads done
         ahead of the driver's requests, so a request rarely waits (a request that waited would
         hold up this actor's rounds behind it). Routing and the windows' kernels release the
@@ -827,10 +881,12 @@ class WindowWorker:
 
     # -- data ---------------------------------------------------------------------------------
     def round(self, watermarks: dict, chans: list, *messages, reads: tuple = (), released: dict | None = None,
-              stamp: int = 0, hold: int = 0) -> tuple:
-        """Advances every window to the driver's watermark, then takes this actor's part of each
-        source's read (`parts` of SourceWorker.next, or their `_shm.Shared` layout; chans[i] is
-        the channel of messages[i]). `released`: by source read here, how many of its reads
+              stamp: int = 0, hold: int = 0, marks: dict | None = None) -> tuple:
+        """Advances every window to the driver's watermark and raises its operators' partitions
+        to `marks` (SourceWorker.marks of the round's reads, "max" by (window, channel) and
+        "first" by window), then takes this actor's part of each source's read (`parts` of
+        SourceWorker.next, or their `_shm.Shared` layout; chans[i] is the channel of
+        messages[i]). `released`: by source read here, how many of its reads
         every actor is done with (rounds the driver has collected): their segments are free.
         `stamp`: the driver's round number, which queryable histories keep with the rows fired
         in this round; `hold`: how many queries of every actor (query's `at`) were asked after
@@ -857,7 +913,7 @@ class WindowWorker:
                 for wid in self.queryable:
                     for slot in self.slots[wid]:
                         slot.op.history.stamp = stamp
-                progress = self._round(watermarks, chans, messages)
+                progress = self._round(watermarks, chans, messages, marks or {})
                 self.done_round = stamp
                 self.changed.notify_all()
         finally:
@@ -872,19 +928,27 @@ class WindowWorker:
         return progress, taken
 
     def round_packed(self, packed: bytes) -> tuple:
-        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released, stamp, hold): every
+        """round(*pickle.loads(packed)) of (watermarks, chans, messages, reads, released, stamp, hold, marks): every
         argument in one, pickled by the driver with the C pickler, so Ray serializes one bytes
         object (its serializer's cost grows with the objects it visits, in Python: at 16
         sources, 20 arguments cost more than the call itself; see _shm.Shared)."""
-        watermarks, chans, messages, reads, released, stamp, hold = pickle.loads(packed)
-        return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp, hold=hold)
+        watermarks, chans, messages, reads, released, stamp, hold, marks = pickle.loads(packed)
+        return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp, hold=hold,
+                          marks=marks)
 
-    def _round(self, watermarks: dict, chans: list, messages) -> dict:
+    def _round(self, watermarks: dict, chans: list, messages, marks: dict) -> dict:
+        for wid, w in marks.get("first", {}).items():
+            for slot in self.slots[wid]:
+                slot.op.first_watermark(w)
         for wid, w in watermarks.items():
             for slot in self.slots[wid]:
                 op = slot.op
                 if op.watermark is None or w > op.watermark:
                     self._emit(wid, op.advance_watermark(w), None, None)
+        for (wid, chan), t in marks.get("max", {}).items():
+            self._channel(wid, chan)
+            for slot in self.slots[wid]:
+                self._emit(wid, slot.op.raise_partition(chan, t), None, None)
         messages = [self._part(m) for m in messages]
         if self.plan.arrival_order:
             # Sources take turns batch by batch (count windows over a union depend on that

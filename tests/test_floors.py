@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pystream import _core
+from pystream.runtimes import _first_watermark
 
 AGGS = [(0, 1), (1, 1), (3, 1)]  # count, sum, max
 NONE = _core.NO_WATERMARK
@@ -31,7 +32,7 @@ def floors_of(ts, ooo, max_future, unit_ns=1, cuts=()):
     out, carry = [], None
     bounds = [0, *cuts, len(ts)]
     for a, b in itertools.pairwise(bounds):
-        f, carry = _core.watermark_floors(ts[a:b], unit_ns, ooo, max_future, carry)
+        f, carry, _wm = _core.watermark_floors(ts[a:b], unit_ns, ooo, max_future, carry)
         out.append(f)
     return np.concatenate(out) if out else np.empty(0, np.int64), carry
 
@@ -124,24 +125,30 @@ def summary(rows):
     return sorted(r for r in rows if not r[4]), final, updated & final.keys()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), kind=st.sampled_from(["window", "session", "global"]))
-def test_engines_sharing_a_partition_by_key_judge_every_row_as_one_engine(data, kind):
+def case(data, kind):
+    """Engine parameters, keys, times and values of a random stream: mostly in order, some
+    rows late by up to 600, maybe a poison clock."""
     n = data.draw(st.integers(1, 120))
     keys = np.array(data.draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)), dtype=np.int64)
     base = np.sort(np.array(data.draw(st.lists(st.integers(0, 2_000), min_size=n, max_size=n)), dtype=np.int64))
     delay = np.array(data.draw(st.lists(st.sampled_from([0, 0, 0, 5, 40, 150, 600]), min_size=n, max_size=n)))
-    ts = base - delay  # mostly in order, some rows late by up to 600
+    ts = base - delay
     if data.draw(st.booleans()):
         ts[data.draw(st.integers(0, n - 1))] += 50_000  # a poison clock
     size = data.draw(st.sampled_from([50, 100, 300]))
     p = {"size": size, "slide": data.draw(st.sampled_from([size, size // 2])), "offset": data.draw(st.integers(0, 40)),
          "ooo": data.draw(st.sampled_from([0, 20, 100])), "lateness": data.draw(st.sampled_from([0, 60, 250])),
-         "max_future": data.draw(st.sampled_from([-1, 5_000]))}
+         "max_future": data.draw(st.sampled_from([-1, 300, 5_000]))}
     if kind == "global":
         p["lateness"] = 0
-    vals = np.arange(n, dtype=np.float64) + 0.5
+    return p, keys, ts, np.arange(n, dtype=np.float64) + 0.5
 
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), kind=st.sampled_from(["window", "session", "global"]))
+def test_engines_sharing_a_partition_by_key_judge_every_row_as_one_engine(data, kind):
+    p, keys, ts, vals = case(data, kind)
+    n = len(ts)
     whole = run(kind, p, keys, ts, vals, np.arange(n), [])
     floor, _ = floors_of(ts, p["ooo"], p["max_future"], cuts=sorted(set(data.draw(st.lists(st.integers(0, n), max_size=3)))))
     engines = data.draw(st.integers(1, 4))
@@ -156,6 +163,62 @@ def test_engines_sharing_a_partition_by_key_judge_every_row_as_one_engine(data, 
     assert summary(rows) == summary(whole[0])
     assert sorted(late) == sorted(whole[1])
     assert sorted(invalid) == sorted(whole[2])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), kind=st.sampled_from(["window", "session", "global"]))
+def test_engines_sharing_several_partitions_by_key_judge_every_row_as_one_engine(data, kind):
+    # Reads of one partition each (a source's reads on Ray), the partitions lagging each other,
+    # the keys split among engines: before each read every engine raises the other partitions
+    # to the largest times accepted of them so far (SourceWorker.marks), and the read's floors
+    # are judged against the watermark those partitions allow (cap, wm: SourceWorker._floors).
+    p, keys, ts, vals = case(data, kind)
+    n, parts = len(ts), data.draw(st.integers(2, 3))
+    bounds = [0, *sorted(set(data.draw(st.lists(st.integers(1, max(1, n - 1)), max_size=8)))), n]
+    reads = [(data.draw(st.integers(0, parts - 1)), np.arange(a, b)) for a, b in itertools.pairwise(bounds) if b > a]
+    lag = [data.draw(st.sampled_from([0, 0, 70, 400])) for _ in range(parts)]
+    for label, idx in reads:
+        ts[idx] -= lag[label]
+    engines = data.draw(st.integers(1, 4))
+    whole = engine_of(kind, p)
+    split = [engine_of(kind, p) for _ in range(engines)]
+    for eng in [whole, *split]:
+        for q in range(parts):
+            eng.set_partition_idle(q, False)  # declared: each holds the watermark back until it sends
+    want, got = ([], [], []), ([], [], [])
+    carry, wm = {}, None
+
+    def into(eng, out, idx, res):
+        rows_of(out, res[0])
+        res[1].extend(idx[out["late"]].tolist())
+        res[2].extend(idx[out["invalid"]].tolist())
+
+    for label, idx in reads:
+        into(whole, whole.process(keys[idx], ts[idx], [None, vals[idx], vals[idx]], partition=label), idx, want)
+        others = [carry.get(q) for q in range(parts) if q != label]
+        cap = NONE if None in others else min(others) - p["ooo"] - 1
+        began = wm is None
+        floor, top, wm = _core.watermark_floors(ts[idx], 1, p["ooo"], p["max_future"], carry.get(label), cap, wm)
+        for e, eng in enumerate(split):
+            if began and wm is not None and kind == "global":
+                # Where the one engine's watermark began: an engine that held rows while it had
+                # none starts its trigger's schedule there (its own may begin past a multiple).
+                eng.first_watermark(_first_watermark([floor], p["ooo"], cap, wm))
+            for q, t in carry.items():
+                if q != label:
+                    rows_of(eng.raise_partition(q, t), got[0])
+            mine = idx[keys[idx] % engines == e]
+            sub = floor[keys[idx] % engines == e]
+            into(eng, eng.process(keys[mine], ts[mine], [None, vals[mine], vals[mine]], partition=label, floor=sub),
+                 mine, got)
+        if top is not None:
+            carry[label] = top
+    into(whole, whole.flush(), np.arange(0), want)
+    for eng in split:
+        into(eng, eng.flush(), np.arange(0), got)
+    assert summary(got[0]) == summary(want[0])
+    assert sorted(got[1]) == sorted(want[1])
+    assert sorted(got[2]) == sorted(want[2])
 
 
 def test_without_floors_an_engine_that_holds_some_keys_judges_from_its_own_rows():

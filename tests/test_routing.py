@@ -146,7 +146,7 @@ def _flow(*steps):
 def _reads(worker) -> list:
     out = []
     while True:
-        parts, (_label, _position, done) = worker.next()
+        parts, (_label, _position, done, _marks) = worker.next()
         if done:
             return out
         out.append([[(wid, {c: b[c].tolist() for c in b.columns}, None if b.ts is None else b.ts.tolist(), g.tolist())
