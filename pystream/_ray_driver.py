@@ -316,6 +316,7 @@ class Driver:
         self.positions = dict(st.get("positions", {}))
         self.chan_ids = dict(st.get("chan_ids", {}))
         self.top = dict(st.get("top", {}))
+        self.first = dict(st.get("first", {}))  # by window: where its watermark began (SourceWorker.marks)
         self.ended = set(st.get("ended", ()))
         if not self.chan_ids:
             for s in self.plan.sources:
@@ -364,15 +365,16 @@ class Driver:
                         for sid in self.source_actors}
 
     def _carry(self) -> dict:
-        """By source: where its readers' watermark floors start (SourceWorker.carry), from the
-        largest event time each window's actors hold per channel, as of the state started from
-        (the actor that took a partition's last row before the checkpoint holds its whole max)."""
-        out = {s.id: {} for s in self.plan.sources}
+        """By source: where its readers' watermark floors and marks start (SourceWorker's
+        `carry`): "max" from the largest event time each window's actors hold per channel, as
+        of the state started from (the actor that took a partition's last row before the
+        checkpoint holds its whole max), and "first", where each window's watermark began."""
+        out = {s.id: {"max": {}, "first": dict(self.first)} for s in self.plan.sources}
         where = {c: key for key, c in self.chan_ids.items()}
         for (wid, chan), t in self.top.items():
             if chan in where:
                 sid, label = where[chan]
-                out[sid][(wid, label)] = t
+                out[sid]["max"][(wid, label)] = t
         return out
 
     def _restart(self, state: dict | None) -> None:
@@ -579,6 +581,7 @@ class Driver:
             for (wid, other), t in told["max"].items():  # SourceWorker.marks, by channel
                 marks["max"][(wid, self.chan_ids.setdefault((sid, other), len(self.chan_ids)))] = t
             marks["first"].update(told["first"])
+            self.first.update(told["first"])
             parts.append(ref)  # Ray resolves it for each round (a zero-copy map)
             if self.rt.colocate:
                 reads_in[self.reader_of[sid]].append(sid)
@@ -631,6 +634,7 @@ class Driver:
         collected = {sid: self.collected[sid] + [b for h in handles for b in h.get(sid, [])] for sid in self.collected}
         payload = {
             "positions": dict(self.positions), "chan_ids": dict(self.chan_ids), "top": dict(self.top),
+            "first": dict(self.first),
             "ended": sorted(self.ended), "slots": slots, "guarantee": guarantee, "finished": done,
             "parallelism": self.n, "key_groups": self.groups,
             "sinks": [{sid: h for sid, h in hs.items() if sid not in self.collected} for hs in handles],

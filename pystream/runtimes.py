@@ -273,13 +273,15 @@ class SourceWorker:
         self.out = None
         # By (window id, partition label): the largest event time (ns) the window's operators
         # accept of that partition so far, whichever actor holds its row: where the next rows'
-        # watermark floors start (`_floors`). `carry`: those of the checkpoint restored.
-        self.carry = dict(carry or {})
+        # watermark floors start (`_floors`). `carry`: what a checkpoint restored holds of
+        # these ("max") and of `first` ("first").
+        carry = carry or {}
+        self.carry = dict(carry.get("max", {}))
         # By window: the watermark its operators' floors were judged against after the latest
         # read (an operator that saw every partition of this source would have it).
         self.wm: dict = {}
         # By window fed by this source alone: where that watermark began (SourceWorker.marks).
-        self.first: dict = {}
+        self.first = dict(carry.get("first", {}))
         # The source's partitions: those it declares (each holds the watermark back until it
         # sends; asked for where floors are first needed), then as they come.
         self.labels: list | None = None
@@ -453,7 +455,7 @@ class SourceWorker:
         if carry is not None:
             self.carry[key] = carry
         if wm is not None:
-            if window.id not in self.wm and len(self.plan.sources_of[window.id]) == 1:
+            if window.id not in self.first and len(self.plan.sources_of[window.id]) == 1:
                 self.first[window.id] = _first_watermark(floors, ooo, cap, wm)
             self.wm[window.id] = wm
         return floors
@@ -612,7 +614,7 @@ class WindowWorker:
         """Opens (or reopens, at `position`) a source that this actor reads and routes, keeping
         up to `depth` reads done ahead; `segments`: a name prefix for shared-memory segments
         that carry its reads to the other actors (None: Ray's object store); `carry`: where its
-        watermark floors start (SourceWorker)."""
+        watermark floors and marks start (SourceWorker)."""
         for old in self.ahead.pop(source_id, ()):  # reads of the replaced reader finish first; what they read is dropped
             old.exception()
         old_pool = self.pools.pop(source_id, None)

@@ -16,6 +16,7 @@ import pytest
 
 import pystream as ps
 from pystream import _shm
+from pystream.checkpoint import CheckpointStore
 from pystream.datagen import meter_readings
 
 ray = pytest.importorskip("ray")
@@ -340,10 +341,14 @@ def resumed_like_local(tmp_path, after, local, flow_of):
     flow_of(out, False) resumed from its checkpoint at parallelism `after`; the late, invalid
     and on-time rows are the local run's."""
     out, ckpt = str(tmp_path / "out"), str(tmp_path / "ckpt")
+    failing = flow_of(out, True)
     with pytest.raises(Exception, match="source went away"):
-        flow_of(out, True).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND),
-                               checkpoints=ckpt, guarantee="exactly_once", checkpoint_every=2)
+        failing.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND),
+                    checkpoints=ckpt, guarantee="exactly_once", checkpoint_every=2)
     assert 0 < len(ps.sinks.Files.read(os.path.join(out, "late"))) < len(local["late"])
+    # The checkpoint holds where the window's watermark began (SourceWorker.marks' "first").
+    _, payload = CheckpointStore(ckpt).latest()
+    assert list(payload["first"]) == [n.id for n in failing._nodes if n.kind == "window"]
     res = flow_of(out, False).run(runtime=ps.runtimes.Ray(parallelism=after, key_groups=16, round_rows=ROUND),
                                   checkpoints=ckpt, resume=True, guarantee="exactly_once", checkpoint_every=2)
     assert res.resumed_from is not None
@@ -405,6 +410,25 @@ def test_late_rows_of_several_partitions_on_ray_are_the_local_runtimes(kind):
     assert on_time[0] == on_time[1] and len(on_time[0]) > 100
     assert final_rows(dist["out"]) == final_rows(local["out"])
     assert len(local["late"]) > 100 or kind.startswith("global")
+
+
+def test_a_restored_reader_keeps_where_the_watermark_began():
+    # Where a window's watermark began (a global window's event-time trigger starts there) is
+    # part of the checkpoint: a reader restored mid-run sends the one it was given, not the
+    # watermark of its first read since.
+    f = late_flow("global-event-time", 2_000, Partitioned)
+    src = f._nodes[0].id
+    wid = next(n.id for n in f._nodes if n.kind == "window")
+    fresh = ps.runtimes.SourceWorker(f, src, 2, 16, round_rows=ROUND)
+    marks = [fresh.next()[1][3] for _ in range(4)]
+    assert wid not in marks[1]["first"]  # partition 2 had sent nothing: no watermark yet
+    began = marks[2]["first"][wid]
+    assert marks[3]["first"][wid] == began
+    carry = {"max": dict(fresh.carry), "first": {wid: began}}
+    restored = ps.runtimes.SourceWorker(f, src, 2, 16, position=4, round_rows=ROUND, carry=carry)
+    assert restored.next()[1][3]["first"][wid] == began
+    forgot = ps.runtimes.SourceWorker(f, src, 2, 16, position=4, round_rows=ROUND, carry={"max": carry["max"]})
+    assert forgot.next()[1][3]["first"][wid] > began
 
 
 @pytest.mark.parametrize("after", [2, 3])
