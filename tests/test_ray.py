@@ -1213,3 +1213,32 @@ def test_queryable_state_after_an_actor_died_and_the_flow_recovered(tmp_path):
     fired = set(canon(local.query("usage", last=10**7)["last"]))
     since = dist.query("usage", last=10**7)["last"]
     assert len(since) > 0 and set(canon(since)) <= fired
+
+
+def test_a_kafka_topic_on_ray_gives_the_local_runtimes_windows():
+    # A topic of four partitions (keyed by meter) read by one reading actor, from an actor
+    # (the partitions asked of the broker there), its rows split between two window actors by
+    # key group: the windows are the local runtime's, and with readings in order per meter
+    # none is late on either.
+    pytest.importorskip("confluent_kafka", reason="pip install 'pystream[kafka]'")
+    from kafka_mock import MockCluster
+
+    cluster = MockCluster()
+    data = meter_readings(20_000, 100, seed=3)
+    topic = f"ray{os.getpid()}"
+    cluster.produce_json(topic, data, key="meter_id")
+
+    def flow():
+        f = ps.Flow("ray-kafka")
+        src = f.source(ps.sources.Kafka(topic, cluster.bootstrap, batch_size=2_000, stop_at_end=True),
+                       time=ps.EventTime("ts", unit="ms", max_out_of_orderness="60s"))
+        res = src.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count())
+        res.sink(ps.sinks.Collect("o"))
+        res.late().sink(ps.sinks.Collect("late"))
+        return f
+
+    local = flow().run()
+    dist = flow().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND))
+    assert ps.sources.Kafka(topic, cluster.bootstrap).partitions() == [0, 1, 2, 3]
+    assert len(local["late"]) == len(dist["late"]) == 0
+    assert canon(dist["o"]) == canon(local["o"]) and int(np.sum(local["o"]["n"])) == 20_000
