@@ -80,14 +80,13 @@ class PartitionSet {
     return p;
   }
   /// Rows of partition `id` up to time t went to other engines (the Ray runtime's window
-  /// actors): its max rises to t. Returns the partition's index.
-  size_t raise(int64_t id, int64_t t) {
+  /// actors): its max rises to t.
+  void raise(int64_t id, int64_t t) {
     const size_t p = index(id);
     if (!parts_[p].has_max || t > parts_[p].max_ts) {
       parts_[p].max_ts = t;
       parts_[p].has_max = true;
     }
-    return p;
   }
   void end_batch(size_t p, int64_t pmax) {
     if (pmax > kNoWatermark) {
