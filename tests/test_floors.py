@@ -76,6 +76,11 @@ def test_floors_refuse_what_no_engine_could_hold():
     with pytest.raises(ValueError, match=r"floor 4611686018427387905 ns at row 1 is out of range"):
         eng.process(keys, ts, vals, floor=np.array([NONE, 2**62 + 1], np.int64))
     assert eng.num_keys == 0 and eng.watermark is None  # refused before anything changed
+    with pytest.raises(ValueError, match=r"partition 3 max 4611686018427387905 ns is out of range"):
+        eng.raise_partition(3, 2**62 + 1)
+    with pytest.raises(ValueError, match="cap .* out of range"):
+        _core.watermark_floors(ts, 1, 0, -1, None, 2**62 + 1)
+    assert eng.partitions == [] and eng.watermark is None
 
 
 def engine_of(kind, p):
