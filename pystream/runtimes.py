@@ -502,10 +502,11 @@ class _Slot:
     owner a copy, from which a keyed window drops the other owners' keys (retain_keys); an
     unkeyed window's state goes to group 0's owner alone. Every slot is pure once started."""
 
-    __slots__ = ("hi", "lo", "op", "pure")
+    __slots__ = ("hi", "lo", "op", "pure", "raised")
 
     def __init__(self, lo: int, hi: int, pure: bool, op):
         self.lo, self.hi, self.pure, self.op = lo, hi, pure, op
+        self.raised: dict = {}  # by channel: the largest time its operator was raised to (marks)
 
 
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
@@ -950,7 +951,9 @@ class WindowWorker:
         for (wid, chan), t in marks.get("max", {}).items():
             self._channel(wid, chan)
             for slot in self.slots[wid]:
-                self._emit(wid, slot.op.raise_partition(chan, t), None, None)
+                if slot.raised.get(chan, t - 1) < t:  # each read repeats the marks: only news go native
+                    slot.raised[chan] = t
+                    self._emit(wid, slot.op.raise_partition(chan, t), None, None)
         messages = [self._part(m) for m in messages]
         if self.plan.arrival_order:
             # Sources take turns batch by batch (count windows over a union depend on that
