@@ -244,9 +244,7 @@ class CalendarEngine {
             fail("open calendar windows of one zone span " + std::to_string(nt - nb) + " windows; at most " +
                  std::to_string(kMaxRingWindows) + " are supported (is a partition holding the watermark back?)");
           }
-          aggregate(a, i, rejected == 0);  // pending row indices assume the current layout
-          a = i;
-          rejected = 0;
+          close_segment(i, a, rejected);  // pending row indices assume the current layout
           int64_t cap = ring_cap_;
           while (cap < nt - nb) cap <<= 1;
           reshape(cap, slot_cap_);
@@ -260,10 +258,8 @@ class CalendarEngine {
       rows_idx_[i] = static_cast<int64_t>(slot) * ring_cap_ + pos;
       status_[i] = kAccepted;
       if (early_pending_) {
-        aggregate(a, i + 1, rejected == 0);
+        close_segment(i + 1, a, rejected);
         emit_early(out);
-        a = i + 1;
-        rejected = 0;
       }
     }
     aggregate(a, n, rejected == 0);
@@ -276,21 +272,25 @@ class CalendarEngine {
     ts_ = nullptr;
   }
 
+  /// The pending events [a, end) are aggregated (all accepted where none was rejected), and
+  /// the next segment starts at end.
+  void close_segment(int64_t end, int64_t& a, int64_t& rejected) {
+    aggregate(a, end, rejected == 0);
+    a = end;
+    rejected = 0;
+  }
+
   /// The watermark moves to `cand` before event i: the first watermark begins, or windows
   /// fire where it crosses the next boundary, after the pending events [a, i) are aggregated.
   void watermark_before(int64_t i, int64_t cand, int64_t& a, int64_t& rejected, EmitBuffer& out) {
     if (!wm_.has()) {
       if (cand <= kNoWatermark) return;
-      aggregate(a, i, rejected == 0);
-      a = i;
-      rejected = 0;
+      close_segment(i, a, rejected);
       begin_watermark(cand, out);
     } else if (cand > wm_.value()) {
       if (cand >= next_boundary_) {
-        aggregate(a, i, rejected == 0);
+        close_segment(i, a, rejected);
         step(cand, out);
-        a = i;
-        rejected = 0;
       } else {
         wm_.set(cand);
       }

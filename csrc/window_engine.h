@@ -206,19 +206,15 @@ class WindowEngine {
       if (t <= W) mark_dirty(t, jhi, slots_[i]);  // (an early firing never waits on a late event)
       if (ring_must_grow(k)) {
         // Row indices of the pending events assume the current layout: aggregate them first.
-        aggregate(a, i, rejected == 0);
-        a = i;
-        rejected = 0;
+        close_segment(i, a, rejected);
       }
       insert_slice(k);
       rows_idx_[i] = (k & (ring_cap_ - 1)) * slot_cap_ + slots_[i];
       status_[i] = kAccepted;
       ++i;
       if (early_pending_) {
-        aggregate(a, i, rejected == 0);
+        close_segment(i, a, rejected);
         emit_early(out);
-        a = i;
-        rejected = 0;
       }
     }
     aggregate(a, n, rejected == 0);
@@ -232,6 +228,14 @@ class WindowEngine {
     ts_ = nullptr;
   }
 
+  /// The pending events [a, end) are aggregated (all accepted where none was rejected), and
+  /// the next segment starts at end.
+  void close_segment(int64_t end, int64_t& a, int64_t& rejected) {
+    aggregate(a, end, rejected == 0);
+    a = end;
+    rejected = 0;
+  }
+
   /// The watermark moves to `cand` before event i: the first watermark begins (events may
   /// have arrived while another partition held it back), or windows fire and slices purge
   /// where it crosses the next boundary, after the pending events [a, i) are aggregated.
@@ -239,16 +243,12 @@ class WindowEngine {
     if (!wm_.has()) {
       if (cand <= kNoWatermark) return;
       if (base_ != top_) {
-        aggregate(a, i, rejected == 0);
-        a = i;
-        rejected = 0;
+        close_segment(i, a, rejected);
       }
       begin_watermark(cand, out);
     } else if (cand >= next_boundary_ && cand > wm_.value()) {
-      aggregate(a, i, rejected == 0);
+      close_segment(i, a, rejected);
       step(cand, out);
-      a = i;
-      rejected = 0;
     } else {
       wm_.set(cand);
     }
