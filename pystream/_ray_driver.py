@@ -563,7 +563,7 @@ class Driver:
         round, not two); a source actor of its own (colocate=False) is asked for it."""
         ray = self.ray
         got = ray.get([q[0][0] for q in self.pending.values()])
-        chans, parts, marks = [], [], {"max": {}, "first": {}}
+        chans, parts, marks = [], [], {"max": {}, "first": self.first}
         reads_in = {j: [] for j in range(self.n)}  # by window actor: the sources whose next read its round takes
         for (sid, q), value in zip(list(self.pending.items()), got):
             _, in_round = q.popleft()
@@ -580,8 +580,7 @@ class Driver:
             chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
             for (wid, other), t in told["max"].items():  # SourceWorker.marks, by channel
                 marks["max"][(wid, self.chan_ids.setdefault((sid, other), len(self.chan_ids)))] = t
-            marks["first"].update(told["first"])
-            self.first.update(told["first"])
+            self.first.update(told["first"])  # where watermarks began: sent with every round
             parts.append(ref)  # Ray resolves it for each round (a zero-copy map)
             if self.rt.colocate:
                 reads_in[self.reader_of[sid]].append(sid)
