@@ -694,9 +694,12 @@ std::vector<int64_t> route_layout(int64_t rows, const std::vector<int64_t>& item
   return at;
 }
 
+/// With `chunk_bounds`, a fifth result: int64 (chunks + 1, parallelism), where row c gives, per
+/// actor, the routed position at which chunk c's rows of that actor begin (the last row: where
+/// each actor's rows end), so that each chunk's share of an actor's rows is a slice.
 py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
                            const std::vector<std::vector<py::array>>& columns, bool with_order, const char* name,
-                           const py::object& out_obj) {
+                           const py::object& out_obj, bool chunk_bounds = false) {
   const std::string fn(name);
   if (n_groups < 1 || n_groups > 65536) fail(fn + ": n_groups must be in 1..65536, got " + std::to_string(n_groups));
   if (parallelism < 1 || parallelism > n_groups)
@@ -762,15 +765,25 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
                         std::vector<py::ssize_t>{static_cast<py::ssize_t>(sizes[k])}, base + at[k + 1], out);
   }
   py::array_t<int64_t> order(with_order ? n : 0), bounds(parallelism + 1);
+  const py::ssize_t cb_rows = chunk_bounds ? static_cast<py::ssize_t>(n_chunks + 1) : 0;
+  py::array_t<int64_t> starts({cb_rows, static_cast<py::ssize_t>(parallelism)});
   const size_t scratch = static_cast<size_t>(std::max<int64_t>(n, 1));
   std::unique_ptr<uint16_t[]> group(new uint16_t[scratch]);  // row order
   {
     py::gil_scoped_release release;
     Router router(n_groups, parallelism);
     int64_t* b = bounds.mutable_data();
+    int64_t* cb = starts.mutable_data();
     std::fill(b, b + parallelism + 1, 0);
-    for (size_t c = 0; c < n_chunks; ++c) router.group_rows(ptrs[c], start[c + 1] - start[c], group.get() + start[c], b);
+    for (size_t c = 0; c < n_chunks; ++c) {
+      if (chunk_bounds) std::copy(b + 1, b + parallelism + 1, cb + c * parallelism);  // rows per actor before c
+      router.group_rows(ptrs[c], start[c + 1] - start[c], group.get() + start[c], b);
+    }
+    if (chunk_bounds) std::copy(b + 1, b + parallelism + 1, cb + n_chunks * parallelism);
     router.bounds_from_counts(b);
+    if (chunk_bounds)
+      for (size_t c = 0; c <= n_chunks; ++c)
+        for (int64_t j = 0; j < parallelism; ++j) cb[c * parallelism + j] += b[j];
     auto place = [&](auto* dest) {  // 32-bit places while they fit: half the scratch traffic
       router.place_rows(group.get(), b, n, dest, with_order ? order.mutable_data() : nullptr, groups.mutable_data());
       for (size_t c = 0; c < n_chunks; ++c)
@@ -788,7 +801,9 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
   }
   py::list routed;
   for (auto& o : outs) routed.append(o);
-  return py::make_tuple(with_order ? py::object(order) : py::object(py::none()), groups, bounds, routed);
+  py::object maybe_order = with_order ? py::object(order) : py::object(py::none());
+  if (chunk_bounds) return py::make_tuple(maybe_order, groups, bounds, routed, starts);
+  return py::make_tuple(maybe_order, groups, bounds, routed);
 }
 
 py::tuple py_route_rows(const std::vector<WordArray>& words, int64_t n_groups, int64_t parallelism,
@@ -797,8 +812,9 @@ py::tuple py_route_rows(const std::vector<WordArray>& words, int64_t n_groups, i
 }
 
 py::tuple py_route_chunks(const std::vector<std::vector<WordArray>>& words, int64_t n_groups, int64_t parallelism,
-                          const std::vector<std::vector<py::array>>& columns, bool with_order, const py::object& out) {
-  return route_chunk_list(words, n_groups, parallelism, columns, with_order, "route_chunks", out);
+                          const std::vector<std::vector<py::array>>& columns, bool with_order, const py::object& out,
+                          bool chunk_bounds) {
+  return route_chunk_list(words, n_groups, parallelism, columns, with_order, "route_chunks", out, chunk_bounds);
 }
 
 /// An entry of the TimerQueue the tests drive directly (tests/test_timer_queue.py).
@@ -831,9 +847,10 @@ PYBIND11_MODULE(_core, m) {
         "Key groups of rows and a stable counting sort by owning actor: (order or None without with_order, groups in "
         "that order, bounds, the columns in that order); with `out` (uint8), groups and columns are views of it.");
   m.def("route_chunks", &py_route_chunks, py::arg("words"), py::arg("n_groups"), py::arg("parallelism"),
-        py::arg("columns"), py::arg("with_order") = true, py::arg("out") = py::none(),
+        py::arg("columns"), py::arg("with_order") = true, py::arg("out") = py::none(), py::arg("chunk_bounds") = false,
         "route_rows over rows that come as chunks (words[c] and columns[c] per chunk), routed as one batch: the "
-        "same result as route_rows over the chunks joined, without joining them.");
+        "same result as route_rows over the chunks joined, without joining them; with chunk_bounds, also where "
+        "each chunk's rows of each actor begin in the routed order (chunks + 1 rows by parallelism).");
   m.def("routed_bytes", [](int64_t rows, const std::vector<int64_t>& itemsizes) {
           if (rows < 0) fail("routed_bytes: rows must be >= 0, got " + std::to_string(rows));
           return route_layout(rows, itemsizes).back();

@@ -19,11 +19,14 @@ def route_rows(words: Sequence[np.ndarray], n_groups: int, parallelism: int, col
     starting on a multiple of ROUTE_ALIGN bytes (ValueError naming the sizes where it is short)."""
 
 def route_chunks(words: Sequence[Sequence[np.ndarray]], n_groups: int, parallelism: int,
-                 columns: Sequence[Sequence[np.ndarray]], with_order: bool = True, out: Optional[np.ndarray] = None
-                 ) -> tuple[Optional[np.ndarray], np.ndarray, np.ndarray, list[np.ndarray]]:
+                 columns: Sequence[Sequence[np.ndarray]], with_order: bool = True, out: Optional[np.ndarray] = None,
+                 chunk_bounds: bool = False) -> tuple:
     """route_rows over rows that come as chunks (words[c], columns[c]: chunk c's key words and
     columns, the same columns and dtypes in every chunk), routed as one batch, chunk after chunk:
-    equal to route_rows over the joined chunks, without joining them (no copy of the rows)."""
+    equal to route_rows over the joined chunks, without joining them (no copy of the rows).
+    With chunk_bounds, a fifth result: int64 (chunks + 1, parallelism), row c the routed
+    position where chunk c's rows of each actor begin (row `chunks`: where each actor's end),
+    so actor j's rows of chunk c are [cb[c, j], cb[c + 1, j])."""
 
 NO_WATERMARK: int  # a floor (watermark_floors) where no event came before
 

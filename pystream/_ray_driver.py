@@ -317,11 +317,16 @@ class Driver:
         self.chan_ids = dict(st.get("chan_ids", {}))
         self.top = dict(st.get("top", {}))
         self.first = dict(st.get("first", {}))  # by window: where its watermark began (SourceWorker.marks)
+        # By window of several sources whose watermark has not begun: how far each channel has
+        # got, and the channels its operators know (RayDriver._first).
+        self.got = {w.id: {c: t for (wid, c), t in self.top.items() if wid == w.id}
+                    for w in self.plan.windows if len(self.plan.sources_of[w.id]) > 1 and w.id not in self.first}
         self.ended = set(st.get("ended", ()))
         if not self.chan_ids:
             for s in self.plan.sources:
                 for label in s.params["source"].partitions():
                     self.chan_ids.setdefault((s.id, label), len(self.chan_ids))
+        self.known = {wid: list(self._channels()[wid]) for wid in self.got}
         for a in self._source_only_actors():
             ray.kill(a)
         slots = st.get("slots", {})
@@ -336,6 +341,7 @@ class Driver:
         live = [s for s in self.plan.sources if s.id not in self.ended]
         args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
         carry = self._carry()
+        items = self.plan.round_items(self.rt.round_rows) if self.plan.aligned else None
         nodes = ray.get(calls)  # every round of an earlier start has ended (an actor runs its calls in order)
         self.starts += 1
         gen = f"{self.segments}{self.starts}-"
@@ -346,14 +352,15 @@ class Driver:
             self.reader_of = {sid: i % self.n for i, sid in enumerate(args)}
             self.source_actors = {sid: self.workers[j] for sid, j in self.reader_of.items()}
             calls += [self.source_actors[sid].open_source.remote(
-                *a, round_rows=self.rt.round_rows, depth=self.rt.ahead, carry=carry[sid],
+                *a, round_rows=self.rt.round_rows, depth=self.rt.ahead, carry=carry[sid], items=items,
                 segments=f"{gen}s{sid}-" if self.transport == "shared_memory" else None) for sid, a in args.items()]
         else:
             self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
             context = driver_context()
             self.source_actors = {sid: src_cls.remote(packed_graph(self.flow, sid), *a[1:],
-                                                      round_rows=self.rt.round_rows, carry=carry[sid], **context)
+                                                      round_rows=self.rt.round_rows, carry=carry[sid], items=items,
+                                                      **context)
                                   for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
@@ -363,6 +370,30 @@ class Driver:
         # call, or (ref, sid) of the round that takes the read after its windowing.
         self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
+
+    def _first(self, chans: list, ends: list, borns: list) -> None:
+        """Where the watermark of each window of several sources began (self.first, which
+        actors pass to their operators: first_watermark), from a round's aligned reads, taken
+        in the actors' order: at the step where the last of its partitions got a first
+        accepted time ("born"), as the lowest of the partitions' times then, less the
+        disorder, as the local runtime's one operator's. An actor that holds none of that
+        step's first rows would begin its own watermark later and higher."""
+        for k in range(max((len(c) for c in chans), default=0)):
+            for chan, step_ends, step_borns in zip(chans, ends, borns):
+                if k >= len(chan):
+                    continue
+                for wid, t in step_ends[k].items():
+                    got = self.got.get(wid)
+                    if got is None or wid in self.first:
+                        continue
+                    if chan[k] not in got and wid in step_borns[k]:
+                        known = self.known[wid]
+                        if chan[k] not in known:
+                            known.append(chan[k])
+                        if all(c in got for c in known if c != chan[k]):
+                            ooo = self.plan.nodes[wid].params["time"].max_out_of_orderness
+                            self.first[wid] = min([step_borns[k][wid], *got.values()]) - ooo - 1
+                    got[chan[k]] = t
 
     def _carry(self) -> dict:
         """By source: where its readers' watermark floors and marks start (SourceWorker's
@@ -563,7 +594,7 @@ class Driver:
         round, not two); a source actor of its own (colocate=False) is asked for it."""
         ray = self.ray
         got = ray.get([q[0][0] for q in self.pending.values()])
-        chans, parts, marks = [], [], {"max": {}, "first": self.first}
+        chans, parts, marks, ends, borns = [], [], {"max": {}, "first": self.first}, [], []
         reads_in = {j: [] for j in range(self.n)}  # by window actor: the sources whose next read its round takes
         for (sid, q), value in zip(list(self.pending.items()), got):
             _, in_round = q.popleft()
@@ -577,7 +608,12 @@ class Driver:
                 continue
             self.positions[sid] = position
             self.used[sid] += 1
-            chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
+            if isinstance(label, tuple):  # an aligned read: a label per step (SourceWorker._next_aligned)
+                chans.append(tuple(self.chan_ids.setdefault((sid, x), len(self.chan_ids)) for x in label))
+                ends.append(told["ends"])
+                borns.append(told["born"])
+            else:
+                chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
             for (wid, other), t in told["max"].items():  # SourceWorker.marks, by channel
                 marks["max"][(wid, self.chan_ids.setdefault((sid, other), len(self.chan_ids)))] = t
             self.first.update(told["first"])  # where watermarks began: sent with every round
@@ -586,6 +622,9 @@ class Driver:
                 reads_in[self.reader_of[sid]].append(sid)
             else:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
+        if ends:
+            marks["ends"] = ends
+            self._first(chans, ends, borns)
         wms = self.watermarks()
         with self.query_lock:  # the queries asked since the last round see the actors before this one
             stamp, hold = self.round_no, self.asked

@@ -44,9 +44,16 @@ schedule where that watermark began (first_watermark). Tested with Hypothesis pe
 runtime, with a restore. Besides, each actor reports per window and channel the largest
 event time its engines hold; the driver takes the max over actors, and each round advances
 every actor to the min over live channels. Where several sources feed one window (a union),
-the others' partitions hold the watermark back as far as the actor has seen them, which
-depends on how the sources' reads interleave (as in Flink; the local runtime interleaves
-them batch by batch, the Ray runtime by event time within a round).
+the local runtime takes one batch of each source in turn; on Ray, reads are then aligned
+(Plan.aligned): a read holds the same number of batches of every source (Plan.round_items),
+whatever its partitions, and each actor takes its part of each batch in that turn, then
+raises that batch's partition to how far it has got ("ends": the largest time the window
+accepts of it, whichever actor took its rows), so another source's next batch finds every
+partition where the local runtime's one operator has it. The driver tells from the reads'
+"born" marks where such a window's watermark began (RayDriver._first, first_watermark).
+Tested on Ray against the local runtime for tumbling, session, calendar, global and count
+windows over three sources of different batch sizes and lags, one of them holding only one
+actor's keys, and across a restore (tests/test_ray.py).
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
 its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
@@ -66,7 +73,6 @@ import bisect
 import collections
 import concurrent.futures
 import functools
-import heapq
 import os
 import pickle
 import threading
@@ -221,6 +227,21 @@ class Plan:
         #: Some window's results depend on the order rows arrive in, not only on event time.
         self.arrival_order = any(getattr(w.params["window"], a, False) for w in self.windows
                                  for a in ("counted", "globally"))
+        #: Some window takes the rows of several sources (a union): the local runtime takes one
+        #: batch of each source in turn, so a read holds the same number of batches of every
+        #: source (`round_items`), and actors take them in that order (WindowWorker._round).
+        self.aligned = any(len(self.sources_of[w.id]) > 1 for w in self.windows)
+
+    #: Rows per batch assumed of a source that does not say (no int `batch_size`).
+    BATCH_ROWS = 65_536
+
+    def round_items(self, round_rows: int) -> int:
+        """Batches of every source per read where reads are aligned: as many of the largest
+        batches as fit in `round_rows` (at least one), the same number in every process."""
+        sizes = [getattr(s.params["source"], "batch_size", None) for s in self.sources]
+        size = max((b for b in sizes if isinstance(b, int) and not isinstance(b, bool) and b > 0),
+                   default=self.BATCH_ROWS)
+        return max(1, round_rows // size)
 
     def _reaches(self, a: int, b: int) -> bool:
         todo, seen = [a], set()
@@ -260,12 +281,16 @@ class SourceWorker:
     per-call cost is shared by many rows."""
 
     def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True,
-                 round_rows: int = 1, carry: dict | None = None):
+                 round_rows: int = 1, carry: dict | None = None, items: int | None = None):
         self.plan = Plan(flow)
         self.node = self.plan.nodes[source_id]
         self.parallelism, self.n_groups, self.round_rows = parallelism, n_groups, round_rows
         self.it = iter(self.node.params["source"].read(position)) if read else None
-        self.coalesce = parallelism > 1 and not self.plan.arrival_order
+        # Batches per read where the sources' batches are taken in turns (Plan.aligned), else
+        # None: the driver's Plan.round_items, the same for every source (this graph holds
+        # only this source's object).
+        self.items = items if self.plan.aligned else None
+        self.coalesce = parallelism > 1 and not self.plan.arrival_order and self.items is None
         self.direct = self._direct_windows()
         self.held = None  # an item read ahead (another partition's): the next call starts with it
         # Where routed rows go: None, arrays of their own; or a function that gives room for n
@@ -286,6 +311,11 @@ class SourceWorker:
         # sends; asked for where floors are first needed), then as they come.
         self.labels: list | None = None
         self.label = None  # the partition of the rows being routed
+        # By window, of the batches `_floors` judged last: the partition's largest accepted
+        # time after each (None while it has none), and (batch index, time) where it got its
+        # first ("born": the first floor that is one, else the time after that batch).
+        self.trail: dict = {}
+        self.born: dict = {}
 
     def _direct_windows(self) -> list | None:
         """The windows this source's batches reach unchanged (through unions only), each once,
@@ -325,6 +355,8 @@ class SourceWorker:
         return _put(parts), meta
 
     def next(self):
+        if self.items is not None:
+            return self._next_aligned()
         batches, got, label, position = [], False, None, None
         rows = 0
         while rows < self.round_rows:
@@ -365,6 +397,57 @@ class SourceWorker:
                 out[j].append(msgs)
         return out, (label, position, False, self.marks())
 
+    def _next_aligned(self):
+        """`next()` where reads are aligned (Plan.aligned): exactly `items` items of the source
+        (fewer only at its end; an item without a batch is an empty step, as it is a turn in the
+        local runtime), one step per item for every actor, whatever its partition. The meta's
+        label is then a tuple, each step's; its marks hold "max" as of the read's start (every
+        partition), "ends": per step, by window, the largest event time the window accepts of
+        that step's partition after it, whichever actor took its rows (an actor raises the
+        partition to it after its part of the step, so the next source's step finds the
+        partition where the local runtime's one operator has it), and "born": per step, by
+        window, where the partition got its first accepted time, if in that step (the first
+        row's floor that is one, else the step's end: from these the driver tells where the
+        watermark of a window of several sources began, RayDriver._first)."""
+        start = {"max": dict(self.carry), "first": dict(self.first)}
+        items = []
+        while len(items) < self.items:
+            item = next(self.it, None)
+            if item is None:
+                break
+            items.append(item)
+        if not items:
+            return [[] for _ in range(self.parallelism)], (None, None, True, self.marks())
+        batches = [item[0] for item in items]
+        labels = [item[2] if len(item) > 2 else None for item in items]
+        steps = [[[] for _ in range(self.parallelism)] for _ in items]  # steps[c][j]: actor j's part of item c
+        ends, borns = [{} for _ in items], [{} for _ in items]
+
+        def note(at: int) -> None:  # the marks of the batches just judged, from item `at` on
+            for wid, trail in self.trail.items():
+                for c, t in enumerate(trail):
+                    if t is not None:
+                        ends[at + c][wid] = t
+            for wid, (c, t) in self.born.items():
+                borns[at + c][wid] = t
+
+        if (self.parallelism > 1 and len(items) > 1 and self.direct is not None and len(set(labels)) == 1
+                and all(b is not None and b.columns == batches[0].columns for b in batches) and _chunkable(batches)):
+            # One routing pass over the read (no joined copy), each actor's rows sliced per item.
+            self.label, self.trail, self.born = labels[0], {}, {}
+            for window in self.direct:
+                self._route(window, batches, steps, chunked=True)
+            note(0)
+        else:
+            for c, (batch, label) in enumerate(zip(batches, labels)):
+                self.label, self.trail, self.born = label, {}, {}
+                if batch is not None:  # no data yet: an empty step, as a turn in the local runtime
+                    self._push(self.node, batch, steps[c])
+                note(c)
+        start["ends"], start["born"] = ends, borns
+        return ([[step[j] for step in steps] for j in range(self.parallelism)],
+                (tuple(labels), items[-1][1], False, start))
+
     def marks(self) -> dict:
         """What every actor tells its operators before a read's rows, so that each judges them
         as the local runtime's one operator does: "max", by (window, partition label), the
@@ -384,12 +467,17 @@ class SourceWorker:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
 
-    def _route(self, window, batches: list, out) -> None:
+    def _route(self, window, batches: list, out, chunked: bool = False) -> None:
         """Rows on their way into `window` (one batch, or several that `_chunkable` passed,
-        routed as one), to each actor's message list in `out`. Each window actor gets its rows
-        in arrival order (an engine's watermark moves row by row, so order decides lateness),
-        with their key groups."""
+        routed as one), to each actor's message list in `out`; `chunked`: out[c] holds item c's
+        message lists, and each actor's rows of batch c go to out[c] (aligned reads). Each
+        window actor gets its rows in arrival order (an engine's watermark moves row by row, so
+        order decides lateness), with their key groups."""
         keys, n = window.params["keys"], self.parallelism
+        if chunked and not keys:  # one group (0, actor 0's), which takes every row: no floors or marks needed
+            for c, batch in enumerate(batches):
+                out[c][0].append((window.id, batch, None))
+            return
         if n == 1 or not keys:  # one actor, or one group (0, actor 0's)
             batch = batches[0] if len(batches) == 1 else Batch.concat(batches)
             groups = self.groups(window, batch)
@@ -407,8 +495,9 @@ class SourceWorker:
         if self.out is not None:
             room = self.out(_core.routed_bytes(sum(len(b) for b in batches), [a.dtype.itemsize for a in ins[0]]))
         # several batches only where _chunkable passed them: fixed-width columns, no order needed
-        order, groups, bounds, cols = _core.route_chunks([_key_words(b, keys) for b in batches], self.n_groups, n,
-                                                         ins, with_order=len(fixed) < len(first.columns), out=room)
+        order, groups, bounds, cols, *starts = _core.route_chunks(
+            [_key_words(b, keys) for b in batches], self.n_groups, n, ins, with_order=len(fixed) < len(first.columns),
+            out=room, chunk_bounds=chunked)
         floor = cols.pop() if floors else None
         ts = cols.pop() if with_ts else None
         cols = dict(zip(fixed, cols))
@@ -416,6 +505,14 @@ class SourceWorker:
         if floor is not None:
             routed[FLOOR] = floor
         routed = Batch(routed, ts=ts)
+        if chunked:
+            cuts = starts[0].tolist()
+            for c in range(len(batches)):
+                for j in range(n):
+                    lo, hi = cuts[c][j], cuts[c + 1][j]
+                    if hi > lo:
+                        out[c][j].append((window.id, routed.slice(lo, hi), groups[lo:hi]))
+            return
         for j in range(n):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if hi > lo:
@@ -445,13 +542,20 @@ class SourceWorker:
         if others:
             cap = _core.NO_WATERMARK if None in others else min(others) - ooo - 1
         mf = -1 if time_.max_future is None else time_.max_future
+        trail = []
         try:
             for b in batches:
                 ts, rep = time_.extract(b)
+                was = carry
                 floor, carry, wm = _core.watermark_floors(ts, rep.factor, ooo, mf, carry, cap, wm)
                 floors.append(floor)
+                if was is None and carry is not None:  # the partition's first accepted time is in these rows
+                    held = floor[floor != _core.NO_WATERMARK]
+                    self.born[window.id] = (len(trail), int(held[0]) if len(held) else carry)
+                trail.append(carry)
         except (KeyError, TypeError, ValueError):
             return None
+        self.trail[window.id] = trail
         if carry is not None:
             self.carry[key] = carry
         if wm is not None:
@@ -611,11 +715,12 @@ class WindowWorker:
 
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
-                    round_rows: int = 1, depth: int = 1, segments: str | None = None, carry: dict | None = None) -> None:
+                    round_rows: int = 1, depth: int = 1, segments: str | None = None, carry: dict | None = None,
+                    items: int | None = None) -> None:
         """Opens (or reopens, at `position`) a source that this actor reads and routes, keeping
         up to `depth` reads done ahead; `segments`: a name prefix for shared-memory segments
         that carry its reads to the other actors (None: Ray's object store); `carry`: where its
-        watermark floors and marks start (SourceWorker)."""
+        watermark floors and marks start; `items`: batches per aligned read (SourceWorker)."""
         for old in self.ahead.pop(source_id, ()):  # reads of the replaced reader finish first; what they read is dropped
             old.exception()
         old_pool = self.pools.pop(source_id, None)
@@ -625,7 +730,7 @@ class WindowWorker:
         if self.reading is None:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
-                                               round_rows=round_rows, carry=carry)
+                                               round_rows=round_rows, carry=carry, items=items)
         self.kept[source_id] = collections.deque()
         self.ahead[source_id] = collections.deque()
         if segments is not None:  # its reads are routed straight into the segments
@@ -889,7 +994,8 @@ class WindowWorker:
         to `marks` (SourceWorker.marks of the round's reads, "max" by (window, channel) and
         "first" by window), then takes this actor's part of each source's read (`parts` of
         SourceWorker.next, or their `_shm.Shared` layout; chans[i] is the channel of
-        messages[i]). `released`: by source read here, how many of its reads
+        messages[i], or of each of its steps where reads are aligned, and marks' "ends" then
+        hold each step's marks: see _round). `released`: by source read here, how many of its reads
         every actor is done with (rounds the driver has collected): their segments are free.
         `stamp`: the driver's round number, which queryable histories keep with the rows fired
         in this round; `hold`: how many queries of every actor (query's `at`) were asked after
@@ -949,60 +1055,25 @@ class WindowWorker:
                 if op.watermark is None or w > op.watermark:
                     self._emit(wid, op.advance_watermark(w), None, None)
         for (wid, chan), t in marks.get("max", {}).items():
-            self._channel(wid, chan)
-            for slot in self.slots[wid]:
-                if slot.raised.get(chan, t - 1) < t:  # each read repeats the marks: only news go native
-                    slot.raised[chan] = t
-                    self._emit(wid, slot.op.raise_partition(chan, t), None, None)
+            self._raise(wid, chan, t)
         messages = [self._part(m) for m in messages]
-        if self.plan.arrival_order:
-            # Sources take turns batch by batch (count windows over a union depend on that
-            # order, and the local runtime interleaves the same way).
+        if "ends" in marks:
+            # Reads aligned (Plan.aligned): the sources' batches in turns, one of each, as the local
+            # runtime takes them; after each, its partition raised to how far it has got.
             for k in range(max((len(steps) for steps in messages), default=0)):
-                for chan, steps in zip(chans, messages):
-                    for wid, batch, groups in (steps[k] if k < len(steps) else ()):
-                        self._take(wid, chan, batch, groups)
+                for chan, steps, ends in zip(chans, messages, marks["ends"]):
+                    if k < len(steps):
+                        for wid, batch, groups in steps[k]:
+                            self._take(wid, chan[k], batch, groups)
+                        for wid, t in ends[k].items():
+                            self._raise(wid, chan[k], t)
         else:
-            for wid, batch, groups, chan in self._by_event_time(chans, messages):
-                self._take(wid, chan, batch, groups)
+            # No window takes several sources' rows: each read as it came, batch by batch.
+            for chan, steps in zip(chans, messages):
+                for step in steps:
+                    for wid, batch, groups in step:
+                        self._take(wid, chan, batch, groups)
         return self.progress()
-
-    #: Rows of one source's read at most before the other sources' reads get a turn (see
-    #: _by_event_time).
-    TURN_ROWS = 65_536
-
-    def _by_event_time(self, chans: list, messages: list):
-        """A round's rows as (window, rows, key groups, channel), each source's in its own order,
-        the sources' taking turns by event time in pieces of up to TURN_ROWS rows: the piece
-        whose first row is earliest goes next. A read of one source covers hours of event time
-        (round_rows over a part of the keys); taken whole, one after another, the sources held
-        each other's watermark back for a whole read, so each window's state spanned hours more
-        and firing found it cold: at parallelism 2 (two 256k-row reads per actor and round) the
-        windows took 24 ns per row, in turns 20 (in process, 80M readings, 2-core VM)."""
-        runs: dict = {}  # by window: per channel, its pieces in order
-        for chan, steps in zip(chans, messages):
-            for step in steps:
-                for wid, batch, groups in step:
-                    column = self.plan.nodes[wid].params["time"].column
-                    times = batch[column] if column in batch and len(batch) else None
-                    if times is not None and times.dtype.kind == "M":
-                        times = times.view(np.int64)
-                    elif times is not None and times.dtype.kind not in "iu":
-                        times = None
-                    pieces = runs.setdefault(wid, {}).setdefault(chan, [])
-                    n = len(batch)
-                    count = -(-n // self.TURN_ROWS)  # equal pieces (none of an empty batch)
-                    size = -(-n // count) if count else 1
-                    for lo in range(0, n, size):
-                        hi = min(lo + size, n)
-                        first = int(times[lo]) if times is not None else len(pieces)
-                        whole = lo == 0 and hi == n
-                        part = batch if whole else batch.slice(lo, hi)
-                        pieces.append((first, wid, part, None if groups is None else groups[lo:hi], chan))
-        for per_chan in runs.values():
-            # merge keeps each channel's own order (times may step back within a channel)
-            for _first, wid, batch, groups, chan in heapq.merge(*per_chan.values(), key=lambda piece: piece[0]):
-                yield wid, batch, groups, chan
 
     def _take(self, wid: int, chan: int, batch: Batch, groups: np.ndarray) -> None:
         """Rows of one channel into the window's operators (by slot), with their watermark
@@ -1050,6 +1121,15 @@ class WindowWorker:
         grouped = batch.take(order)
         return [(slots[i], grouped.slice(int(bounds[i]), int(bounds[i + 1])))
                 for i in range(len(slots)) if bounds[i + 1] > bounds[i]]
+
+    def _raise(self, wid: int, chan: int, t: int) -> None:
+        """The window's operators' partition `chan` raised to `t` (a mark: how far that
+        partition has got, whichever actor took its rows)."""
+        self._channel(wid, chan)
+        for slot in self.slots[wid]:
+            if slot.raised.get(chan, t - 1) < t:  # marks repeat: only news go native
+                slot.raised[chan] = t
+                self._emit(wid, slot.op.raise_partition(chan, t), None, None)
 
     def _channel(self, wid: int, chan: int) -> None:
         known = self.channels.setdefault(wid, [])

@@ -116,6 +116,19 @@ def test_routing_chunks_equals_routing_the_joined_batch(n, cuts, parallelism, se
         assert arr.dtype == w.dtype and arr.tolist() == w.tolist() and (n == 0 or np.shares_memory(arr, room))
         assert (arr.ctypes.data - at) % _core.ROUTE_ALIGN == 0 and arr.ctypes.data + arr.nbytes <= at + need
     assert (room[need:] == 0xAB).all()  # nothing written past the room given
+    # chunk_bounds: where each chunk's rows of each actor begin in the routed order; the
+    # routed rows of actor j from chunk c are exactly that chunk's rows it owns, in order.
+    *same, starts = _core.route_chunks([[k[a:b] for k in keys] for a, b in chunks], 16, parallelism,
+                                       [[c[a:b] for c in cols] for a, b in chunks], chunk_bounds=True)
+    assert len(same) == 4 and same[0].tolist() == want[0].tolist() and same[2].tolist() == want[2].tolist()
+    assert starts.shape == (len(chunks) + 1, parallelism) and starts.dtype == np.int64
+    chunk_of = np.repeat(np.arange(len(chunks)), [b - a for a, b in chunks])
+    for j in range(parallelism):
+        assert starts[0, j] == want[2][j] and starts[-1, j] == want[2][j + 1]
+        for c, (a, b) in enumerate(chunks):
+            mine = want[0][starts[c, j]:starts[c + 1, j]]
+            assert (chunk_of[mine] == c).all() and mine.tolist() == sorted(mine.tolist())
+            assert len(mine) == int(np.count_nonzero((chunk_of == c)[want[0][want[2][j]:want[2][j + 1]]]))
 
 
 def test_routing_chunks_refuses_chunks_that_do_not_match():
