@@ -13,6 +13,7 @@ import threading
 import time
 import types
 import uuid
+import warnings
 
 from . import _shm
 from .batch import Batch
@@ -284,6 +285,7 @@ class Driver:
         # round waits for on each actor (WindowWorker.round's hold).
         self.query_lock = threading.Lock()
         self.asked = 0
+        self.ahead: dict = {}  # by window of several sources: steps past its watermark by max_future (_ahead_of_union)
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_guarantee(self, guarantee, checkpoints):
@@ -317,10 +319,10 @@ class Driver:
         self.chan_ids = dict(st.get("chan_ids", {}))
         self.top = dict(st.get("top", {}))
         self.first = dict(st.get("first", {}))  # by window: where its watermark began (SourceWorker.marks)
-        # By window of several sources whose watermark has not begun: how far each channel has
-        # got, and the channels its operators know (RayDriver._first).
+        # By window of several sources: how far each channel has got, and the channels its
+        # operators know (RayDriver._unions).
         self.got = {w.id: {c: t for (wid, c), t in self.top.items() if wid == w.id}
-                    for w in self.plan.windows if len(self.plan.sources_of[w.id]) > 1 and w.id not in self.first}
+                    for w in self.plan.windows if len(self.plan.sources_of[w.id]) > 1}
         self.ended = set(st.get("ended", ()))
         if not self.chan_ids:
             for s in self.plan.sources:
@@ -371,29 +373,57 @@ class Driver:
         self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
 
-    def _first(self, chans: list, ends: list, borns: list) -> None:
-        """Where the watermark of each window of several sources began (self.first, which
-        actors pass to their operators: first_watermark), from a round's aligned reads, taken
-        in the actors' order: at the step where the last of its partitions got a first
-        accepted time ("born"), as the lowest of the partitions' times then, less the
-        disorder, as the local runtime's one operator's. An actor that holds none of that
-        step's first rows would begin its own watermark later and higher."""
+    def _unions(self, chans: list, ends: list, borns: list) -> None:
+        """A round's aligned reads, taken in the actors' order, for each window of several
+        sources: where its watermark began (self.first, which actors pass to their operators:
+        first_watermark), at the step where the last of its partitions got a first accepted
+        time ("born"), as the lowest of the partitions' times then, less the disorder, as the
+        local runtime's one operator's (an actor that holds none of that step's first rows
+        would begin its own watermark later and higher); and the steps whose rows went past
+        the union's watermark by more than max_future (`_ahead_of_union`)."""
         for k in range(max((len(c) for c in chans), default=0)):
             for chan, step_ends, step_borns in zip(chans, ends, borns):
                 if k >= len(chan):
                     continue
+                c = chan[k]
                 for wid, t in step_ends[k].items():
                     got = self.got.get(wid)
-                    if got is None or wid in self.first:
+                    if got is None:
                         continue
-                    if chan[k] not in got and wid in step_borns[k]:
-                        known = self.known[wid]
-                        if chan[k] not in known:
-                            known.append(chan[k])
-                        if all(c in got for c in known if c != chan[k]):
-                            ooo = self.plan.nodes[wid].params["time"].max_out_of_orderness
-                            self.first[wid] = min([step_borns[k][wid], *got.values()]) - ooo - 1
-                    got[chan[k]] = t
+                    known = self.known[wid]
+                    if c not in known:
+                        known.append(c)
+                    complete = all(x in got for x in known if x != c)
+                    if wid not in self.first and c not in got and wid in step_borns[k] and complete:
+                        ooo = self.plan.nodes[wid].params["time"].max_out_of_orderness
+                        self.first[wid] = min([step_borns[k][wid], *got.values()]) - ooo - 1
+                    if complete and c in got and t > got[c]:
+                        self._ahead_of_union(wid, c, t, got)
+                    got[c] = t
+
+    def _ahead_of_union(self, wid: int, chan: int, t: int, got: dict) -> None:
+        """A step of channel `chan` took the window's largest accepted time to t. Its reader
+        judged the max_future guard against its own source's partitions: where t lies more than
+        max_future past the union's watermark at the step's start (the lowest partition, less
+        the disorder), the local runtime's one operator may have refused rows the reader
+        counted, and late rows may differ from a local run's. Counted per window
+        (metrics["ray"]["ahead_of_union"]) and warned of once per window."""
+        spec = self.plan.nodes[wid].params["time"]
+        if spec.max_future is None:
+            return
+        w = min(got.values()) - spec.max_out_of_orderness - 1
+        if t <= w + spec.max_future:
+            return
+        self.ahead[wid] = self.ahead.get(wid, 0) + 1
+        if self.ahead[wid] == 1:
+            sid, _label = next(key for key, c in self.chan_ids.items() if c == chan)
+            name = self.plan.nodes[sid].params["source"].name
+            warnings.warn(f"window node {wid}: source {name!r} reached event time {t} ns, more than max_future "
+                          f"({spec.max_future} ns) past the watermark of the union it feeds ({w} ns: another source "
+                          f"lags that far); on Ray each source's reader applies max_future against its own "
+                          f"partitions, so rows the local runtime would refuse as too far ahead may count here, and "
+                          f"late rows may differ from a local run (lower the lag, raise max_future, or run locally)",
+                          RuntimeWarning, stacklevel=2)
 
     def _carry(self) -> dict:
         """By source: where its readers' watermark floors and marks start (SourceWorker's
@@ -553,7 +583,9 @@ class Driver:
         # round (mean over rounds); last_share: per actor, the share of rounds it ended last;
         # cpus: the CPUs each actor may run on at the end (pinned with Ray(cpus=...); None
         # where the platform cannot say); query_waits_gave_up: waits of a query of all keys
-        # for its round, or of a round for such queries, that ran out (0 unless one was lost).
+        # for its round, or of a round for such queries, that ran out (0 unless one was lost);
+        # ahead_of_union: by window of several sources, the reads' steps that went more than
+        # max_future past the union's watermark (_ahead_of_union: late rows may differ there).
         driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
 
@@ -565,7 +597,7 @@ class Driver:
 
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
-            "transport": self.transport, "cpus": [t["cpus"] for t in timings],
+            "transport": self.transport, "cpus": [t["cpus"] for t in timings], "ahead_of_union": dict(self.ahead),
             "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited, "driver_cpu_s": driver_cpu_s,
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": per("read_s", "reads", 1e3),
@@ -624,7 +656,7 @@ class Driver:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         if ends:
             marks["ends"] = ends
-            self._first(chans, ends, borns)
+            self._unions(chans, ends, borns)
         wms = self.watermarks()
         with self.query_lock:  # the queries asked since the last round see the actors before this one
             stamp, hold = self.round_no, self.asked

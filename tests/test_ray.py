@@ -476,6 +476,7 @@ def test_late_rows_of_a_union_on_ray_are_the_local_runtimes(kind, split, round_r
     local = union_late_flow(kind, split=split).run()
     dist = union_late_flow(kind, split=split).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16,
                                                                           round_rows=round_rows))
+    assert dist.metrics["ray"]["ahead_of_union"] == {}  # no source got max_future (1 day) past the others
     assert canon(dist["late"]) == canon(local["late"])
     assert canon(dist["invalid"]) == canon(local["invalid"])
     assert len(local["invalid"]) == (0 if kind == "count" else 2)
@@ -486,6 +487,19 @@ def test_late_rows_of_a_union_on_ray_are_the_local_runtimes(kind, split, round_r
     assert on_time[0] == on_time[1] and len(on_time[0]) > 100
     assert final_rows(dist["out"]) == final_rows(local["out"])
     assert len(local["late"]) > 100 or kind.startswith("global")
+
+
+def test_a_source_max_future_past_the_union_it_feeds_is_warned_of():
+    # max_future 30 minutes, one source 40 minutes behind: each reader applies the guard
+    # against its own source's partitions, the local runtime's one operator against the
+    # union's watermark, which the lagging source holds back; so rows may count on Ray that
+    # the local runtime refuses. The driver sees it from the reads' marks and says so.
+    flow = union_late_flow("tumbling", max_future="30m")
+    with pytest.warns(RuntimeWarning, match=r"source 'u0' reached event time .* more than max_future \(1800000000000 "
+                                            r"ns\) past the watermark of the union it feeds"):
+        dist = flow.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND))
+    ahead = dist.metrics["ray"]["ahead_of_union"]
+    assert list(ahead) == [n.id for n in flow._nodes if n.kind == "window"] and list(ahead.values())[0] > 10, ahead
 
 
 @pytest.mark.parametrize("kind,after", [("tumbling", 2), ("tumbling", 3), ("global-event-time", 3)])
