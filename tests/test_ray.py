@@ -499,7 +499,7 @@ def test_a_source_max_future_past_the_union_it_feeds_is_warned_of():
                                             r"ns\) past the watermark of the union it feeds"):
         dist = flow.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND))
     ahead = dist.metrics["ray"]["ahead_of_union"]
-    assert list(ahead) == [n.id for n in flow._nodes if n.kind == "window"] and list(ahead.values())[0] > 10, ahead
+    assert list(ahead) == [n.id for n in flow._nodes if n.kind == "window"] and next(iter(ahead.values())) > 10, ahead
 
 
 @pytest.mark.parametrize("kind,after", [("tumbling", 2), ("tumbling", 3), ("global-event-time", 3)])
