@@ -443,6 +443,12 @@ def union_late_flow(kind, batch_sizes=(2_000, 1_500, 2_500), lags_min=(0, 40, 15
         streams.append(flow.source(source,
                                    time=ps.EventTime("ts", unit="ms", max_out_of_orderness="1m",
                                                      max_future=max_future)))
+    return union_window(flow, streams, kind, out)
+
+
+def union_window(flow, streams, kind, out=None):
+    """`streams` unioned into one window of `kind` by meter, its results, late and invalid
+    rows into sinks ("out", "late", "invalid": Collect, or Files under `out`); returns `flow`."""
     window, lateness = {
         "tumbling": (ps.windows.Tumbling("15m"), "5m"),
         "session": (ps.windows.Session("20m"), "10m"),
@@ -483,6 +489,33 @@ def test_late_rows_of_a_union_on_ray_are_the_local_runtimes(kind, split, round_r
     if kind == "count":
         assert canon(dist["out"]) == canon(local["out"]) and len(local["out"]) > 1_000
         return
+    on_time = [canon(r["out"].filter(~r["out"]["update"])) for r in (local, dist)]
+    assert on_time[0] == on_time[1] and len(on_time[0]) > 100
+    assert final_rows(dist["out"]) == final_rows(local["out"])
+    assert len(local["late"]) > 100 or kind.startswith("global")
+
+
+@pytest.mark.parametrize("kind,round_rows", [("tumbling", ROUND), ("session", 10_000), ("global-event-time", 10_000)])
+def test_late_rows_of_a_partitioned_source_in_a_union_on_ray_are_the_local_runtimes(kind, round_rows):
+    # A source of three partitions (read in turns, one batch each; the third, 40 minutes
+    # behind, holds only actor 1's keys) unioned with a plain one 15 minutes behind: an
+    # aligned read holds batches of several partitions, each step its own channel and marks.
+    data = dict(meter_readings(30_000, 300, seed=7, max_delay_ms=45 * 60_000, start_ms=1_735_740_000_000))
+    plain = {k: v[1::2].copy() for k, v in data.items()}
+    plain["ts"] -= 15 * 60_000
+    plain["ts"][[5_000, 9_000]] += 10 * 365 * 86_400_000  # once every partition has sent
+
+    def flow():
+        f = ps.Flow(f"ray-union-partitioned-{kind}")
+        time_ = ps.EventTime("ts", unit="ms", max_out_of_orderness="1m", max_future="1d")
+        streams = [f.source(Partitioned({k: v[0::2] for k, v in data.items()}, 1_500), time=time_),
+                   f.source(ps.sources.Arrays(plain, batch_size=2_000, name="plain"), time=time_)]
+        return union_window(f, streams, kind)
+
+    local = flow().run()
+    dist = flow().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=round_rows))
+    assert canon(dist["late"]) == canon(local["late"])
+    assert canon(dist["invalid"]) == canon(local["invalid"]) and len(local["invalid"]) == 2
     on_time = [canon(r["out"].filter(~r["out"]["update"])) for r in (local, dist)]
     assert on_time[0] == on_time[1] and len(on_time[0]) > 100
     assert final_rows(dist["out"]) == final_rows(local["out"])
