@@ -320,7 +320,7 @@ class Driver:
         self.top = dict(st.get("top", {}))
         self.first = dict(st.get("first", {}))  # by window: where its watermark began (SourceWorker.marks)
         # By window of several sources: how far each channel has got, and the channels its
-        # operators know (RayDriver._unions).
+        # operators know (Driver._unions).
         self.got = {w.id: {c: t for (wid, c), t in self.top.items() if wid == w.id}
                     for w in self.plan.windows if len(self.plan.sources_of[w.id]) > 1}
         self.ended = set(st.get("ended", ()))

@@ -50,7 +50,7 @@ whatever its partitions, and each actor takes its part of each batch in that tur
 raises that batch's partition to how far it has got ("ends": the largest time the window
 accepts of it, whichever actor took its rows), so another source's next batch finds every
 partition where the local runtime's one operator has it. The driver tells from the reads'
-"born" marks where such a window's watermark began (RayDriver._first, first_watermark).
+"born" marks where such a window's watermark began (_ray_driver.Driver._unions, first_watermark).
 Tested on Ray against the local runtime for tumbling, session, calendar, global and count
 windows over three sources of different batch sizes and lags, one of them holding only one
 actor's keys, and across a restore (tests/test_ray.py).
@@ -408,7 +408,7 @@ class SourceWorker:
         partition where the local runtime's one operator has it), and "born": per step, by
         window, where the partition got its first accepted time, if in that step (the first
         row's floor that is one, else the step's end: from these the driver tells where the
-        watermark of a window of several sources began, RayDriver._first)."""
+        watermark of a window of several sources began, _ray_driver.Driver._unions)."""
         start = {"max": dict(self.carry), "first": dict(self.first)}
         items = []
         while len(items) < self.items:
