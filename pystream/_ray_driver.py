@@ -285,7 +285,7 @@ class Driver:
         # round waits for on each actor (WindowWorker.round's hold).
         self.query_lock = threading.Lock()
         self.asked = 0
-        self.ahead: dict = {}  # by window of several sources: steps past its watermark by max_future (_ahead_of_union)
+        self.differs: dict = {}  # by window of several sources: steps judged otherwise (_max_future_differs)
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_guarantee(self, guarantee, checkpoints):
@@ -373,16 +373,17 @@ class Driver:
         self.pending = {sid: collections.deque((self._read(sid), None) for _ in range(self.rt.ahead))
                         for sid in self.source_actors}
 
-    def _unions(self, chans: list, ends: list, borns: list) -> None:
-        """A round's aligned reads, taken in the actors' order, for each window of several
-        sources: where its watermark began (self.first, which actors pass to their operators:
-        first_watermark), at the step where the last of its partitions got a first accepted
-        time ("born"), as the lowest of the partitions' times then, less the disorder, as the
-        local runtime's one operator's (an actor that holds none of that step's first rows
-        would begin its own watermark later and higher); and the steps whose rows went past
-        the union's watermark by more than max_future (`_ahead_of_union`)."""
+    def _unions(self, chans: list, ends: list, borns: list, raws: list) -> None:
+        """A round's aligned reads (SourceWorker._next_aligned's marks), taken in the actors'
+        order, for each window of several sources: where its watermark began (self.first, which
+        actors pass to their operators: first_watermark), at the step where the last of its
+        partitions got a first accepted time ("born"), as the lowest of the partitions' times
+        then, less the disorder, as the local runtime's one operator's (an actor that holds
+        none of that step's first rows would begin its own watermark later and higher); and
+        the steps whose reader judged max_future otherwise than that operator may have
+        (`_max_future_differs`)."""
         for k in range(max((len(c) for c in chans), default=0)):
-            for chan, step_ends, step_borns in zip(chans, ends, borns):
+            for chan, step_ends, step_borns, step_raws in zip(chans, ends, borns, raws):
                 if k >= len(chan):
                     continue
                 c = chan[k]
@@ -393,37 +394,49 @@ class Driver:
                     known = self.known[wid]
                     if c not in known:
                         known.append(c)
-                    complete = all(x in got for x in known if x != c)
-                    if wid not in self.first and c not in got and wid in step_borns[k] and complete:
-                        ooo = self.plan.nodes[wid].params["time"].max_out_of_orderness
-                        self.first[wid] = min([step_borns[k][wid], *got.values()]) - ooo - 1
-                    if complete and c in got and t > got[c]:
-                        self._ahead_of_union(wid, c, t, got)
+                    ooo = self.plan.nodes[wid].params["time"].max_out_of_orderness
+                    if not all(x in got for x in known if x != c):
+                        # Another partition has not sent: that operator has no watermark and
+                        # refuses nothing, while the reader judged by its own source's.
+                        raw = step_raws[k].get(wid)
+                        if raw is not None and raw > t:
+                            self._max_future_differs(wid, c, raw, None)
+                    elif c not in got:  # the union's last partition: its watermark begins here
+                        born = step_borns[k].get(wid, t)
+                        w = min([born, *got.values()]) - ooo - 1
+                        self.first.setdefault(wid, w)
+                        if t > born:  # rows after the first one were judged against a watermark
+                            self._max_future_differs(wid, c, t, w)
+                    elif t > got[c]:
+                        self._max_future_differs(wid, c, t, min(got.values()) - ooo - 1)
                     got[c] = t
 
-    def _ahead_of_union(self, wid: int, chan: int, t: int, got: dict) -> None:
-        """A step of channel `chan` took the window's largest accepted time to t. Its reader
-        judged the max_future guard against its own source's partitions: where t lies more than
-        max_future past the union's watermark at the step's start (the lowest partition, less
-        the disorder), the local runtime's one operator may have refused rows the reader
-        counted, and late rows may differ from a local run's. Counted per window
-        (metrics["ray"]["ahead_of_union"]) and warned of once per window."""
+    def _max_future_differs(self, wid: int, chan: int, t: int, w: int | None) -> None:
+        """A reader judges the max_future guard against its own source's partitions, the local
+        runtime's one operator against the union's watermark: lower while another source lags,
+        none before every partition has sent. The step of channel `chan` took the largest time
+        the reader accepted to t against a union's watermark of w at the step's start (the
+        operator's is at least that during the step): where t > w + max_future, the operator
+        may have refused rows the reader counted; w None: the union had no watermark, and t is
+        a time the reader refused, which the operator accepts. Either way late rows may differ
+        from a local run's: counted per window (metrics["ray"]["max_future_differs"]) and
+        warned of once per window."""
         spec = self.plan.nodes[wid].params["time"]
-        if spec.max_future is None:
+        if spec.max_future is None or (w is not None and t <= w + spec.max_future):
             return
-        w = min(got.values()) - spec.max_out_of_orderness - 1
-        if t <= w + spec.max_future:
+        self.differs[wid] = self.differs.get(wid, 0) + 1
+        if self.differs[wid] > 1:
             return
-        self.ahead[wid] = self.ahead.get(wid, 0) + 1
-        if self.ahead[wid] == 1:
-            sid, _label = next(key for key, c in self.chan_ids.items() if c == chan)
-            name = self.plan.nodes[sid].params["source"].name
-            warnings.warn(f"window node {wid}: source {name!r} reached event time {t} ns, more than max_future "
-                          f"({spec.max_future} ns) past the watermark of the union it feeds ({w} ns: another source "
-                          f"lags that far); on Ray each source's reader applies max_future against its own "
-                          f"partitions, so rows the local runtime would refuse as too far ahead may count here, and "
-                          f"late rows may differ from a local run (lower the lag, raise max_future, or run locally)",
-                          RuntimeWarning, stacklevel=2)
+        sid, _label = next(key for key, c in self.chan_ids.items() if c == chan)
+        name = self.plan.nodes[sid].params["source"].name
+        what = (f"reached event time {t} ns, more than max_future ({spec.max_future} ns) past the watermark of the "
+                f"union it feeds ({w} ns: another source lags that far), so rows the local runtime refuses as too "
+                f"far ahead may count here" if w is not None else
+                f"refused a row at {t} ns as more than max_future ({spec.max_future} ns) past its own watermark "
+                f"before every source of the union had sent, which the local runtime accepts (no watermark yet)")
+        warnings.warn(f"window node {wid}: source {name!r} {what}; on Ray each source's reader applies max_future "
+                      f"against its own partitions, so late rows may differ from a local run (lower the lag, raise "
+                      f"max_future, or run locally)", RuntimeWarning, stacklevel=2)
 
     def _carry(self) -> dict:
         """By source: where its readers' watermark floors and marks start (SourceWorker's
@@ -584,8 +597,8 @@ class Driver:
         # cpus: the CPUs each actor may run on at the end (pinned with Ray(cpus=...); None
         # where the platform cannot say); query_waits_gave_up: waits of a query of all keys
         # for its round, or of a round for such queries, that ran out (0 unless one was lost);
-        # ahead_of_union: by window of several sources, the reads' steps that went more than
-        # max_future past the union's watermark (_ahead_of_union: late rows may differ there).
+        # max_future_differs: by window of several sources, the reads' steps whose reader may
+        # have judged max_future otherwise than one local operator (late rows may differ there).
         driver_cpu_s = time.thread_time() - running_cpu
         run_s = time.perf_counter() - running
 
@@ -597,7 +610,7 @@ class Driver:
 
         result.metrics = {"ray": {
             "parallelism": self.n, "key_groups": self.groups, "rounds": rounds, "recoveries": recoveries,
-            "transport": self.transport, "cpus": [t["cpus"] for t in timings], "ahead_of_union": dict(self.ahead),
+            "transport": self.transport, "cpus": [t["cpus"] for t in timings], "max_future_differs": dict(self.differs),
             "start_s": running - started, "run_s": run_s, "driver_wait_s": self.waited, "driver_cpu_s": driver_cpu_s,
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": per("read_s", "reads", 1e3),
@@ -626,7 +639,7 @@ class Driver:
         round, not two); a source actor of its own (colocate=False) is asked for it."""
         ray = self.ray
         got = ray.get([q[0][0] for q in self.pending.values()])
-        chans, parts, marks, ends, borns = [], [], {"max": {}, "first": self.first}, [], []
+        chans, parts, marks, ends, borns, raws = [], [], {"max": {}, "first": self.first}, [], [], []
         reads_in = {j: [] for j in range(self.n)}  # by window actor: the sources whose next read its round takes
         for (sid, q), value in zip(list(self.pending.items()), got):
             _, in_round = q.popleft()
@@ -644,6 +657,7 @@ class Driver:
                 chans.append(tuple(self.chan_ids.setdefault((sid, x), len(self.chan_ids)) for x in label))
                 ends.append(told["ends"])
                 borns.append(told["born"])
+                raws.append(told["raw"])
             else:
                 chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
             for (wid, other), t in told["max"].items():  # SourceWorker.marks, by channel
@@ -656,7 +670,7 @@ class Driver:
                 q.append((self._read(sid), None))  # keeps `ahead` reads queued while windows work
         if ends:
             marks["ends"] = ends
-            self._unions(chans, ends, borns)
+            self._unions(chans, ends, borns, raws)
         wms = self.watermarks()
         with self.query_lock:  # the queries asked since the last round see the actors before this one
             stamp, hold = self.round_no, self.asked

@@ -53,7 +53,13 @@ partition where the local runtime's one operator has it. The driver tells from t
 "born" marks where such a window's watermark began (_ray_driver.Driver._unions, first_watermark).
 Tested on Ray against the local runtime for tumbling, session, calendar, global and count
 windows over three sources of different batch sizes and lags, one of them holding only one
-actor's keys, and across a restore (tests/test_ray.py).
+actor's keys, and across a restore (tests/test_ray.py). One thing a reader cannot know is how
+far the union's other sources have got: it judges max_future against its own source's
+partitions, where the local operator judges it against the union's watermark. The driver
+sees from the marks where the two may differ (a source more than max_future past the union's
+watermark, or a row refused before every source has sent) and warns (metrics["ray"]
+["max_future_differs"]); tests/test_floors.py checks with Hypothesis that, unless it warns,
+every row is judged as by one engine.
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
 its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
@@ -312,9 +318,11 @@ class SourceWorker:
         self.labels: list | None = None
         self.label = None  # the partition of the rows being routed
         # By window, of the batches `_floors` judged last: the partition's largest accepted
-        # time after each (None while it has none), and (batch index, time) where it got its
-        # first ("born": the first floor that is one, else the time after that batch).
+        # time after each (None while it has none); the largest time of each, accepted or not
+        # (None: empty); and (batch index, time) where it got its first accepted time ("born":
+        # the first floor that is one, else the time after that batch).
         self.trail: dict = {}
+        self.raw: dict = {}
         self.born: dict = {}
 
     def _direct_windows(self) -> list | None:
@@ -405,10 +413,12 @@ class SourceWorker:
         partition), "ends": per step, by window, the largest event time the window accepts of
         that step's partition after it, whichever actor took its rows (an actor raises the
         partition to it after its part of the step, so the next source's step finds the
-        partition where the local runtime's one operator has it), and "born": per step, by
+        partition where the local runtime's one operator has it), "born": per step, by
         window, where the partition got its first accepted time, if in that step (the first
         row's floor that is one, else the step's end: from these the driver tells where the
-        watermark of a window of several sources began, _ray_driver.Driver._unions)."""
+        watermark of a window of several sources began, _ray_driver.Driver._unions), and
+        "raw": per step, by window, the step's largest time, accepted or not (where it exceeds
+        the end, max_future refused rows, which the driver checks against the union's state)."""
         start = {"max": dict(self.carry), "first": dict(self.first)}
         items = []
         while len(items) < self.items:
@@ -421,30 +431,32 @@ class SourceWorker:
         batches = [item[0] for item in items]
         labels = [item[2] if len(item) > 2 else None for item in items]
         steps = [[[] for _ in range(self.parallelism)] for _ in items]  # steps[c][j]: actor j's part of item c
-        ends, borns = [{} for _ in items], [{} for _ in items]
+        ends, borns, raws = [{} for _ in items], [{} for _ in items], [{} for _ in items]
 
         def note(at: int) -> None:  # the marks of the batches just judged, from item `at` on
             for wid, trail in self.trail.items():
-                for c, t in enumerate(trail):
+                for c, (t, r) in enumerate(zip(trail, self.raw[wid])):
                     if t is not None:
                         ends[at + c][wid] = t
+                    if r is not None:
+                        raws[at + c][wid] = r
             for wid, (c, t) in self.born.items():
                 borns[at + c][wid] = t
 
         if (self.parallelism > 1 and len(items) > 1 and self.direct is not None and len(set(labels)) == 1
                 and all(b is not None and b.columns == batches[0].columns for b in batches) and _chunkable(batches)):
             # One routing pass over the read (no joined copy), each actor's rows sliced per item.
-            self.label, self.trail, self.born = labels[0], {}, {}
+            self.label, self.trail, self.raw, self.born = labels[0], {}, {}, {}
             for window in self.direct:
                 self._route(window, batches, steps, chunked=True)
             note(0)
         else:
             for c, (batch, label) in enumerate(zip(batches, labels)):
-                self.label, self.trail, self.born = label, {}, {}
+                self.label, self.trail, self.raw, self.born = label, {}, {}, {}
                 if batch is not None:  # no data yet: an empty step, as a turn in the local runtime
                     self._push(self.node, batch, steps[c])
                 note(c)
-        start["ends"], start["born"] = ends, borns
+        start["ends"], start["born"], start["raw"] = ends, borns, raws
         return ([[step[j] for step in steps] for j in range(self.parallelism)],
                 (tuple(labels), items[-1][1], False, start))
 
@@ -542,7 +554,7 @@ class SourceWorker:
         if others:
             cap = _core.NO_WATERMARK if None in others else min(others) - ooo - 1
         mf = -1 if time_.max_future is None else time_.max_future
-        trail = []
+        trail, raw = [], []
         try:
             for b in batches:
                 ts, rep = time_.extract(b)
@@ -550,12 +562,12 @@ class SourceWorker:
                 floor, carry, wm = _core.watermark_floors(ts, rep.factor, ooo, mf, carry, cap, wm)
                 floors.append(floor)
                 if was is None and carry is not None:  # the partition's first accepted time is in these rows
-                    held = floor[floor != _core.NO_WATERMARK]
-                    self.born[window.id] = (len(trail), int(held[0]) if len(held) else carry)
+                    self.born[window.id] = (len(trail), _born(floor, carry))
                 trail.append(carry)
+                raw.append(int(ts.max()) * rep.factor if len(ts) else None)
         except (KeyError, TypeError, ValueError):
             return None
-        self.trail[window.id] = trail
+        self.trail[window.id], self.raw[window.id] = trail, raw
         if carry is not None:
             self.carry[key] = carry
         if wm is not None:
@@ -563,6 +575,14 @@ class SourceWorker:
                 self.first[window.id] = _first_watermark(floors, ooo, cap, wm)
             self.wm[window.id] = wm
         return floors
+
+
+def _born(floor: np.ndarray, top: int) -> int:
+    """Where a partition got its first accepted time in a batch whose floors are `floor` and
+    after which its largest accepted time is `top`: the first floor that is one (the first
+    accepted row's time), else `top` (the batch's one accepted row came last)."""
+    held = floor[floor != _core.NO_WATERMARK]
+    return int(held[0]) if len(held) else top
 
 
 def _first_watermark(floors: list, ooo: int, cap: int | None, last: int) -> int:

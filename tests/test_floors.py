@@ -13,7 +13,10 @@ stream in one batch:
 
 from __future__ import annotations
 
+import functools
 import itertools
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pystream import _core
-from pystream.runtimes import _first_watermark
+from pystream.runtimes import _born, _first_watermark
 
 AGGS = [(0, 1), (1, 1), (3, 1)]  # count, sum, max
 NONE = _core.NO_WATERMARK
@@ -224,6 +227,133 @@ def test_engines_sharing_several_partitions_by_key_judge_every_row_as_one_engine
     assert summary(got[0]) == summary(want[0])
     assert sorted(got[1]) == sorted(want[1])
     assert sorted(got[2]) == sorted(want[2])
+
+
+def union_driver(parts_of: list, ooo: int, max_future: int):
+    """The Ray driver's pass over a union's aligned reads (Driver._unions: where the watermark
+    began, and where max_future may be judged otherwise), on a stand-in for its state: one
+    window (id 0) fed by sources 100, 101, ... with parts_of[s] partitions each."""
+    from pystream._ray_driver import Driver
+
+    chans: dict = {}  # (source, partition) -> channel
+    for s, count in enumerate(parts_of):
+        for q in range(count):
+            chans[(100 + s, q)] = len(chans)
+    ns = SimpleNamespace(got={0: {}}, known={0: list(chans.values())}, first={}, differs={}, chan_ids=chans)
+    time_ = SimpleNamespace(max_out_of_orderness=ooo, max_future=None if max_future < 0 else max_future)
+    ns.plan = SimpleNamespace(nodes={0: SimpleNamespace(params={"time": time_}),
+                                     **{100 + s: SimpleNamespace(params={"source": SimpleNamespace(name=f"s{s}")})
+                                        for s in range(len(parts_of))}})
+    ns._max_future_differs = functools.partial(Driver._max_future_differs, ns)
+    return ns, chans, functools.partial(Driver._unions, ns)
+
+
+def run_union(kind, p, keys, ts, vals, parts_of, reads, engines):
+    """A union through one engine fed every batch in the local runtime's turns (one of each
+    source), and through `engines` engines that split the keys, fed as the Ray runtime feeds its
+    actors: each source's reader judges floors against its own partitions (cap, wm), every
+    engine takes its rows of each batch in that turn and then raises the batch's partition to
+    the largest time accepted of it ("ends"), and the driver's pass over the marks
+    (Driver._unions) says where the watermark began. reads[s]: source s's batches in order,
+    as (partition, stream positions). Returns (one engine's, the split engines': rows, late
+    and invalid positions each; the driver's stand-in: its `differs` counts warnings)."""
+    ns, chans, unions = union_driver(parts_of, p["ooo"], p["max_future"])
+    order = [(s, chans[(100 + s, q)], idx) for k in range(max(len(r) for r in reads))
+             for s, per_source in enumerate(reads) if k < len(per_source) for q, idx in [per_source[k]]]
+    whole = engine_of(kind, p)
+    split = [engine_of(kind, p) for _ in range(engines)]
+    for eng in [whole, *split]:
+        for c in chans.values():
+            eng.set_partition_idle(c, False)  # declared: each holds the watermark back until it sends
+    want, got = ([], [], []), ([], [], [])
+    carry, wm = {}, {}  # a reader's state: by channel its largest accepted time; by source its watermark
+
+    def into(eng, out, idx, res):
+        rows_of(out, res[0])
+        res[1].extend(idx[out["late"]].tolist())
+        res[2].extend(idx[out["invalid"]].tolist())
+
+    for s, c, idx in order:
+        into(whole, whole.process(keys[idx], ts[idx], [None, vals[idx], vals[idx]], partition=c), idx, want)
+        others = [carry.get(x) for (sid, _q), x in chans.items() if sid == 100 + s and x != c]
+        cap = None if not others else (NONE if None in others else min(others) - p["ooo"] - 1)
+        was = carry.get(c)
+        floor, top, wm[s] = _core.watermark_floors(ts[idx], 1, p["ooo"], p["max_future"], was, cap, wm.get(s))
+        step = [{0: top}] if top is not None else [{}]
+        born = [{0: _born(floor, top)}] if was is None and top is not None else [{}]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # counted in ns.differs
+            unions([(c,)], [step], [born], [[{0: int(ts[idx].max())}]])
+        for e, eng in enumerate(split):
+            if kind == "global" and 0 in ns.first:
+                eng.first_watermark(ns.first[0])  # sent with every round; counts until the engine's watermark begins
+            mine = keys[idx] % engines == e
+            into(eng, eng.process(keys[idx[mine]], ts[idx[mine]], [None, vals[idx[mine]], vals[idx[mine]]],
+                                  partition=c, floor=floor[mine]), idx[mine], got)
+            if top is not None:
+                rows_of(eng.raise_partition(c, top), got[0])
+        if top is not None:
+            carry[c] = top
+    into(whole, whole.flush(), np.arange(0), want)
+    for eng in split:
+        into(eng, eng.flush(), np.arange(0), got)
+    return want, got, ns
+
+
+def same(want, got) -> bool:
+    return (summary(got[0]) == summary(want[0]) and sorted(got[1]) == sorted(want[1])
+            and sorted(got[2]) == sorted(want[2]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), kind=st.sampled_from(["window", "session", "global"]))
+def test_engines_fed_a_union_by_aligned_reads_judge_every_row_as_one_engine_unless_the_driver_warns(data, kind):
+    # Sources of one or two partitions each, unioned, each batch lagging by its own amount
+    # (sources fall behind and overtake each other), the keys split among engines (run_union):
+    # unless the driver warns, every row is judged as by one engine fed the whole union.
+    p, keys, ts, vals = case(data, kind)
+    n = len(ts)
+    parts_of = data.draw(st.lists(st.integers(1, 2), min_size=2, max_size=3))
+    cuts = [0, *sorted(set(data.draw(st.lists(st.integers(1, max(1, n - 1)), max_size=10)))), n]
+    reads = [[] for _ in parts_of]  # per source, its batches in order: (partition, rows)
+    for a, b in itertools.pairwise(cuts):
+        if b > a:
+            s = data.draw(st.integers(0, len(parts_of) - 1))
+            reads[s].append((data.draw(st.integers(0, parts_of[s] - 1)), np.arange(a, b)))
+            ts[a:b] -= data.draw(st.sampled_from([0, 0, 70, 400]))
+    want, got, ns = run_union(kind, p, keys, ts, vals, parts_of, reads, data.draw(st.integers(1, 4)))
+    if not ns.differs:  # else the driver warned: a reader may have judged max_future otherwise
+        assert summary(got[0]) == summary(want[0])
+        assert sorted(got[1]) == sorted(want[1])
+        assert sorted(got[2]) == sorted(want[2])
+
+
+@pytest.mark.parametrize("where", ["before-every-source-sent", "as-the-union-began"])
+def test_the_driver_warns_where_a_reader_judged_max_future_otherwise(where):
+    # Tumbling 50, no disorder or lateness, max_future 300; sources a and b of one partition
+    # each, keys 0 (engine 0) and 1 (engine 1). "before-every-source-sent": a's first batch
+    # holds 100 then a clock at 100,000, which one engine accepts (b has not sent: no
+    # watermark) and a's reader refuses (its own watermark is 99); b then sends 5,000, and
+    # a's row at 120 is late for one engine (watermark 4,999), not for engine 1 (99), which
+    # knows a only from its reader.
+    # "as-the-union-began": a sends 100, b 1,000 then 1,250, which b's reader accepts (its own
+    # watermark 999) and one engine refuses (the union's is 99); once a has got to 1,200 (in
+    # steps within max_future), a row at 1,010 is late for the split engines (watermark
+    # 1,199) and not for one (999). Either way the results differ, and the driver says so.
+    p = {"size": 50, "slide": 50, "offset": 0, "ooo": 0, "lateness": 0, "max_future": 300}
+    if where == "before-every-source-sent":
+        ts = [100, 100_000, 5_000, 120]
+        reads = [[(0, [0, 1]), (0, [3])], [(0, [2])]]
+        keys = [0, 0, 0, 1]  # the row at 120 on engine 1, which did not see the clock
+    else:
+        ts = [100, 1_000, 1_250, 350, 640, 930, 1_200, 1_010]
+        reads = [[(0, [0]), *((0, [i]) for i in range(3, 8))], [(0, [1, 2])]]
+        keys = [0, 1, 1, 0, 0, 0, 0, 1]
+    reads = [[(q, np.array(idx)) for q, idx in r] for r in reads]
+    want, got, ns = run_union("window", p, np.array(keys, np.int64), np.array(ts, np.int64), np.ones(len(ts)),
+                              [1, 1], reads, 2)
+    assert not same(want, got)
+    assert ns.differs == {0: 1}
 
 
 def test_without_floors_an_engine_that_holds_some_keys_judges_from_its_own_rows():
