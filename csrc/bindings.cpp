@@ -285,6 +285,69 @@ class PyEngine : public PyEngineBase<WindowEngine> {
     });
   }
 
+  /// Pieces of several batches in turn, in one call (the Ray runtime's aligned reads: an
+  /// actor's part of one batch of each source in the local runtime's order). turns[t] = (b, lo,
+  /// hi, partition, end): rows [lo, hi) of batch b as `process` takes them, with their floors
+  /// (b = -1: none), then, where end is not kNoWatermark, raise_partition(partition, end). Late and invalid
+  /// rows come back as positions in the batches laid end to end. Everything is checked before
+  /// the engine runs; a batch the engine refuses stops the turns there (as one call per piece
+  /// would).
+  py::dict process_turns(const std::vector<std::optional<I64Array>>& keys, const std::vector<I64Array>& ts,
+                         const std::vector<std::vector<std::optional<F64Array>>>& values, int64_t unit_ns,
+                         const std::vector<std::optional<I64Array>>& floors, const I64Array& turns) {
+    const bool keyed = engine_->spec().keyed;
+    const size_t nb = ts.size();
+    if (keys.size() != nb || values.size() != nb || floors.size() != nb) {
+      fail("process_turns: keys, ts, values and floors must hold one entry per batch, got " + std::to_string(keys.size()) +
+           ", " + std::to_string(nb) + ", " + std::to_string(values.size()) + " and " + std::to_string(floors.size()));
+    }
+    std::vector<std::vector<const double*>> vptr(nb);
+    std::vector<int64_t> offset(nb + 1, 0), top(nb, kNoWatermark);
+    std::vector<const int64_t*> fptr(nb, nullptr);
+    for (size_t b = 0; b < nb; ++b) {
+      const int64_t n = ts[b].size();
+      if (ts[b].ndim() != 1) fail("process_turns: timestamps must be 1-D arrays");
+      if (keyed && !keys[b]) fail("a keyed window operator needs a key column");
+      if (keyed && keys[b]->size() != n) {
+        fail("key and timestamp columns differ in length: " + std::to_string(keys[b]->size()) + " != " + std::to_string(n));
+      }
+      vptr[b] = value_pointers(values[b], n, naggs_);
+      fptr[b] = checked_floors(floors[b], n, &top[b]);
+      offset[b + 1] = offset[b] + n;
+    }
+    if (turns.ndim() != 2 || turns.shape(1) != 5) fail("process_turns: turns must be an (n, 5) int64 array");
+    const int64_t nt = turns.shape(0);
+    const int64_t* tv = turns.data();
+    for (int64_t t = 0; t < nt; ++t) {
+      const int64_t b = tv[5 * t], lo = tv[5 * t + 1], hi = tv[5 * t + 2], end = tv[5 * t + 4];
+      if (b == -1 && lo == 0 && hi == 0) continue;  // a raise alone
+      if (b < 0 || b >= static_cast<int64_t>(nb) || lo < 0 || lo > hi || hi > offset[b + 1] - offset[b]) {
+        fail("process_turns: turn " + std::to_string(t) + " = (" + std::to_string(b) + ", " + std::to_string(lo) + ", " +
+             std::to_string(hi) + ") is not rows of one of the " + std::to_string(nb) + " batches");
+      }
+      if (end != kNoWatermark && (end < -kMaxAbsTime || end > kMaxAbsTime)) {
+        fail("process_turns: turn " + std::to_string(t) + " raises to " + std::to_string(end) +
+             " ns, out of range (|t| <= 2^62 ns)");
+      }
+    }
+    return call([&](WindowEngine& e, EmitBuffer& o) {
+      std::vector<const double*> vp;
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t b = tv[5 * t], lo = tv[5 * t + 1], hi = tv[5 * t + 2], partition = tv[5 * t + 3], end = tv[5 * t + 4];
+        if (b >= 0) {
+          vp = vptr[b];
+          for (auto& p : vp) p = p ? p + lo : nullptr;
+          const size_t late0 = o.late_rows.size(), invalid0 = o.invalid_rows.size();
+          e.process(keyed ? keys[b]->data() + lo : nullptr, ts[b].data() + lo, unit_ns, vp, hi - lo, o, partition,
+                    fptr[b] ? fptr[b] + lo : nullptr, top[b]);
+          for (size_t k = late0; k < o.late_rows.size(); ++k) o.late_rows[k] += offset[b] + lo;
+          for (size_t k = invalid0; k < o.invalid_rows.size(); ++k) o.invalid_rows[k] += offset[b] + lo;
+        }
+        if (end != kNoWatermark) e.raise_partition(partition, end, o);
+      }
+    });
+  }
+
   py::dict advance_watermark(int64_t w) {
     return call([w](WindowEngine& e, EmitBuffer& o) { e.advance_watermark(w, o); });
   }
@@ -907,6 +970,8 @@ PYBIND11_MODULE(_core, m) {
       .def("advance_watermark", &PyEngine::advance_watermark, py::arg("watermark"))
       .def("set_partition_idle", &PyEngine::set_partition_idle, py::arg("partition"), py::arg("idle"))
       .def("raise_partition", &PyEngine::raise_partition, py::arg("partition"), py::arg("max_ts"))
+      .def("process_turns", &PyEngine::process_turns, py::arg("keys"), py::arg("ts"), py::arg("values"),
+           py::arg("unit_ns"), py::arg("floors"), py::arg("turns"))
       .def_property_readonly("partitions", &PyEngine::partitions)
       .def("flush", &PyEngine::flush)
       .def("peek", &PyEngine::peek, py::arg("key") = py::none())

@@ -91,13 +91,31 @@ class Batch:
         return f"Batch({self._n} rows; {cols})"
 
     # -- row selection ------------------------------------------------------------------------
+    @classmethod
+    def _trusted(cls, cols: dict, ts: np.ndarray | None) -> "Batch":
+        """A batch of columns known to be 1-D arrays of one length, as `ts` (rows of a batch:
+        slice, take, without_column): no checks. A window actor builds one per piece of every
+        read it takes, so the checks cost per piece, not per row."""
+        b = object.__new__(cls)
+        b._cols = cols
+        b._n = len(next(iter(cols.values()))) if cols else (0 if ts is None else len(ts))
+        b.ts = ts
+        return b
+
     def take(self, indices) -> "Batch":
         idx = np.asarray(indices)
-        return Batch({k: v[idx] for k, v in self._cols.items()}, ts=None if self.ts is None else self.ts[idx])
+        if idx.ndim != 1:
+            raise ValueError(f"take needs 1-D indices, got shape {idx.shape}")
+        return Batch._trusted({k: v[idx] for k, v in self._cols.items()}, None if self.ts is None else self.ts[idx])
 
     def slice(self, start: int, stop: int) -> "Batch":
         """Rows [start, stop) as views (no copy)."""
-        return Batch({k: v[start:stop] for k, v in self._cols.items()}, ts=None if self.ts is None else self.ts[start:stop])
+        return Batch._trusted({k: v[start:stop] for k, v in self._cols.items()},
+                              None if self.ts is None else self.ts[start:stop])
+
+    def without_column(self, name: str) -> "Batch":
+        """The batch less column `name` (the same arrays; `name` need not be there)."""
+        return Batch._trusted({k: v for k, v in self._cols.items() if k != name}, self.ts)
 
     def filter(self, mask) -> "Batch":
         mask = np.asarray(mask, dtype=bool)

@@ -145,6 +145,40 @@ class WindowAggregateOperator:
         return self._results(out), self._late(batch, ts, out["late"]), self._invalid(batch, ts, out["invalid"],
                                                                                     out.get("invalid_reason"))
 
+    def process_turns(self, batches: list, floors: list, turns: np.ndarray):
+        """Pieces of `batches` in turn in one engine call, each followed by a raise of its
+        partition where the turn says (the Ray runtime's aligned reads: WindowWorker._round):
+        turns[t] = (batch or -1 for none, lo, hi, partition, end or NO_WATERMARK), floors[b] the floors of
+        batch b's rows (or None). The same as `process` of each piece and `raise_partition`
+        after it, without a Python call per piece. Returns (fired rows, per batch its late
+        rows or None, per batch its invalid rows or None); None where this operator takes
+        pieces one by one only (no window engine yet, Python aggregations, another engine)."""
+        if self._engine is None or self._py is not None or not hasattr(self._engine, "process_turns"):
+            return None
+        keys, times, values = [], [], []
+        for batch in batches:
+            ts, rep = self.time.extract(batch)
+            if rep != self._repr:
+                return None  # `process` names it
+            times.append(ts)
+            values.append(self._values(batch))
+            keys.append(self._encoder.encode(batch) if self._encoder is not None else None)
+        try:
+            out = self._engine.process_turns(keys, times, values, self._repr.factor, floors, turns)
+        except ValueError as e:
+            raise ValueError(f"time column {self.time.column!r}: {e}") from None
+        ends = np.cumsum([len(b) for b in batches])
+        late, invalid, reasons = out["late"], out["invalid"], out.get("invalid_reason")
+        late_of, invalid_of = [], []
+        for b, batch in enumerate(batches):
+            lo, hi = (int(ends[b - 1]) if b else 0), int(ends[b])
+            mine = (late >= lo) & (late < hi)
+            late_of.append(self._late(batch, times[b], late[mine] - lo))
+            mine = (invalid >= lo) & (invalid < hi)
+            invalid_of.append(self._invalid(batch, times[b], invalid[mine] - lo,
+                                            None if reasons is None else reasons[mine]))
+        return self._results(out), late_of, invalid_of
+
     def _begin_python(self, batch, ts, rep) -> None:
         if self._py is not None:
             for a in self.aggs.values():

@@ -356,6 +356,71 @@ def test_the_driver_warns_where_a_reader_judged_max_future_otherwise(where):
     assert ns.differs == {0: 1}
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_process_turns_is_process_then_raise_piece_by_piece(data):
+    # WindowEngine.process_turns (a window actor's share of an aligned round in one call):
+    # pieces of several batches in any interleaving that keeps each batch's order, with floors
+    # or not, each maybe followed by a raise of some partition: the same rows fired, in the
+    # same order, and the same late and invalid rows as process and raise_partition per piece.
+    p, keys, ts, vals = case(data, "window")
+    n = len(ts)
+    edges = [0, *sorted(set(data.draw(st.lists(st.integers(0, n), max_size=2)))), n]
+    spans = list(itertools.pairwise(edges))
+    floors = [floors_of(ts[a:b], p["ooo"], p["max_future"])[0] if data.draw(st.booleans()) else None for a, b in spans]
+    pieces = []  # per batch, its pieces (lo, hi) in order
+    for a, b in spans:
+        cuts = [0, *sorted(set(data.draw(st.lists(st.integers(0, b - a), max_size=3)))), b - a]
+        pieces.append(list(itertools.pairwise(cuts)))
+    turns, left = [], [list(ps_) for ps_ in pieces]
+    while any(left):
+        b = data.draw(st.sampled_from([i for i, q in enumerate(left) if q] + [-1]))  # -1: a raise alone
+        lo, hi = left[b].pop(0) if b >= 0 else (0, 0)
+        end = data.draw(st.sampled_from([NONE, int(ts.min()) if n else 0, int(ts.max()) if n else 0, 700]))
+        if b >= 0 or end != NONE:
+            turns.append((b, lo, hi, data.draw(st.integers(0, 2)), end))
+    one, two = engine_of("window", p), engine_of("window", p)
+    want = ([], [], [])
+    for b, lo, hi, part, end in turns:
+        if b >= 0:
+            a = spans[b][0]
+            idx = np.arange(a + lo, a + hi)
+            f = None if floors[b] is None else floors[b][lo:hi]
+            out = one.process(keys[idx], ts[idx], [None, vals[idx], vals[idx]], partition=part, floor=f)
+            rows_of(out, want[0])
+            want[1].extend(idx[out["late"]].tolist())
+            want[2].extend(idx[out["invalid"]].tolist())
+        if end != NONE:
+            rows_of(one.raise_partition(part, end), want[0])
+    out = two.process_turns([keys[a:b] for a, b in spans], [ts[a:b] for a, b in spans],
+                            [[None, vals[a:b], vals[a:b]] for a, b in spans], 1, floors,
+                            np.array(turns, dtype=np.int64).reshape(-1, 5))
+    got = ([], out["late"].tolist(), out["invalid"].tolist())
+    rows_of(out, got[0])
+    assert got[0] == want[0]
+    assert sorted(got[1]) == sorted(want[1]) and sorted(got[2]) == sorted(want[2])
+    rows_of(one.flush(), want[0])
+    rows_of(two.flush(), got[0])
+    assert got[0] == want[0]
+
+
+def test_process_turns_refuses_turns_that_name_no_rows():
+    eng = engine_of("window", {"size": 10, "slide": 10, "offset": 0, "ooo": 0, "lateness": 0, "max_future": -1})
+    ts = [np.arange(4, dtype=np.int64)]
+    args = ([np.zeros(4, np.int64)], ts, [[None, np.ones(4), np.ones(4)]], 1, [None])
+    for turn, what in [((1, 0, 1, 0, NONE), r"turn 0 = \(1, 0, 1\) is not rows of one of the 1 batches"),
+                       ((-1, 0, 1, 0, 5), r"turn 0 = \(-1, 0, 1\)"), ((-2, 0, 0, 0, 5), r"turn 0 = \(-2, 0, 0\)"),
+                       ((0, 2, 1, 0, NONE), r"turn 0 = \(0, 2, 1\)"), ((0, 0, 5, 0, NONE), r"turn 0 = \(0, 0, 5\)"),
+                       ((0, 0, 1, 0, 2**62 + 1), r"turn 0 raises to 4611686018427387905 ns, out of range")]:
+        with pytest.raises(ValueError, match=what):
+            eng.process_turns(*args, np.array([turn], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"turns must be an \(n, 5\) int64 array"):
+        eng.process_turns(*args, np.zeros((1, 4), dtype=np.int64))
+    with pytest.raises(ValueError, match="one entry per batch"):
+        eng.process_turns([], ts, [[None, np.ones(4), np.ones(4)]], 1, [None], np.zeros((0, 5), dtype=np.int64))
+    assert eng.partitions == []  # nothing ran
+
+
 def test_without_floors_an_engine_that_holds_some_keys_judges_from_its_own_rows():
     # The case the floors exist for: engine 1 sees only key 1's rows, so its watermark trails
     # the partition's; the late row of key 1 is late only against the whole partition's.
