@@ -290,8 +290,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
   /// hi, partition, end): rows [lo, hi) of batch b as `process` takes them, with their floors
   /// (b = -1: none), then, where end is not kNoWatermark, raise_partition(partition, end). Late and invalid
   /// rows come back as positions in the batches laid end to end. Everything is checked before
-  /// the engine runs; a batch the engine refuses stops the turns there (as one call per piece
-  /// would).
+  /// the engine runs (an engine flushed at end of input refuses the first turn).
   py::dict process_turns(const std::vector<std::optional<I64Array>>& keys, const std::vector<I64Array>& ts,
                          const std::vector<std::vector<std::optional<F64Array>>>& values, int64_t unit_ns,
                          const std::vector<std::optional<I64Array>>& floors, const I64Array& turns) {
@@ -313,6 +312,9 @@ class PyEngine : public PyEngineBase<WindowEngine> {
       }
       vptr[b] = value_pointers(values[b], n, naggs_);
       fptr[b] = checked_floors(floors[b], n, &top[b]);
+      // Every batch's own checks first (times in range, value columns), so that no turn fails
+      // after earlier turns fired rows that the failure would drop.
+      check_batch(engine_->layout(), false, vptr[b], ts[b].data(), n, unit_ns);
       offset[b + 1] = offset[b] + n;
     }
     if (turns.ndim() != 2 || turns.shape(1) != 5) fail("process_turns: turns must be an (n, 5) int64 array");

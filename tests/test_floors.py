@@ -416,6 +416,11 @@ def test_process_turns_refuses_turns_that_name_no_rows():
             eng.process_turns(*args, np.array([turn], dtype=np.int64))
     with pytest.raises(ValueError, match=r"turns must be an \(n, 5\) int64 array"):
         eng.process_turns(*args, np.zeros((1, 4), dtype=np.int64))
+    bad = [np.arange(4, dtype=np.int64), np.array([0, 2**62 + 1], dtype=np.int64)]  # the second batch's row 1
+    with pytest.raises(ValueError, match=r"timestamp 4611686018427387905 at row 1 is outside the supported range"):
+        eng.process_turns([np.zeros(4, np.int64), np.zeros(2, np.int64)], bad,
+                          [[None, np.ones(4), np.ones(4)], [None, np.ones(2), np.ones(2)]], 1, [None, None],
+                          np.array([(0, 0, 4, 0, NONE), (1, 0, 2, 0, NONE)], dtype=np.int64))
     with pytest.raises(ValueError, match="one entry per batch"):
         eng.process_turns([], ts, [[None, np.ones(4), np.ones(4)]], 1, [None], np.zeros((0, 5), dtype=np.int64))
     assert eng.partitions == []  # nothing ran
