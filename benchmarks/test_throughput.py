@@ -134,6 +134,23 @@ def test_kernel_tumbling(benchmark, meters):
     record(benchmark, f"kernel tumbling 15m sum/count/max keys={meters}", len(d["ts"]))
 
 
+#: Meter ids as they come: dense 0..n-1; an actor's share of them at Ray parallelism 8
+#: (one id in 8, spread over the range, as key groups hold them); and serial numbers (ids
+#: near 10^12 that only the hash table holds). The same readings, ids mapped one to one.
+KEY_IDS = {"dense": lambda m: m, "one-in-8": lambda m: m * 8 + 5, "serials": lambda m: m * 1_000_003 + 10**12}
+
+
+@pytest.mark.parametrize("ids", sorted(KEY_IDS))
+def test_kernel_tumbling_key_ids(benchmark, ids):
+    d = readings(100_000)
+    mapped = dict(d, meter_id=KEY_IDS[ids](d["meter_id"]))
+    n, s, _ = numpy_tumbling(numpy_ids(d, 100_000, MIN15), d["kwh"])  # dense ids: the same windows
+    rows, totals = kernel_run(mapped, MIN15, MIN15, TUMBLING_AGGS)
+    assert rows == len(n) and totals[0] == n.sum() and totals[1] == pytest.approx(s.sum(), rel=1e-9)
+    benchmark.pedantic(kernel_run, args=(mapped, MIN15, MIN15, TUMBLING_AGGS, False), rounds=3, iterations=1)
+    record(benchmark, f"kernel tumbling 15m sum/count/max keys=100000 ids={ids}", len(d["ts"]))
+
+
 def test_numpy_sliding(benchmark):
     d = readings(100_000)
     wid = numpy_ids(d, 100_000, MIN15)

@@ -668,6 +668,7 @@ class PyKeyIndex {
   I64Array keys() const { return to_numpy(std::vector<int64_t>(idx_.keys())); }
   void assign(const I64Array& keys) { idx_.assign(from_numpy(keys)); }
   int64_t size() const { return idx_.size(); }
+  int64_t direct_size() const { return idx_.direct_size(); }
 
  private:
   KeyIndex idx_;
@@ -1157,6 +1158,7 @@ PYBIND11_MODULE(_core, m) {
       .def("intern", &PyKeyIndex::intern, py::arg("keys"))
       .def("keys", &PyKeyIndex::keys)
       .def("assign", &PyKeyIndex::assign, py::arg("keys"))
+      .def_property_readonly("direct_size", &PyKeyIndex::direct_size)
       .def("__len__", &PyKeyIndex::size);
 
   py::class_<PyTupleInterner>(m, "TupleInterner")

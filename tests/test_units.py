@@ -49,6 +49,63 @@ def test_object_interner_is_incremental_and_validates_before_committing():
     assert restored.lookup(np.array([3, 0])).tolist() == ["e", "b"]
 
 
+# Keys as they come: dense small ids, one in p of a dense range (a Ray actor's share), ids
+# near the direct cache's edges, negatives and 64-bit extremes, which only the hash table holds.
+KEYS = st.one_of(st.integers(0, 300), st.integers(0, 40).map(lambda k: 7 * k + 3), st.integers(4090, 4100),
+                 st.integers(-5, 5), st.sampled_from([2**63 - 1, -2**63, 2**40, 2**26 - 1, 2**26]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches=st.lists(st.lists(KEYS, max_size=60), max_size=8), split=st.integers(0, 8))
+def test_key_index_hands_out_slots_in_first_seen_order_whatever_the_batches(batches, split):
+    # The model: a dict from key to the order of its first appearance. Slots never change, a
+    # restore (assign) continues the same numbering, and no batch size changes any slot.
+    want: dict = {}
+    idx, whole = _core.KeyIndex(), _core.KeyIndex()
+    for i, batch in enumerate(batches):
+        if i == split:  # restore mid-stream from the slot -> key list
+            idx2 = _core.KeyIndex()
+            idx2.assign(idx.keys())
+            idx = idx2
+        got = idx.intern(np.array(batch, dtype=np.int64))
+        for k in batch:
+            want.setdefault(k, len(want))
+        assert got.tolist() == [want[k] for k in batch]
+    flat = [k for b in batches for k in b]
+    assert whole.intern(np.array(flat, dtype=np.int64)).tolist() == [want[k] for k in flat]
+    assert idx.keys().tolist() == list(want) and len(idx) == len(want)
+
+
+@pytest.mark.parametrize("spread", [1, 2, 8, 16])
+def test_key_index_caches_a_spread_share_of_a_dense_id_range_directly(spread):
+    # One in `spread` of 100k meter ids (as a Ray actor's key groups hold at parallelism
+    # `spread`), in batches of 4k rows as an actor's share of a batch: the direct cache
+    # covers them all. It stopped at parallelism 4, and the hash table took every lookup.
+    ids = np.arange(0, 100_000, spread, dtype=np.int64)
+    rng = np.random.default_rng(spread)
+    idx = _core.KeyIndex()
+    for _ in range(3):
+        for batch in np.array_split(rng.permutation(ids), max(1, len(ids) // 4_096)):
+            assert idx.intern(batch).tolist() == idx.intern(batch).tolist()
+    assert idx.direct_size >= 100_000 - spread
+    assert len(idx) == len(ids)
+
+
+def test_key_index_keeps_sparse_ids_out_of_the_direct_cache():
+    # Memory stays proportional to the keys: 1,000 ids one in 1,000 apart (spread far beyond 16
+    # per key) go to the hash table alone, and ids past 2^26 never reach the cache.
+    idx = _core.KeyIndex()
+    sparse = np.arange(0, 1_000_000, 1_000, dtype=np.int64)
+    assert idx.intern(sparse).tolist() == list(range(1_000))
+    assert idx.direct_size == 0
+    dense = _core.KeyIndex()
+    dense.intern(np.arange(50_000, dtype=np.int64))
+    assert dense.direct_size >= 50_000  # the dense case takes it
+    big = _core.KeyIndex()
+    big.intern(np.arange(2**26, 2**26 + 10_000, dtype=np.int64))
+    assert big.direct_size == 0
+
+
 def test_tuple_interner_round_trip():
     t = _core.TupleInterner(2)
     ids = t.intern([np.array([1, 2, 1, 1]), np.array([7, 7, 7, 8])])
