@@ -290,7 +290,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
   /// hi, partition, end): rows [lo, hi) of batch b as `process` takes them, with their floors
   /// (b = -1: none), then, where end is not kNoWatermark, raise_partition(partition, end). Late and invalid
   /// rows come back as positions in the batches laid end to end. Everything is checked before
-  /// the engine runs (an engine flushed at end of input refuses the first turn).
+  /// the engine runs (an engine flushed at end of input refuses the call).
   py::dict process_turns(const std::vector<std::optional<I64Array>>& keys, const std::vector<I64Array>& ts,
                          const std::vector<std::vector<std::optional<F64Array>>>& values, int64_t unit_ns,
                          const std::vector<std::optional<I64Array>>& floors, const I64Array& turns) {
@@ -301,7 +301,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
            ", " + std::to_string(nb) + ", " + std::to_string(values.size()) + " and " + std::to_string(floors.size()));
     }
     std::vector<std::vector<const double*>> vptr(nb);
-    std::vector<int64_t> offset(nb + 1, 0), top(nb, kNoWatermark);
+    std::vector<int64_t> offset(nb + 1, 0), top(nb, kNoWatermark), batch_max(nb);
     std::vector<const int64_t*> fptr(nb, nullptr);
     for (size_t b = 0; b < nb; ++b) {
       const int64_t n = ts[b].size();
@@ -311,11 +311,18 @@ class PyEngine : public PyEngineBase<WindowEngine> {
         fail("key and timestamp columns differ in length: " + std::to_string(keys[b]->size()) + " != " + std::to_string(n));
       }
       vptr[b] = value_pointers(values[b], n, naggs_);
-      fptr[b] = checked_floors(floors[b], n, &top[b]);
-      // Every batch's own checks first (times in range, value columns), so that no turn fails
-      // after earlier turns fired rows that the failure would drop.
-      check_batch(engine_->layout(), false, vptr[b], ts[b].data(), n, unit_ns);
       offset[b + 1] = offset[b] + n;
+    }
+    {
+      // Every batch's own checks first (not flushed, times in range, value columns, floors),
+      // so that no turn fails after earlier turns fired rows that the failure would drop; the
+      // turns then skip them (WindowEngine::process_checked). Passes over the rows: no GIL.
+      py::gil_scoped_release release;
+      for (size_t b = 0; b < nb; ++b) {
+        const int64_t n = offset[b + 1] - offset[b];
+        fptr[b] = checked_floors(floors[b], n, &top[b]);
+        batch_max[b] = check_batch(engine_->layout(), engine_->flushed(), vptr[b], ts[b].data(), n, unit_ns);
+      }
     }
     if (turns.ndim() != 2 || turns.shape(1) != 5) fail("process_turns: turns must be an (n, 5) int64 array");
     const int64_t nt = turns.shape(0);
@@ -340,8 +347,8 @@ class PyEngine : public PyEngineBase<WindowEngine> {
           vp = vptr[b];
           for (auto& p : vp) p = p ? p + lo : nullptr;
           const size_t late0 = o.late_rows.size(), invalid0 = o.invalid_rows.size();
-          e.process(keyed ? keys[b]->data() + lo : nullptr, ts[b].data() + lo, unit_ns, vp, hi - lo, o, partition,
-                    fptr[b] ? fptr[b] + lo : nullptr, top[b]);
+          e.process_checked(keyed ? keys[b]->data() + lo : nullptr, ts[b].data() + lo, unit_ns, vp, hi - lo, o,
+                            batch_max[b], partition, fptr[b] ? fptr[b] + lo : nullptr, top[b]);
           for (size_t k = late0; k < o.late_rows.size(); ++k) o.late_rows[k] += offset[b] + lo;
           for (size_t k = invalid0; k < o.invalid_rows.size(); ++k) o.invalid_rows[k] += offset[b] + lo;
         }

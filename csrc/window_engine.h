@@ -147,7 +147,16 @@ class WindowEngine {
   /// watermarks per event). Checked by the caller: kNoWatermark or |floor| <= kMaxAbsTime.
   void process(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values, int64_t n,
                EmitBuffer& out, int64_t partition = 0, const int64_t* floor = nullptr, int64_t floor_max = kNoWatermark) {
-    const int64_t batch_max = check_batch(layout_, flushed_, values, ts, n, unit_ns);
+    process_checked(keys, ts, unit_ns, values, n, out, check_batch(layout_, flushed_, values, ts, n, unit_ns), partition,
+                    floor, floor_max);
+  }
+
+  /// `process` of a batch that check_batch has passed (against this engine, not flushed since):
+  /// `batch_max` is what it returned, or more (it only sizes the output). For a caller that
+  /// checks several batches before any changes state (the Ray runtime's turns).
+  void process_checked(const int64_t* keys, const int64_t* ts, int64_t unit_ns, const std::vector<const double*>& values,
+                       int64_t n, EmitBuffer& out, int64_t batch_max, int64_t partition = 0,
+                       const int64_t* floor = nullptr, int64_t floor_max = kNoWatermark) {
     prepare_out(out);
     reserve_out(out, n);
     slots_.resize(static_cast<size_t>(n));

@@ -423,7 +423,15 @@ def test_process_turns_refuses_turns_that_name_no_rows():
                           np.array([(0, 0, 4, 0, NONE), (1, 0, 2, 0, NONE)], dtype=np.int64))
     with pytest.raises(ValueError, match="one entry per batch"):
         eng.process_turns([], ts, [[None, np.ones(4), np.ones(4)]], 1, [None], np.zeros((0, 5), dtype=np.int64))
+    floors = [None, np.array([NONE, 2**62 + 1], dtype=np.int64)]  # the second batch's floor of row 1
+    with pytest.raises(ValueError, match=r"floor 4611686018427387905 ns at row 1 is out of range"):
+        eng.process_turns([np.zeros(4, np.int64), np.zeros(2, np.int64)], [ts[0], np.arange(2, dtype=np.int64)],
+                          [[None, np.ones(4), np.ones(4)], [None, np.ones(2), np.ones(2)]], 1, floors,
+                          np.array([(0, 0, 4, 0, NONE), (1, 0, 2, 0, NONE)], dtype=np.int64))
     assert eng.partitions == []  # nothing ran
+    eng.flush()  # at end of input: the engine takes no more rows, in turns neither
+    with pytest.raises(ValueError, match="has been flushed at end of input"):
+        eng.process_turns(*args, np.array([(0, 0, 4, 0, NONE)], dtype=np.int64))
 
 
 def test_without_floors_an_engine_that_holds_some_keys_judges_from_its_own_rows():
