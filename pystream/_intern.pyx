@@ -15,6 +15,7 @@ import numpy as np
 
 cdef extern from *:
     """
+    #include <algorithm>
     #include <cstdint>
     #include <cstring>
     #include <string>
@@ -23,85 +24,119 @@ cdef extern from *:
     // Fixed-width string keys (NumPy 'U'/'S' elements) -> interner ids, by their raw bytes with
     // trailing NULs stripped (NumPy's own equality), so no Python str is made for a known key.
     struct FixedKeyTable {
-      struct Slot { uint64_t hash; int64_t entry; };  // entry -1: empty
-      struct Entry { int64_t id, off, len; };
+      // A slot holds all a lookup needs but the key's bytes (in the arena): one random access
+      // to the table and one to the arena per row, both prefetched ahead (probe).
+      struct Slot { uint64_t hash; int64_t id, off, len; };  // id -1: empty
       std::vector<Slot> slots;
-      std::vector<Entry> entries;
       std::string arena;
+      int64_t count = 0;
       std::vector<uint64_t> hashes;  // scratch: per row of a batch
       std::vector<int64_t> lens;
       uint64_t mask = 0;
 
-      FixedKeyTable() { slots.assign(1024, Slot{0, -1}); mask = 1023; }
+      FixedKeyTable() { slots.assign(1024, Slot{0, -1, 0, 0}); mask = 1023; }
 
       static uint64_t mix(uint64_t x) {
         x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL; x ^= x >> 27; x *= 0x94d049bb133111ebULL; x ^= x >> 31;
         return x;
       }
+      // The key's bytes, 8 at a time, each folded in with one multiply (h = (h ^ w) * K, then its
+      // high half folded down), then mixed once: half the latency of a full mix per word. The
+      // tail is read with fixed-size loads (a memcpy of a variable size was a libc call per
+      // row). Only this process sees these hashes (the table is rebuilt on use, never stored).
       static uint64_t hash_of(const char* p, int64_t n) {
-        uint64_t h = 0x9e3779b97f4a7c15ULL ^ static_cast<uint64_t>(n);
+        constexpr uint64_t K = 0x9e3779b97f4a7c15ULL;
+        uint64_t h = K ^ static_cast<uint64_t>(n);
         int64_t i = 0;
-        for (; i + 8 <= n; i += 8) { uint64_t w; std::memcpy(&w, p + i, 8); h = mix(h ^ w); }
-        if (i < n) { uint64_t w = 0; std::memcpy(&w, p + i, static_cast<size_t>(n - i)); h = mix(h ^ w); }
-        return h;
+        for (; i + 8 <= n; i += 8) {
+          uint64_t w;
+          std::memcpy(&w, p + i, 8);
+          h = (h ^ w) * K;
+          h ^= h >> 32;
+        }
+        if (i < n) h = (h ^ tail_word(p + i, n - i)) * K;
+        return mix(h);
       }
       // Length of the key without trailing NUL units of `unit` bytes (4 for 'U', 1 for 'S').
       static int64_t stripped(const char* p, int64_t width, int64_t unit) {
         int64_t n = width;
-        while (n >= unit) {
-          bool zero = true;
-          for (int64_t b = 0; b < unit; ++b) zero &= p[n - unit + b] == 0;
-          if (!zero) break;
-          n -= unit;
+        if (unit == 4) {
+          for (; n >= 4; n -= 4) {
+            uint32_t x;
+            std::memcpy(&x, p + n - 4, 4);
+            if (x != 0) break;
+          }
+          return n;
         }
+        while (n > 0 && p[n - 1] == 0) --n;
         return n;
+      }
+      // The tail of a key after its whole words (r < 8 bytes), as one word: fixed-size loads.
+      static uint64_t tail_word(const char* q, int64_t r) {
+        uint64_t w = 0;
+        int shift = 0;
+        if (r & 4) { uint32_t x; std::memcpy(&x, q, 4); w = x; q += 4; shift = 32; }
+        if (r & 2) { uint16_t x; std::memcpy(&x, q, 2); w |= static_cast<uint64_t>(x) << shift; q += 2; shift += 16; }
+        if (r & 1) w |= static_cast<uint64_t>(static_cast<unsigned char>(*q)) << shift;
+        return w;
       }
       int64_t find(const char* p, int64_t n, uint64_t h) const {
         for (uint64_t b = h & mask;; b = (b + 1) & mask) {
           const Slot& s = slots[b];
-          if (s.entry < 0) return -1;
-          if (s.hash != h) continue;
-          const Entry& e = entries[static_cast<size_t>(s.entry)];
-          if (e.len == n && std::memcmp(arena.data() + e.off, p, static_cast<size_t>(n)) == 0) return e.id;
+          if (s.id < 0) return -1;
+          if (s.hash == h && s.len == n && std::memcmp(arena.data() + s.off, p, static_cast<size_t>(n)) == 0) return s.id;
         }
       }
-      // ids[i] = the id of row i, or -1 when unknown: hashes first, then probes with the slot
-      // of a row a few ahead prefetched (random access to the table is what costs).
+      void hash_row(const char* base, int64_t i, int64_t width, int64_t unit) {
+        const char* p = base + i * width;
+        lens[i] = stripped(p, width, unit);
+        hashes[i] = hash_of(p, lens[i]);
+      }
+      // ids[i] = the id of row i, or -1 when unknown, in one pass: row i + kAhead is hashed
+      // and its slot prefetched, the key bytes of row i + kHalf prefetched (its home slot is
+      // in cache by then), and row i probed (its bytes still in cache from its hashing). Random
+      // access, not hashing, is what costs: the slots and the arena outgrow the caches at 100k
+      // keys.
       void probe(const char* base, int64_t n, int64_t width, int64_t unit, int64_t* ids) {
         hashes.resize(static_cast<size_t>(n));
         lens.resize(static_cast<size_t>(n));
-        for (int64_t i = 0; i < n; ++i) {
-          const char* p = base + i * width;
-          lens[i] = stripped(p, width, unit);
-          hashes[i] = hash_of(p, lens[i]);
+        constexpr int64_t kAhead = 16, kHalf = kAhead / 2;
+        for (int64_t i = 0; i < std::min(n, kAhead); ++i) {
+          hash_row(base, i, width, unit);
+          __builtin_prefetch(&slots[hashes[i] & mask]);
         }
-        constexpr int64_t kAhead = 8;
         for (int64_t i = 0; i < n; ++i) {
-          if (i + kAhead < n) __builtin_prefetch(&slots[hashes[i + kAhead] & mask]);
+          if (i + kAhead < n) {
+            hash_row(base, i + kAhead, width, unit);
+            __builtin_prefetch(&slots[hashes[i + kAhead] & mask]);
+          }
+          if (i + kHalf < n) {
+            const Slot& s = slots[hashes[i + kHalf] & mask];
+            if (s.id >= 0) __builtin_prefetch(arena.data() + s.off);
+          }
           ids[i] = find(base + i * width, lens[i], hashes[i]);
         }
       }
       int64_t row_len(int64_t i) const { return lens[static_cast<size_t>(i)]; }
       uint64_t row_hash(int64_t i) const { return hashes[static_cast<size_t>(i)]; }
       void insert(const char* p, int64_t n, uint64_t h, int64_t key_id) {
-        entries.push_back(Entry{key_id, static_cast<int64_t>(arena.size()), n});
+        const int64_t off = static_cast<int64_t>(arena.size());
         arena.append(p, static_cast<size_t>(n));
-        if (2 * static_cast<uint64_t>(entries.size()) > mask + 1) {
+        ++count;
+        if (2 * static_cast<uint64_t>(count) > mask + 1) {
           mask = 2 * (mask + 1) - 1;
-          std::vector<Slot> grown(mask + 1, Slot{0, -1});
+          std::vector<Slot> grown(mask + 1, Slot{0, -1, 0, 0});
           for (const Slot& s : slots) {
-            if (s.entry < 0) continue;
+            if (s.id < 0) continue;
             uint64_t b = s.hash & mask;
-            while (grown[b].entry >= 0) b = (b + 1) & mask;
+            while (grown[b].id >= 0) b = (b + 1) & mask;
             grown[b] = s;
           }
           slots.swap(grown);
         }
-        {
-          uint64_t b = h & mask;
-          while (slots[b].entry >= 0) b = (b + 1) & mask;
-          slots[b] = Slot{h, static_cast<int64_t>(entries.size()) - 1};
-        }
+        uint64_t b = h & mask;
+        while (slots[b].id >= 0) b = (b + 1) & mask;
+        slots[b] = Slot{h, key_id, off, n};
       }
     };
     """

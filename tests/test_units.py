@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import numpy as np
 import pytest
@@ -171,6 +172,36 @@ def test_string_interning_is_the_same_through_the_fixed_width_path(keys, cuts, f
     ids = np.array([want[k] for k in keys])
     assert it.lookup(ids).tolist() == keys
     assert it.lookup(ids, "U").tolist() == keys and it.lookup(ids, "U").dtype.kind == "U"
+
+
+@settings(max_examples=150, deadline=None)
+@given(keys=st.lists(st.binary(max_size=20), min_size=1, max_size=60), cuts=st.lists(st.integers(0, 60), max_size=5),
+       wide=st.lists(st.booleans(), min_size=6, max_size=6))
+def test_bytes_interning_hashes_and_compares_every_tail_length(keys, cuts, wide):
+    # 'S' keys of 0-20 bytes: whole words and tails of 1-7 bytes, read with fixed-size loads;
+    # a key is its bytes without trailing NULs (NumPy's equality), whatever the array's width.
+    bounds = sorted({0, len(keys), *[min(c, len(keys)) for c in cuts]})
+    it, want = ObjectInterner("b"), {}
+    for b, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        part = keys[lo:hi]
+        arr = np.array(part, dtype="S24" if wide[b] else None)
+        got = it.intern(arr)
+        for k in part:
+            want.setdefault(k.rstrip(b"\x00"), len(want))
+        assert got.tolist() == [want[k.rstrip(b"\x00")] for k in part]
+
+
+def test_fixed_width_interning_of_many_keys_keeps_first_seen_ids_as_its_table_grows():
+    # 30,000 distinct keys (the cache's table grows from 1,024 slots), of lengths 2-29
+    # characters, each seen again in later batches in another order and width.
+    rng = np.random.default_rng(3)
+    keys = np.array([f"k{i}" + "x" * (i % 23) for i in range(30_000)])
+    it = ObjectInterner("m")
+    assert it.intern(keys).tolist() == list(range(30_000))
+    order = rng.permutation(30_000)
+    for part in np.array_split(order, 7):
+        assert it.intern(keys[part].astype("U40")).tolist() == part.tolist()
+    assert len(it) == 30_000
 
 
 def test_bytes_keys_and_trailing_nuls_follow_numpy():
