@@ -9,8 +9,8 @@
 /// Fast path: meter ids are usually small dense integers. A direct table `direct_[k]` caches
 /// the slot of every key 0 <= k < direct_.size(); a miss falls back to the hash table and then
 /// fills the cache. The cache grows while keys stay below kDirectLimit and within
-/// kDirectSpread times the keys seen (and the batch's rows), so memory stays proportional to
-/// the keys: at most 64 bytes per key. The multiple is 16, not smaller, because an engine
+/// kDirectSpread times the keys seen, so memory stays proportional to the keys: under 128
+/// bytes per key (16 ids of 4 bytes, the cache's size a power of two), and 32 KB. The multiple is 16, not smaller, because an engine
 /// often holds a spread share of a dense id range: a Ray window actor owns the key groups of
 /// one in p meters, so its ids lie p apart on average (at 4 the cache stopped at parallelism
 /// 4, and at 8 every lookup went to the hash table: windowing 29-32 -> 22 ns per row per actor
@@ -48,7 +48,6 @@ class KeyIndex {
     if (size() + n > kMaxKeys && size() + count_new(keys, n) > kMaxKeys) {
       fail("key overflow: a keyed operator holds at most 2147483647 distinct keys; this batch would exceed it");
     }
-    maybe_grow_direct(keys, n);
     const int64_t dsize = static_cast<int64_t>(direct_.size());
     int32_t* direct = direct_.data();
     constexpr int64_t kAhead = 8;
@@ -73,6 +72,7 @@ class KeyIndex {
         out[i] = find_or_insert(k);
       }
     }
+    maybe_grow_direct(keys, n);  // for the next batches, sized by the keys now held
   }
 
   /// Rebuilds the index from a slot -> key list (restore). Keys must be distinct; on a
@@ -140,14 +140,16 @@ class KeyIndex {
     }
   }
 
-  /// Grows the direct cache to cover this batch's largest key when that key is small
-  /// relative to the number of keys (dense ids); sparse or huge ids stay in the hash table.
+  /// Grows the direct cache to cover this batch's largest key when that key is below
+  /// kDirectSpread times the keys held (dense ids, or a spread share of them); sparse or huge
+  /// ids stay in the hash table. Called after a batch is interned, so the bound counts its
+  /// distinct keys, not its rows (one key of id 10^6 in a 65k-row batch took 4 MB).
   void maybe_grow_direct(const int64_t* keys, int64_t n) {
     int64_t hi = -1;
     for (int64_t i = 0; i < n; ++i) hi = keys[i] > hi ? keys[i] : hi;
     const int64_t have = static_cast<int64_t>(direct_.size());
     if (hi < have) return;
-    const int64_t budget = kDirectSpread * (size() + n) + 4096;
+    const int64_t budget = kDirectSpread * size() + 4096;
     if (hi >= kDirectLimit || hi >= budget) return;
     int64_t cap = have > 0 ? have : 4096;
     while (cap <= hi) cap <<= 1;

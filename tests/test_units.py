@@ -94,7 +94,8 @@ def test_key_index_caches_a_spread_share_of_a_dense_id_range_directly(spread):
 
 def test_key_index_keeps_sparse_ids_out_of_the_direct_cache():
     # Memory stays proportional to the keys: 1,000 ids one in 1,000 apart (spread far beyond 16
-    # per key) go to the hash table alone, and ids past 2^26 never reach the cache.
+    # per key) go to the hash table alone, ids past 2^26 never reach the cache, and neither does
+    # one key repeated over a batch's rows.
     idx = _core.KeyIndex()
     sparse = np.arange(0, 1_000_000, 1_000, dtype=np.int64)
     assert idx.intern(sparse).tolist() == list(range(1_000))
@@ -105,6 +106,10 @@ def test_key_index_keeps_sparse_ids_out_of_the_direct_cache():
     big = _core.KeyIndex()
     big.intern(np.arange(2**26, 2**26 + 10_000, dtype=np.int64))
     assert big.direct_size == 0
+    one = _core.KeyIndex()  # a batch's rows are not keys: one id of 10^6, 65,536 times
+    one.intern(np.full(65_536, 1_000_000, dtype=np.int64))
+    assert one.direct_size == 0 and len(one) == 1
+    assert one.intern(np.array([1_000_000, 7], dtype=np.int64)).tolist() == [0, 1]
 
 
 def test_tuple_interner_round_trip():
