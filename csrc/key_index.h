@@ -34,6 +34,7 @@ class KeyIndex {
  public:
   static constexpr int64_t kDirectLimit = int64_t{1} << 26;
   static constexpr int64_t kDirectSpread = 16;  // see the header
+  static constexpr int64_t kDirectRows = 4;     // before a batch: ids per row of it and keys held
   static constexpr int64_t kMaxKeys = (int64_t{1} << 31) - 1;
 
   KeyIndex() { rehash(1024); }
@@ -49,6 +50,11 @@ class KeyIndex {
     if (size() + n > kMaxKeys && size() + count_new(keys, n) > kMaxKeys) {
       fail("key overflow: a keyed operator holds at most 2147483647 distinct keys; this batch would exceed it");
     }
+    // Dense ids take the cache from their first batch (bounded by the batch's rows, 4 per row:
+    // one key repeated over a batch stays small); after the batch, by the keys now held.
+    int64_t hi = -1;
+    for (int64_t i = 0; i < n; ++i) hi = keys[i] > hi ? keys[i] : hi;
+    maybe_grow_direct(hi, kDirectRows * (size() + n) + 4096);
     const int64_t dsize = static_cast<int64_t>(direct_.size());
     int32_t* direct = direct_.data();
     constexpr int64_t kAhead = 8;
@@ -73,7 +79,7 @@ class KeyIndex {
         out[i] = find_or_insert(k);
       }
     }
-    maybe_grow_direct(keys, n);  // for the next batches, sized by the keys now held
+    maybe_grow_direct(hi, kDirectSpread * size() + 4096);  // for the next batches
   }
 
   /// Rebuilds the index from a slot -> key list (restore). Keys must be distinct; on a
@@ -141,16 +147,13 @@ class KeyIndex {
     }
   }
 
-  /// Grows the direct cache to cover this batch's largest key when that key is below
-  /// kDirectSpread times the keys held (dense ids, or a spread share of them); sparse or huge
-  /// ids stay in the hash table. Called after a batch is interned, so the bound counts its
-  /// distinct keys, not its rows (one key of id 10^6 in a 65k-row batch took 4 MB).
-  void maybe_grow_direct(const int64_t* keys, int64_t n) {
-    int64_t hi = -1;
-    for (int64_t i = 0; i < n; ++i) hi = keys[i] > hi ? keys[i] : hi;
+  /// Grows the direct cache to cover a batch's largest key `hi` when that key is below
+  /// `budget` (dense ids, or a spread share of them); sparse or huge ids stay in the hash
+  /// table. After a batch the budget counts distinct keys, not rows: with 16 per row, one key
+  /// of id 10^6 repeated over a 65k-row batch took a 4 MB cache.
+  void maybe_grow_direct(int64_t hi, int64_t budget) {
     const int64_t have = static_cast<int64_t>(direct_.size());
     if (hi < have) return;
-    const int64_t budget = kDirectSpread * size() + 4096;
     if (hi >= kDirectLimit || hi >= budget) return;
     int64_t cap = have > 0 ? have : 4096;
     while (cap <= hi) cap <<= 1;
