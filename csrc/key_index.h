@@ -9,13 +9,14 @@
 /// Fast path: meter ids are usually small dense integers. A direct table `direct_[k]` caches
 /// the slot of every key 0 <= k < direct_.size(); a miss falls back to the hash table and then
 /// fills the cache. The cache grows while keys stay below kDirectLimit and within
-/// kDirectSpread times the keys seen, so memory stays proportional to the keys: under 128
-/// bytes per key (16 ids of 4 bytes, the cache's size a power of two), and 32 KB. The
-/// multiple is 16, not smaller, because an engine often holds a spread share of a dense id
-/// range: a Ray window actor owns the key groups of one in p meters, so its ids lie p apart
-/// on average (at 4 the cache stopped at parallelism 4, and at 8 every lookup went to the hash
-/// table: windowing 29-32 -> 22 ns per row per actor with the cache, in process, 100k
-/// meters, 2-core VM).
+/// kDirectSpread times the keys seen (before a batch, within 4 per row of it and key held, so
+/// dense ids take it from their first batch), so memory stays proportional to the keys and
+/// rows: under 128 bytes per key (16 ids of 4 bytes, the cache's size a power of two), and
+/// 32 KB. The multiple is 16, not smaller, because an engine often holds a spread share of a
+/// dense id range: a Ray window actor owns the key groups of one in p meters, so its ids lie p
+/// apart on average (at 4 the cache stopped at parallelism 4, and at 8 every lookup went to
+/// the hash table: windowing 29-32 -> 22 ns per row per actor with the cache, in process,
+/// 100k meters, 2-core VM).
 ///
 /// Batch lookup hashes each key once and prefetches the bucket a few rows ahead; random
 /// access to the table, not hashing, is what costs (see DESIGN.md, "where the time goes").
