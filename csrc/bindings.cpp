@@ -54,13 +54,39 @@ py::array_t<T> to_numpy(OutBuf<T>&& v) {
   return py::array_t<T>({n}, {sizeof(T)}, owned->ptr, owner);
 }
 
+/// A pooled uint8 buffer as a NumPy array of another one-byte dtype (bool), without the
+/// `view` call that parsed the dtype's name on every batch.
+py::array to_numpy_as(OutBuf<uint8_t>&& v, const py::dtype& dtype) {
+  py::array_t<uint8_t> a = to_numpy(std::move(v));
+  return py::array(dtype, {a.size()}, {py::ssize_t{1}}, a.data(), a);
+}
+
+/// The names of an engine call's output, made once: interned str objects (never freed; the
+/// module lives as long as the interpreter), so a call does not build and hash ten strings.
+struct OutNames {
+  py::handle key, start, end, update, early, cols, late, invalid, invalid_reason, handles;
+  py::handle bool_dtype;
+};
+
+const OutNames& out_names() {
+  static const OutNames names = [] {
+    auto name = [](const char* s) { return py::handle(PyUnicode_InternFromString(s)); };
+    return OutNames{name("key"), name("start"), name("end"), name("update"), name("early"), name("cols"),
+                    name("late"), name("invalid"), name("invalid_reason"), name("handles"),
+                    py::dtype::of<bool>().release()};
+  }();
+  return names;
+}
+
 py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
+  const OutNames& n = out_names();
+  const py::dtype bool_dtype = py::reinterpret_borrow<py::dtype>(n.bool_dtype);
   py::dict d;
-  d["key"] = keyed ? py::object(to_numpy(std::move(b.key))) : py::object(py::none());
-  d["start"] = to_numpy(std::move(b.start));
-  d["end"] = to_numpy(std::move(b.end));
-  d["update"] = to_numpy(std::move(b.update)).attr("view")("bool");
-  d["early"] = to_numpy(std::move(b.early)).attr("view")("bool");
+  d[n.key] = keyed ? py::object(to_numpy(std::move(b.key))) : py::object(py::none());
+  d[n.start] = to_numpy(std::move(b.start));
+  d[n.end] = to_numpy(std::move(b.end));
+  d[n.update] = to_numpy_as(std::move(b.update), bool_dtype);
+  d[n.early] = to_numpy_as(std::move(b.early), bool_dtype);
   py::list cols;
   for (OutColumn& c : b.cols) {
     if (c.paired) {
@@ -71,11 +97,11 @@ py::dict emit_to_dict(EmitBuffer&& b, bool keyed) {
       cols.append(to_numpy(std::move(c.f)));
     }
   }
-  d["cols"] = cols;
-  d["late"] = to_numpy(std::move(b.late_rows));
+  d[n.cols] = cols;
+  d[n.late] = to_numpy(std::move(b.late_rows));
   const bool reasons = b.invalid_reason.size() == b.invalid_rows.size() && b.invalid_reason.size() > 0;
-  d["invalid"] = to_numpy(std::move(b.invalid_rows));
-  d["invalid_reason"] = reasons ? py::object(to_numpy(std::move(b.invalid_reason))) : py::object(py::none());
+  d[n.invalid] = to_numpy(std::move(b.invalid_rows));
+  d[n.invalid_reason] = reasons ? py::object(to_numpy(std::move(b.invalid_reason))) : py::object(py::none());
   return d;
 }
 
@@ -224,7 +250,7 @@ class PyEngineBase {
       f(*engine_, out);
     }
     py::dict d = emit_to_dict(std::move(out), keyed_);
-    d["handles"] = handle_logs(engine_->layout());
+    d[out_names().handles] = handle_logs(engine_->layout());
     return d;
   }
   py::array_t<int64_t> live(int spec) const { return live_handles(*engine_, spec); }
