@@ -294,15 +294,23 @@ class PyEngine : public PyEngineBase<WindowEngine> {
     keyed_ = keyed;
   }
 
+  /// A batch's times 1-D, and its keys there and as long where the operator is keyed
+  /// (process and process_turns).
+  void check_keys_and_times(const std::optional<I64Array>& keys, const I64Array& ts) const {
+    if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
+    if (!engine_->spec().keyed) return;
+    if (!keys) fail("a keyed window operator needs a key column");
+    if (keys->size() != ts.size()) {
+      fail("key and timestamp columns differ in length: " + std::to_string(keys->size()) + " != " +
+           std::to_string(ts.size()));
+    }
+  }
+
   py::dict process(std::optional<I64Array> keys, const I64Array& ts, const std::vector<std::optional<F64Array>>& values,
                    int64_t unit_ns, int64_t partition, const std::optional<I64Array>& floor) {
     const bool keyed = engine_->spec().keyed;
     const int64_t n = ts.size();
-    if (ts.ndim() != 1) fail("timestamps must be a 1-D array");
-    if (keyed && !keys) fail("a keyed window operator needs a key column");
-    if (keyed && keys->size() != n) {
-      fail("key and timestamp columns differ in length: " + std::to_string(keys->size()) + " != " + std::to_string(n));
-    }
+    check_keys_and_times(keys, ts);
     const std::vector<const double*> vptr = value_pointers(values, n, naggs_);
     return call([&](WindowEngine& e, EmitBuffer& o) {
       int64_t top;
@@ -331,11 +339,7 @@ class PyEngine : public PyEngineBase<WindowEngine> {
     std::vector<const int64_t*> fptr(nb, nullptr);
     for (size_t b = 0; b < nb; ++b) {
       const int64_t n = ts[b].size();
-      if (ts[b].ndim() != 1) fail("process_turns: timestamps must be 1-D arrays");
-      if (keyed && !keys[b]) fail("a keyed window operator needs a key column");
-      if (keyed && keys[b]->size() != n) {
-        fail("key and timestamp columns differ in length: " + std::to_string(keys[b]->size()) + " != " + std::to_string(n));
-      }
+      check_keys_and_times(keys[b], ts[b]);
       vptr[b] = value_pointers(values[b], n, naggs_);
       offset[b + 1] = offset[b] + n;
     }

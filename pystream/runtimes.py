@@ -1138,9 +1138,9 @@ class WindowWorker:
         this actor's own groups, not listed (SourceWorker.groups), computed here only where
         they are needed."""
         if groups is None:
-            slots = self.slots[wid]
-            if len(slots) == 1 and (slots[0].lo, slots[0].hi) == self.owned():
-                return [(slots[0], batch)]
+            whole = self._whole_slot(wid)
+            if whole is not None:
+                return [(whole, batch)]
             groups = native_groups(batch, self.plan.nodes[wid].params["keys"], self.n_groups)
         if not len(groups):  # a batch that a filter emptied: no rows for any slot
             return []
@@ -1157,6 +1157,12 @@ class WindowWorker:
         return [(slots[i], grouped.slice(int(bounds[i]), int(bounds[i + 1])))
                 for i in range(len(slots)) if bounds[i + 1] > bounds[i]]
 
+    def _whole_slot(self, wid: int) -> _Slot | None:
+        """The window's one slot where it covers all of this actor's key groups (the usual
+        case: rows need no split by group), else None."""
+        slots = self.slots[wid]
+        return slots[0] if len(slots) == 1 and (slots[0].lo, slots[0].hi) == self.owned() else None
+
     #: Turns of every source (a batch and a raise each) per engine call (_take_turns).
     TURNS_PER_CALL = 1
 
@@ -1169,10 +1175,9 @@ class WindowWorker:
         union (in process: 30.1 ns per row piece by piece, 29.3 a turn of every source per
         call, 28.0 a round per call, which copied its output as it grew). False: take them
         one by one."""
-        slots = self.slots[wid]
-        if len(slots) != 1 or (slots[0].lo, slots[0].hi) != self.owned():
+        slot = self._whole_slot(wid)
+        if slot is None:
             return False
-        slot = slots[0]
         batches, floors, rows, raised = [], [], [], {}
         for chan, batch, _groups, end in schedule:
             if batch is None:
