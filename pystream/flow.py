@@ -163,6 +163,10 @@ class Flow:
         return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+#: Node kinds that hold state and emit on their own watermark (an operator, in ops).
+OPERATOR_KINDS = ("window", "process", "op")
+
+
 class Stream:
     """A stream of batches flowing out of one port of a graph node."""
 
@@ -594,24 +598,36 @@ class LocalRuntime:
         idle: dict[int, set] = {nid: set() for nid in ops}
         last_data: dict[int, int] = {}
 
-        def upstream_sources(node: _Node) -> list[_Node]:
+        def out_part(node: _Node) -> int:
+            """The partition an operator's output (any port) is to its readers: one of its own,
+            since its watermark, not its inputs', is what its output has got to."""
+            return part_ids.setdefault(("out", node.id), len(part_ids))
+
+        def upstream_parts(node: _Node) -> list[int]:
+            """The partitions that reach `node`: the partitions of the sources and the outputs of
+            the operators above it, up through stateless steps."""
             seen, todo, found = set(), [node], []
             while todo:
                 n = todo.pop()
                 for parent, _ in n.inputs:
                     if parent.id not in seen:
                         seen.add(parent.id)
-                        (found.append(parent) if parent.kind == "source" else todo.append(parent))
-            return found
+                        (todo if parent.kind not in ("source", *OPERATOR_KINDS) else found).append(parent)
+            parts = []
+            for n in sorted(found, key=lambda n: n.id):
+                if n.kind == "source":
+                    parts += [part_ids.setdefault((n.id, label), len(part_ids)) for label in n.params["source"].partitions()]
+                else:
+                    parts.append(out_part(n))
+            return parts
 
         if resumed_from is None:
             for nid, op in ops.items():
-                declared = [part_ids.setdefault((src.id, label), len(part_ids))
-                            for src in sorted(upstream_sources(node_of[nid]), key=lambda n: n.id)
-                            for label in src.params["source"].partitions()]
-                op.declare_partitions(declared)
+                op.declare_partitions(upstream_parts(node_of[nid]))
+        own_part = {nid: out_part(node_of[nid]) for nid in ops}
 
         def push(node: _Node, port: str, batch: Batch, part: int = 0):
+            part = own_part.get(node.id, part)
             emitted[(node.id, port)] = True
             for child, p in children[node.id]:
                 if p == port:
@@ -808,7 +824,7 @@ class LocalRuntime:
         # The nested functions above call each other through closure cells: a reference cycle
         # that would keep every operator's native state alive until the cyclic GC runs.
         push = deliver = push_fired = idle_checks = checkpoint = write_checkpoint = note_input = None  # noqa: F811, F841
-        check_limits = upstream_sources = None  # noqa: F811, F841
+        check_limits = upstream_parts = out_part = None  # noqa: F811, F841
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()
