@@ -22,6 +22,7 @@ from .operators import window_operator
 from .query import History, NotStarted
 from .runtimes import (
     CODE_PATHS,
+    OpOut,
     Plan,
     ShardedState,
     SourceWorker,
@@ -328,6 +329,9 @@ class Driver:
             for s in self.plan.sources:
                 for label in s.params["source"].partitions():
                     self.chan_ids.setdefault((s.id, label), len(self.chan_ids))
+                for op in self.plan.ops.get(s.id, []):  # operators' outputs (those windows take)
+                    if op.id in self.plan.feed.values():
+                        self.chan_ids.setdefault((s.id, OpOut(op.id)), len(self.chan_ids))
         self.known = {wid: list(self._channels()[wid]) for wid in self.got}
         for a in self._source_only_actors():
             ray.kill(a)
@@ -466,9 +470,16 @@ class Driver:
     def _source_only_actors(self) -> list:
         return [] if self.rt.colocate else list(getattr(self, "source_actors", {}).values())
 
-    def _channels(self) -> dict:
-        return {w.id: [c for (sid, _), c in self.chan_ids.items() if any(s.id == sid for s in self.plan.sources_of[w.id])]
-                for w in self.plan.windows}
+    def _channels(self, ended: set = frozenset()) -> dict:
+        """By window, the channels it takes (of its sources not in `ended`): its sources'
+        partitions, or the one output of the operator it follows (OpOut)."""
+        out = {}
+        for w in self.plan.windows:
+            srcs = {s.id for s in self.plan.sources_of[w.id]} - ended
+            feed = self.plan.feed[w.id]
+            out[w.id] = [c for (sid, label), c in self.chan_ids.items() if sid in srcs
+                         and (label == OpOut(feed) if feed is not None else not isinstance(label, OpOut))]
+        return out
 
     def _read(self, sid: int):
         """One read: (a ref to the object holding the window actors' parts, which each maps
@@ -478,9 +489,9 @@ class Driver:
 
     def watermarks(self) -> dict:
         out = {}
+        live = self._channels(self.ended)
         for w in self.plan.windows:
-            srcs = {s.id for s in self.plan.sources_of[w.id]} - self.ended
-            chans = [c for (sid, _), c in self.chan_ids.items() if sid in srcs]
+            chans = live[w.id]
             tops = [self.top.get((w.id, c)) for c in chans]
             if chans and all(t is not None for t in tops):
                 out[w.id] = min(tops) - w.params["time"].max_out_of_orderness - 1
@@ -492,6 +503,11 @@ class Driver:
 
         ray = self.ray
         guarantee = self._check_guarantee(guarantee, checkpoints)
+        if checkpoints is not None and self.plan.ops:
+            ops = ", ".join(f"{n.kind}() node {n.id}" for ops in self.plan.ops.values() for n in ops)
+            raise ValueError(f"checkpoints: the Ray runtime runs operators before the windows ({ops}) in their "
+                             f"sources' readers, whose state its checkpoints do not hold yet; run without "
+                             f"checkpoints, or locally")
         if resume and checkpoints is None:
             raise ValueError("resume=True needs checkpoints='DIR'")
         every_batches, every_seconds = _parse_every(checkpoint_every)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import threading
 import time as _wall
@@ -167,6 +168,16 @@ class Flow:
 OPERATOR_KINDS = ("window", "process", "op")
 
 
+def node_operator(node):
+    """A new operator for a process() or smart-meter (dedupe, register_deltas, gaps) node."""
+    if node.kind == "process":
+        from .process import KeyedProcessOperator
+
+        p = node.params
+        return KeyedProcessOperator(p["fn"], p["keys"], p["time"], p["state"], p["on_timer"], p["ttl"])
+    return node.params["make"]()
+
+
 class Stream:
     """A stream of batches flowing out of one port of a graph node."""
 
@@ -280,7 +291,7 @@ class KeyedStream(Stream):
         `horizon` go to `.side("duplicates")` (see pystream.meters.Dedupe)."""
         from .meters import Dedupe
 
-        return self._meter_op(f"dedupe({horizon})", lambda: Dedupe(self._keys, self._time, horizon))
+        return self._meter_op(f"dedupe({horizon})", functools.partial(Dedupe, self._keys, self._time, horizon))
 
     def register_deltas(self, column: str, out: str = "usage", modulus=None, max_delta=None) -> "OperatorStream":
         """Cumulative register reads -> usage between consecutive readings, in event-time order,
@@ -289,14 +300,16 @@ class KeyedStream(Stream):
         from .meters import RegisterDeltas
 
         return self._meter_op(f"register_deltas({column})",
-                              lambda: RegisterDeltas(self._keys, self._time, column, out, modulus, max_delta))
+                              functools.partial(RegisterDeltas, self._keys, self._time, column, out, modulus,
+                                                max_delta))
 
     def gaps(self, every, tolerance="0s") -> "OperatorStream":
         """Missing readings per key: one record per gap longer than `every` + `tolerance`
         (see pystream.meters.Gaps)."""
         from .meters import Gaps
 
-        return self._meter_op(f"gaps({every})", lambda: Gaps(self._keys, self._time, every, tolerance), time_out=False)
+        return self._meter_op(f"gaps({every})", functools.partial(Gaps, self._keys, self._time, every, tolerance),
+                              time_out=False)
 
 
 class OperatorStream(KeyedStream):
@@ -536,13 +549,8 @@ class LocalRuntime:
             raise ValueError("resume=True needs checkpoints='DIR'")
         every_batches, every_seconds = _parse_every(checkpoint_every)
 
-        from .process import KeyedProcessOperator
-
-        ops = {n.id: window_operator(n.params) for n in nodes if n.kind == "window"}
-        ops.update({n.id: KeyedProcessOperator(n.params["fn"], n.params["keys"], n.params["time"], n.params["state"],
-                                               n.params["on_timer"], n.params["ttl"])
-                    for n in nodes if n.kind == "process"})
-        ops.update({n.id: n.params["make"]() for n in nodes if n.kind == "op"})
+        ops = {n.id: window_operator(n.params) if n.kind == "window" else node_operator(n)
+               for n in nodes if n.kind in OPERATOR_KINDS}
 
         def op_name(n):
             what = {"window": lambda: f"{n.params['window']!r} ", "op": lambda: f"{n.params['describe']} ",

@@ -78,6 +78,7 @@ from __future__ import annotations
 import bisect
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import os
 import pickle
@@ -94,6 +95,7 @@ except ImportError:  # not on Windows: no fault counts there
 
 from . import _core, _shm
 from .batch import Batch
+from .flow import node_operator
 from .operators import window_operator
 from .query import History, NotStarted, QueryableState, answer
 from .sinks import Collect, Files
@@ -196,6 +198,15 @@ def key_owner(key, keys, parallelism: int, n_groups: int) -> int | None:
     return owner(int(key_groups(Batch(cols), keys, n_groups)[0]), parallelism, n_groups)
 
 
+@dataclasses.dataclass(frozen=True)
+class OpOut:
+    """The partition label of an operator's output (any port): to the windows and operators
+    below it, a partition of its own, whose progress is that operator's (as in the local
+    runtime). Labels of its source's channels beside the source's own partitions."""
+
+    op: int
+
+
 class Plan:
     """What the Ray runtime needs to know of a flow's graph, checked up front."""
 
@@ -210,23 +221,52 @@ class Plan:
         self.windows = [n for n in nodes if n.kind == "window"]
         self.sinks = [n for n in nodes if n.kind == "sink"]
         window_of: dict[int, set] = {}
+        # By node: the sources whose rows reach it, and the nearest operator (dedupe(),
+        # register_deltas(), gaps(), process()) above it, if any. Such operators run in their
+        # source's reader, in the order the local runtime runs them (SourceWorker._push).
+        sources_above: dict[int, set] = {}
+        op_above: dict[int, set] = {}
+        #: By window and operator: the operator whose output it takes (None: a source's rows,
+        #: through stateless steps only). That output is a partition of its own to it (OpOut),
+        #: as in the local runtime.
+        self.feed: dict[int, int | None] = {}
+        #: The operators, in graph order (parents first), by the source whose reader runs them.
+        self.ops: dict[int, list] = {}
         for n in nodes:  # parents come before children
             above = set().union(*(window_of[p.id] for p, _ in n.inputs)) if n.inputs else set()
+            srcs = {n.id} if n.kind == "source" else set().union(*(sources_above[p.id] for p, _ in n.inputs))
+            ops_ = set().union(*(op_above[p.id] for p, _ in n.inputs)) if n.inputs else {None}
             if n.kind in ("process", "op"):
-                raise ValueError(f"the Ray runtime runs windows, not {n.kind}() nodes (node {n.id}); run this flow "
-                                 f"with the local runtime")
+                if len(srcs) != 1:  # (never after a window: window results have no event time)
+                    raise ValueError(f"{n.kind}() node {n.id} takes the rows of several sources: the Ray runtime runs "
+                                     f"such an operator in its one source's reader; run this flow locally")
+                spec = n.params["time"]
+                if getattr(spec, "follows_clock", False) or spec.idleness or spec.close_idle_after:
+                    raise ValueError(f"{n.kind}() node {n.id}: processing time, idleness and close_idle_after follow "
+                                     f"the wall clock of one process; the Ray runtime runs event time only")
+                if len(ops_) > 1:
+                    raise ValueError(f"{n.kind}() node {n.id} takes the outputs of several operators, or an operator's "
+                                     f"output and rows that bypass it; on Ray, run this flow locally")
+                self.ops.setdefault(next(iter(srcs)), []).append(n)
+                self.feed[n.id] = next(iter(ops_))
+                ops_ = {n.id}
             if n.kind == "window":
                 if above:
                     raise ValueError(f"window node {n.id} reads the output of another window: that needs a second "
                                      f"shuffle, which the Ray runtime does not do yet; run this flow locally")
+                if len(ops_) > 1:
+                    raise ValueError(f"window node {n.id} takes the outputs of several operators, or an operator's "
+                                     f"output and rows that bypass it: on Ray a window takes one operator's output or "
+                                     f"its sources' rows alone; run this flow locally")
+                self.feed[n.id] = next(iter(ops_))
                 above = {n.id}
             if len(above) > 1:
                 raise ValueError(f"node {n.id} joins the outputs of several windows; the Ray runtime keeps each "
                                  f"window's results on its own actors; run this flow locally")
-            if n.kind == "sink" and not above:
-                raise ValueError(f"sink {n.params['sink'].name!r} takes rows before any window; the Ray runtime runs "
-                                 f"sinks after windows")
-            window_of[n.id] = above
+            window_of[n.id], sources_above[n.id], op_above[n.id] = above, srcs, ops_
+        #: Sinks no window feeds (a source's rows, an operator's outputs): written by the
+        #: window actor that its source's reader sends their rows to (SourceWorker.sink_actor).
+        self.reader_sinks = {n.id for n in self.sinks if not window_of[n.id]}
         if not self.windows:
             raise ValueError("the flow has no window: the Ray runtime shuffles by key into windows")
         self.sources_of = {w.id: [s for s in self.sources if self._reaches(s.id, w.id)] for w in self.windows}
@@ -237,6 +277,9 @@ class Plan:
         #: batch of each source in turn, so a read holds the same number of batches of every
         #: source (`round_items`), and actors take them in that order (WindowWorker._round).
         self.aligned = any(len(self.sources_of[w.id]) > 1 for w in self.windows)
+        if self.aligned and self.ops:
+            raise ValueError("a window takes several sources' rows and operators run before windows: the Ray runtime "
+                             "does not run operators in a flow whose reads are aligned yet; run this flow locally")
 
     #: Rows per batch assumed of a source that does not say (no int `batch_size`).
     BATCH_ROWS = 65_536
@@ -296,7 +339,11 @@ class SourceWorker:
         # None: the driver's Plan.round_items, the same for every source (this graph holds
         # only this source's object).
         self.items = items if self.plan.aligned else None
-        self.coalesce = parallelism > 1 and not self.plan.arrival_order and self.items is None
+        # Operators before the windows (Plan.ops) take the source's batches as they come, as in
+        # the local runtime: a process() function's timers fire between batches, and a window's
+        # late updates come one per batch, so joined batches would change what they emit.
+        self.coalesce = (parallelism > 1 and not self.plan.arrival_order and self.items is None
+                         and not self.plan.ops.get(source_id))
         self.direct = self._direct_windows()
         self.held = None  # an item read ahead (another partition's): the next call starts with it
         # Where routed rows go: None, arrays of their own; or a function that gives room for n
@@ -324,6 +371,19 @@ class SourceWorker:
         self.trail: dict = {}
         self.raw: dict = {}
         self.born: dict = {}
+        # The operators this source's rows go through before their windows (Plan.ops), run
+        # here as the local runtime runs them: every row of the source, in order. Their side
+        # outputs' sinks are written by window actor `sink_actor` (in its rounds, so they
+        # commit with the epoch of the rows that made them).
+        self.ops = {n.id: node_operator(n) for n in self.plan.ops.get(source_id, [])}
+        self.part_no: dict = {}  # partition label -> the int the operators know it by
+        for n in self.plan.ops.get(source_id, []):
+            feed = self.plan.feed[n.id]
+            labels = self.node.params["source"].partitions() if feed is None else [OpOut(feed)]
+            self.ops[n.id].declare_partitions([self._part(x) for x in labels])
+        self.sink_actor = [s.id for s in self.plan.sources].index(source_id) % parallelism
+        self.ops_done = not self.ops  # the operators have fired what they held at the source's end
+        self.position = position
 
     def _direct_windows(self) -> list | None:
         """The windows this source's batches reach unchanged (through unions only), each once,
@@ -354,6 +414,9 @@ class SourceWorker:
         """A batch of this source, through the stateless steps: one message list per actor."""
         out = [[] for _ in range(self.parallelism)]
         self._push(self.node, batch, out)
+        for nid, op in self.ops.items():
+            if hasattr(op, "tick"):  # processing-time timers, after each batch (the local runtime: each round)
+                self._fired(self.plan.nodes[nid], op.tick(), out)
         return out
 
     def read_source(self, sid: int):
@@ -371,6 +434,8 @@ class SourceWorker:
             item, self.held = self.held or next(self.it, None), None
             if item is None:
                 if not got:
+                    if not self.ops_done:
+                        return self._finish_ops()
                     return [[] for _ in range(self.parallelism)], (None, None, True, self.marks())
                 break  # the next call finds the end
             item_label = item[2] if len(item) > 2 else None
@@ -379,7 +444,7 @@ class SourceWorker:
                 self.held = item
                 break
             got, label, position = True, item_label, item[1]
-            self.label = label
+            self.label, self.position = label, position
             if batch is None:  # no data yet: the position moves, nothing to route
                 break
             batches.append(batch)
@@ -469,15 +534,47 @@ class SourceWorker:
         or lets it go, as there; a read holds one partition's rows, so these do not change
         during it); "first", by window this source alone feeds, where its watermark began
         (first_watermark: where a global window's event-time trigger starts)."""
-        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label}, "first": dict(self.first)}
+        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label and not isinstance(k[1], OpOut)},
+                "first": dict(self.first)}
 
-    def _push(self, node, batch, out) -> None:
-        for child, _port in self.plan.children[node.id]:
+    def _push(self, node, batch, out, port: str = "out") -> None:
+        for child, p in self.plan.children[node.id]:
+            if p != port:
+                continue
             if child.kind == "window":
                 self._route(child, [batch], out)
+            elif child.kind == "sink":
+                out[self.sink_actor].append((child.id, batch, None))
+            elif child.id in self.ops:
+                self._fired(child, self.ops[child.id].process(batch, self._part(self.label)), out)
             else:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
+
+    def _part(self, label) -> int:
+        return self.part_no.setdefault(label, len(self.part_no))
+
+    def _fired(self, node, res, out) -> None:
+        """An operator's output (a batch, port "out", or a dict port -> batch) on its way down,
+        as rows of its own partition (OpOut)."""
+        if res is None:
+            return
+        was, self.label = self.label, OpOut(node.id)
+        try:
+            for port, b in (res.items() if isinstance(res, dict) else [("out", res)]):
+                if b is not None and len(b):
+                    self._push(node, b, out, port)
+        finally:
+            self.label = was
+
+    def _finish_ops(self):
+        """`next()` at the source's end, once: what its operators held, fired as the local
+        runtime fires it at the end of input (in graph order, each into those below it)."""
+        self.ops_done = True
+        msgs = [[] for _ in range(self.parallelism)]
+        for nid, op in self.ops.items():
+            self._fired(self.plan.nodes[nid], op.finish(), msgs)
+        return [[m] for m in msgs], (self.label, self.position, False, self.marks())
 
     def _route(self, window, batches: list, out, chunked: bool = False) -> None:
         """Rows on their way into `window` (one batch, or several that `_chunkable` passed,
@@ -546,10 +643,12 @@ class SourceWorker:
         carry, wm, floors = self.carry.get(key), self.wm.get(window.id), []
         if self.labels is None:
             self.labels = list(dict.fromkeys(self.node.params["source"].partitions()))
-        if self.label not in self.labels:
+        if self.label not in self.labels and not isinstance(self.label, OpOut):
             self.labels.append(self.label)
-        # The watermark this source's other partitions allow (None: there are none).
-        others = [self.carry.get((window.id, m)) for m in self.labels if m != self.label]
+        # The watermark this source's other partitions allow (None: there are none; an
+        # operator's output is the one partition of the windows below it).
+        others = [] if isinstance(self.label, OpOut) else [
+            self.carry.get((window.id, m)) for m in self.labels if m != self.label]
         cap = None
         if others:
             cap = _core.NO_WATERMARK if None in others else min(others) - ooo - 1
@@ -885,6 +984,10 @@ class WindowWorker:
         scratch), keeping of each the part of [lo, hi) this worker owns; `channels` maps each
         window to the channel ids it has declared."""
         self.channels = {int(k): list(v) for k, v in channels.items()}
+        # By window that takes an operator's output: that output's channel, which its rows
+        # come on whatever partition of the source the read held (SourceWorker._fired).
+        self.op_chan = {wid: chans[0] for wid, chans in self.channels.items()
+                        if self.plan.feed.get(wid) is not None and chans}
         self.views.close()  # maps of an earlier start's segments (removed since): rounds of it have ended
         self.views = _shm.SegmentViews()
         a, b = self.owned()
@@ -1112,7 +1215,12 @@ class WindowWorker:
 
     def _take(self, wid: int, chan: int, batch: Batch, groups: np.ndarray) -> None:
         """Rows of one channel into the window's operators (by slot), with their watermark
-        floors where the source sent them (SourceWorker._floors)."""
+        floors where the source sent them (SourceWorker._floors); or rows for a sink that no
+        window feeds (Plan.reader_sinks: `wid` is the sink's node id)."""
+        if wid in self.plan.reader_sinks:
+            self._write(wid, batch)
+            return
+        chan = self.op_chan.get(wid, chan)
         self._channel(wid, chan)
         for slot, sub in self._split(wid, batch, groups):
             floor = None
@@ -1241,13 +1349,16 @@ class WindowWorker:
             if p != port:
                 continue
             if child.kind == "sink":
-                if child.id in self.pending:
-                    self.pending[child.id].append(batch)
-                else:
-                    self.sinks[child.id].write(batch)
+                self._write(child.id, batch)
             else:
                 for b in _stateless(child, batch):
                     self._push(child, "out", b)
+
+    def _write(self, sid: int, batch: Batch) -> None:
+        if sid in self.pending:
+            self.pending[sid].append(batch)
+        else:
+            self.sinks[sid].write(batch)
 
     @_locked
     def finish(self) -> None:
