@@ -345,7 +345,13 @@ class Driver:
             mine = {wid: [e for e in entries if e[0] < b and a < e[1]] for wid, entries in slots.items()}
             calls.append(w.start.remote(self._channels(), mine))
         live = [s for s in self.plan.sources if s.id not in self.ended]
-        args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups, self.positions.get(s.id)) for s in live}
+        # A reader with operators starts where the checkpoint's snapshot of them was taken and
+        # replays from there to its position (SourceWorker.ops_state).
+        self.replays = {sid: r for sid, r in st.get("readers", {}).items() if sid not in self.ended}
+        args = {s.id: (_graph(self.flow, s.id), s.id, self.n, self.groups,
+                       self.replays[s.id]["position"] if s.id in self.replays and not self.replays[s.id]["ops_done"]
+                       else self.positions.get(s.id)) for s in live}
+        reader = {"snapshot_every": self.snapshot_every}
         carry = self._carry()
         items = self.plan.round_items(self.rt.round_rows) if self.plan.aligned else None
         nodes = ray.get(calls)  # every round of an earlier start has ended (an actor runs its calls in order)
@@ -359,14 +365,16 @@ class Driver:
             self.source_actors = {sid: self.workers[j] for sid, j in self.reader_of.items()}
             calls += [self.source_actors[sid].open_source.remote(
                 *a, round_rows=self.rt.round_rows, depth=self.rt.ahead, carry=carry[sid], items=items,
-                segments=f"{gen}s{sid}-" if self.transport == "shared_memory" else None) for sid, a in args.items()]
+                segments=f"{gen}s{sid}-" if self.transport == "shared_memory" else None,
+                replay=self.replays.get(sid), **reader) for sid, a in args.items()]
         else:
             self.reader_of = {}
             src_cls = ray.remote(ActorSourceWorker)
             context = driver_context()
             self.source_actors = {sid: src_cls.remote(packed_graph(self.flow, sid), *a[1:],
                                                       round_rows=self.rt.round_rows, carry=carry[sid], items=items,
-                                                      **context)
+                                                      replay=self.replays.get(sid), keep_reads=4 * self.rt.ahead + 4,
+                                                      **reader, **context)
                                   for sid, a in args.items()}
         ray.get(calls)
         self.inflight: collections.deque = collections.deque()  # (window rounds not yet collected, reads used)
@@ -503,14 +511,12 @@ class Driver:
 
         ray = self.ray
         guarantee = self._check_guarantee(guarantee, checkpoints)
-        if checkpoints is not None and self.plan.ops:
-            ops = ", ".join(f"{n.kind}() node {n.id}" for ops in self.plan.ops.values() for n in ops)
-            raise ValueError(f"checkpoints: the Ray runtime runs operators before the windows ({ops}) in their "
-                             f"sources' readers, whose state its checkpoints do not hold yet; run without "
-                             f"checkpoints, or locally")
         if resume and checkpoints is None:
             raise ValueError("resume=True needs checkpoints='DIR'")
         every_batches, every_seconds = _parse_every(checkpoint_every)
+        # Readers with operators snapshot them every so many reads (SourceWorker.ops_state): a
+        # checkpoint's interval where it is counted in rounds (a read a round).
+        self.snapshot_every = None if checkpoints is None else (every_batches or 16)
         store = CheckpointStore(checkpoints, keep=keep) if checkpoints is not None else None
         fingerprint = f"{self.flow.fingerprint()}|ray key_groups={self.groups} state=slots"
         # Queries run in a concurrency group of their own: threads beside the driver's calls,
@@ -726,6 +732,9 @@ class Driver:
         ray = self.ray
         self._drain()  # the snapshot holds every round the positions say were read
         snaps = ray.get([w.snapshot.remote() for w in self.workers])
+        with_ops = [sid for sid in self.source_actors if self.plan.ops.get(sid) and sid not in self.ended]
+        readers = dict(zip(with_ops, ray.get([self.source_actors[sid].ops_state.remote(sid, self.used[sid])
+                                              for sid in with_ops])))
         handles = ray.get([w.pre_commit.remote(epoch, guarantee) for w in self.workers])
         slots: dict = {}
         for s in snaps:
@@ -735,7 +744,7 @@ class Driver:
         payload = {
             "positions": dict(self.positions), "chan_ids": dict(self.chan_ids), "top": dict(self.top),
             "first": dict(self.first),
-            "ended": sorted(self.ended), "slots": slots, "guarantee": guarantee, "finished": done,
+            "ended": sorted(self.ended), "slots": slots, "readers": readers, "guarantee": guarantee, "finished": done,
             "parallelism": self.n, "key_groups": self.groups,
             "sinks": [{sid: h for sid, h in hs.items() if sid not in self.collected} for hs in handles],
         }

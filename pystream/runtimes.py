@@ -61,8 +61,16 @@ watermark, or a row refused before every source has sent) and warns (metrics["ra
 ["max_future_differs"]); tests/test_floors.py checks with Hypothesis that, unless it warns,
 every row is judged as by one engine.
 
+Operators before the windows (process(), dedupe, register_deltas, gaps) over one source's
+rows run in that source's reader (Plan.ops), on its own batches in order, as the local runtime
+runs them; their outputs are partitions of their own to the windows below (OpOut), and sinks
+no window feeds get their rows from the reader through a window actor's rounds
+(Plan.reader_sinks), so they commit with the epoch of the rows that made them.
+
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
-its key-group range, and the sinks' pre-committed epoch (exactly-once) in one checkpoint file. When an
+its key-group range, each reader's operators (as of a snapshot at or before the checkpoint's
+read, with the batches to replay from it: SourceWorker.ops_state), and the sinks'
+pre-committed epoch (exactly-once) in one checkpoint file. When an
 actor dies, Ray restarts it and the driver rolls every actor back to the last checkpoint
 and replays the sources from its positions. Sinks run in the window actors (one copy each;
 `Files` names its parts per actor); `Collect` output travels to the driver at each commit.
@@ -323,14 +331,15 @@ def _stateless(node, batch: Batch):
 
 
 class SourceWorker:
-    """One source: reads it, runs the stateless steps to the windows, splits by key group.
+    """One source: reads it, runs the stateless steps and operators to the windows, splits by key group.
     `next()` returns (parts, (label, position, done, marks)): parts[j] holds window actor j's messages,
     one list of (window id, rows, key groups or None: see `groups`) per batch read; one call
     reads whole batches up to `round_rows` rows (one partition label per call), so Ray's
     per-call cost is shared by many rows."""
 
     def __init__(self, flow, source_id: int, parallelism: int, n_groups: int, position=None, read: bool = True,
-                 round_rows: int = 1, carry: dict | None = None, items: int | None = None):
+                 round_rows: int = 1, carry: dict | None = None, items: int | None = None, replay: dict | None = None,
+                 snapshot_every: int | None = None, keep_reads: int = 8):
         self.plan = Plan(flow)
         self.node = self.plan.nodes[source_id]
         self.parallelism, self.n_groups, self.round_rows = parallelism, n_groups, round_rows
@@ -384,6 +393,26 @@ class SourceWorker:
         self.sink_actor = [s.id for s in self.plan.sources].index(source_id) % parallelism
         self.ops_done = not self.ops  # the operators have fired what they held at the source's end
         self.position = position
+        # Checkpoints of the operators' state (ops_state). The reader runs reads ahead of the
+        # rounds that take them, so its operators are past any checkpoint's read: it keeps a
+        # snapshot every `snapshot_every` reads (None: no checkpoints) and how many batches
+        # each recent read ended at; a checkpoint holds the latest snapshot at or before its
+        # read, and a reader restored from it replays the batches in between through its
+        # operators alone (`replay`: what ops_state gave; position is the snapshot's).
+        self.snapshot_every, self.reads, self.batches, self.finish_read = snapshot_every, 0, 0, None
+        self.skip = 0
+        if replay is not None:
+            self.ops_done = self.ops_done or replay["ops_done"]
+            if not replay["ops_done"]:
+                for nid, state in pickle.loads(replay["ops"]).items():
+                    self.ops[nid].restore(state)
+                self.part_no = dict(replay["part_no"])
+                self.skip = replay["skip"]
+        self.snap_lock = threading.Lock()  # ops_state (the driver's call) beside next() (a reading thread)
+        self.snaps: collections.deque = collections.deque(maxlen=keep_reads // max(1, snapshot_every or 1) + 3)
+        self.ended_at: collections.deque = collections.deque([(0, self.skip)], maxlen=keep_reads + 2 * (snapshot_every or 1))
+        if self.ops and snapshot_every and not self.ops_done:
+            self._snapshot()
 
     def _direct_windows(self) -> list | None:
         """The windows this source's batches reach unchanged (through unions only), each once,
@@ -413,11 +442,15 @@ class SourceWorker:
     def route(self, batch: Batch) -> list:
         """A batch of this source, through the stateless steps: one message list per actor."""
         out = [[] for _ in range(self.parallelism)]
+        self._through(batch, out)
+        return out
+
+    def _through(self, batch: Batch, out) -> None:
+        """A batch of this source down the graph (out None: through its operators alone)."""
         self._push(self.node, batch, out)
         for nid, op in self.ops.items():
             if hasattr(op, "tick"):  # processing-time timers, after each batch (the local runtime: each round)
                 self._fired(self.plan.nodes[nid], op.tick(), out)
-        return out
 
     def read_source(self, sid: int):
         """`next()` for the Ray driver (a source actor of its own, colocate=False): the parts go
@@ -426,8 +459,54 @@ class SourceWorker:
         return _put(parts), meta
 
     def next(self):
+        if self.skip:
+            self._replay()
         if self.items is not None:
             return self._next_aligned()
+        res = self._next()
+        if self.ops and not res[1][2]:
+            with self.snap_lock:
+                self.reads += 1
+                self.ended_at.append((self.reads, self.batches))
+            if self.ops_done and self.finish_read is None:
+                self.finish_read = self.reads
+            elif self.snapshot_every and self.reads % self.snapshot_every == 0:
+                self._snapshot()
+        return res
+
+    def _snapshot(self) -> None:
+        snap = {"n": self.reads, "position": self.position, "batches": self.batches, "part_no": dict(self.part_no),
+                "ops": pickle.dumps({nid: op.snapshot() for nid, op in self.ops.items()}, pickle.HIGHEST_PROTOCOL)}
+        with self.snap_lock:
+            self.snaps.append(snap)
+
+    def ops_state(self, sid: int, upto: int) -> dict:
+        """What a checkpoint holds of this reader's operators as of its read `upto` (reads
+        since it opened; 0: as it opened): the `replay` that restores them there."""
+        with self.snap_lock:
+            if self.finish_read is not None and upto >= self.finish_read:
+                return {"ops_done": True}
+            snap = max((x for x in self.snaps if x["n"] <= upto), key=lambda x: x["n"])
+            batches = dict(self.ended_at)[upto]
+        return {"ops_done": False, "position": snap["position"], "ops": snap["ops"], "part_no": snap["part_no"],
+                "skip": batches - snap["batches"]}
+
+    def _replay(self) -> None:
+        """The batches between a restored snapshot and its checkpoint's read, through the
+        operators alone: the windows and sinks took what they made before the checkpoint."""
+        while self.skip > 0:
+            item = next(self.it, None)
+            if item is None:
+                break
+            if item[0] is None:
+                continue
+            self.label, self.position = (item[2] if len(item) > 2 else None), item[1]
+            self._through(item[0], None)
+            self.skip -= 1
+            self.batches += 1
+        self.skip = 0
+
+    def _next(self):
         batches, got, label, position = [], False, None, None
         rows = 0
         while rows < self.round_rows:
@@ -447,6 +526,7 @@ class SourceWorker:
             self.label, self.position = label, position
             if batch is None:  # no data yet: the position moves, nothing to route
                 break
+            self.batches += 1
             batches.append(batch)
             rows += len(batch)
         # One step per batch for every actor (empty where it has no rows for it), so actors can
@@ -541,10 +621,13 @@ class SourceWorker:
         for child, p in self.plan.children[node.id]:
             if p != port:
                 continue
-            if child.kind == "window":
-                self._route(child, [batch], out)
-            elif child.kind == "sink":
-                out[self.sink_actor].append((child.id, batch, None))
+            if child.kind in ("window", "sink"):
+                if out is None:  # replaying (_replay): what the operators make is not sent again
+                    continue
+                if child.kind == "window":
+                    self._route(child, [batch], out)
+                else:
+                    out[self.sink_actor].append((child.id, batch, None))
             elif child.id in self.ops:
                 self._fired(child, self.ops[child.id].process(batch, self._part(self.label)), out)
             else:
@@ -835,7 +918,7 @@ class WindowWorker:
     # -- sources read here (colocate=True) ---------------------------------------------------
     def open_source(self, flow, source_id: int, parallelism: int, n_groups: int, position=None,
                     round_rows: int = 1, depth: int = 1, segments: str | None = None, carry: dict | None = None,
-                    items: int | None = None) -> None:
+                    items: int | None = None, replay: dict | None = None, snapshot_every: int | None = None) -> None:
         """Opens (or reopens, at `position`) a source that this actor reads and routes, keeping
         up to `depth` reads done ahead; `segments`: a name prefix for shared-memory segments
         that carry its reads to the other actors (None: Ray's object store); `carry`: where its
@@ -849,7 +932,8 @@ class WindowWorker:
         if self.reading is None:
             self.reading = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pystream-read")
         self.readers[source_id] = SourceWorker(flow, source_id, parallelism, n_groups, position,
-                                               round_rows=round_rows, carry=carry, items=items)
+                                               round_rows=round_rows, carry=carry, items=items, replay=replay,
+                                               snapshot_every=snapshot_every, keep_reads=4 * depth + 4)
         self.kept[source_id] = collections.deque()
         self.ahead[source_id] = collections.deque()
         if segments is not None:  # its reads are routed straight into the segments
@@ -900,6 +984,10 @@ class WindowWorker:
             return ref, meta
         finally:
             self._spent("read", t)
+
+    def ops_state(self, sid: int, upto: int) -> dict:
+        """SourceWorker.ops_state of a source read here."""
+        return self.readers[sid].ops_state(sid, upto)
 
     def _read(self, sid: int):
         """One read on the read-ahead thread, so that it overlaps windowing: (own part, where

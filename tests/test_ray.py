@@ -1008,12 +1008,6 @@ def test_graphs_the_ray_runtime_refuses():
     with pytest.raises(ValueError, match="window node \\d+ takes the outputs of several operators, or an operator's "
                                          "output and rows that bypass it"):
         f.run(runtime=rt)
-    f = ps.Flow("checkpointed")
-    sources(f, n=1).key_by("meter_id").dedupe("1h").key_by("meter_id").window(ps.windows.Tumbling("1h")).aggregate(
-        n=ps.agg.count()).sink(ps.sinks.Collect("o"))
-    with pytest.raises(ValueError, match=r"checkpoints: the Ray runtime runs operators before the windows \(op\(\) "
-                                         r"node \d+\) in their sources' readers"):
-        f.run("unused-dir", runtime=rt)
     f = ps.Flow("no window")
     sources(f).sink(ps.sinks.Collect("raw"))
     with pytest.raises(ValueError, match="the flow has no window"):
@@ -1411,31 +1405,35 @@ def _alerted(timers, ctx):
     return {"meter_id": timers["meter_id"], "at": timers["timer"] // 1_000_000, "end": np.full(len(timers), ctx.end_of_input)}
 
 
-def two_sources_with_operators():
+OPS_OUTPUTS = ("usage", "usage_late", "load", "duplicates", "dedupe_late", "raw_b", "gaps", "alerts", "sessions")
+
+
+def two_sources_with_operators(sink=ps.sinks.Collect, make=ps.sources.Arrays, **kw):
     """Two sources, each with operators of its own before its windows, side outputs and a sink
-    of the raw rows (written by a window actor on Ray)."""
+    of the raw rows (written by a window actor on Ray); `sink(name)` makes each sink, `make`
+    the first source (with `kw`)."""
     rng = np.random.default_rng(11)
     flow = ps.Flow("two-with-ops")
     t = ps.EventTime("ts", unit="ms", max_out_of_orderness="1m")
     a_data = meter_readings(30_000, 200, seed=21, max_delay_ms=300_000)
     again = rng.random(30_000) < 0.02  # re-sends, later in the stream
     a_data = {k: np.concatenate([v, v[again]]) for k, v in a_data.items()}
-    a = flow.source(ps.sources.Arrays(a_data, batch_size=1_700, name="a"), time=t)
+    a = flow.source(make(a_data, batch_size=1_700, name="a", **kw), time=t)
     clean = a.key_by("meter_id").dedupe("30m")
-    clean.side("duplicates").sink(ps.sinks.Collect("duplicates"))
-    clean.late().sink(ps.sinks.Collect("dedupe_late"))
+    clean.side("duplicates").sink(sink("duplicates"))
+    clean.late().sink(sink("dedupe_late"))
     usage = clean.map(lambda b: b.with_columns(wh=b["kwh"] * 1000)).key_by("meter_id").window(
         ps.windows.Tumbling("15m"), allowed_lateness="2m").aggregate(wh=ps.agg.sum("wh"), n=ps.agg.count())
-    usage.sink(ps.sinks.Collect("usage"))
-    usage.late().sink(ps.sinks.Collect("usage_late"))
-    clean.unkeyed().window(ps.windows.Tumbling("1h")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("load"))
+    usage.sink(sink("usage"))
+    usage.late().sink(sink("usage_late"))
+    clean.unkeyed().window(ps.windows.Tumbling("1h")).aggregate(n=ps.agg.count()).sink(sink("load"))
     b = flow.source(ps.sources.Arrays(meter_readings(20_000, 150, seed=22, max_delay_ms=120_000), batch_size=2_300,
                                       name="b"), time=t)
-    b.filter(lambda x: x["meter_id"] % 7 == 0).sink(ps.sinks.Collect("raw_b"))
+    b.filter(lambda x: x["meter_id"] % 7 == 0).sink(sink("raw_b"))
     keyed = b.key_by("meter_id")
-    keyed.gaps("5m", tolerance="6m").sink(ps.sinks.Collect("gaps"))
-    keyed.process(_alerts, state={"last": np.int64(0)}, on_timer=_alerted).sink(ps.sinks.Collect("alerts"))
-    keyed.window(ps.windows.Session("30m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("sessions"))
+    keyed.gaps("5m", tolerance="6m").sink(sink("gaps"))
+    keyed.process(_alerts, state={"last": np.int64(0)}, on_timer=_alerted).sink(sink("alerts"))
+    keyed.window(ps.windows.Session("30m")).aggregate(n=ps.agg.count()).sink(sink("sessions"))
     return flow
 
 
@@ -1444,7 +1442,93 @@ def test_operators_of_several_sources_and_sinks_before_windows_on_ray_are_the_lo
     local = two_sources_with_operators().run()
     dist = two_sources_with_operators().run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=5_000,
                                                                     colocate=colocate))
-    for name in ("usage", "usage_late", "load", "duplicates", "dedupe_late", "raw_b", "gaps", "alerts", "sessions"):
+    for name in OPS_OUTPUTS:
         assert canon(dist[name]) == canon(local[name]), name
     for name in ("usage", "duplicates", "raw_b", "gaps", "alerts", "sessions"):
         assert len(local[name]) > 0, name
+
+
+def test_operators_before_windows_recover_exactly_when_a_window_actor_dies(tmp_path):
+    # Actor 0 reads the first source (its operators' state dies with it): the flow rolls back to
+    # the last checkpoint, whose reader state replays from its snapshot; every output is the
+    # local run's, nothing lost, nothing twice.
+    local = two_sources_with_operators().run()
+    res = two_sources_with_operators().run(
+        runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000, fail_worker_after=8),
+        checkpoints=str(tmp_path / "ckpt"), guarantee="exactly_once", checkpoint_every=3)
+    assert res.metrics["ray"]["recoveries"] == 1
+    for name in OPS_OUTPUTS:
+        assert canon(res[name]) == canon(local[name]), name
+    _, payload = CheckpointStore(str(tmp_path / "ckpt")).latest()
+    assert payload["finished"]
+
+
+@pytest.mark.parametrize("after", [2, 3])
+def test_operators_before_windows_resume_from_a_checkpoint_at_any_parallelism(tmp_path, after):
+    # The first source fails mid-way; the run resumes from its checkpoint (at parallelism 2, or
+    # rescaled to 3: the operators' state is the reader's, whatever the parallelism). The
+    # checkpoint holds its reader's operators as of a snapshot before its read and the batches
+    # to replay; the exactly-once files hold every output as locally.
+    local = two_sources_with_operators().run()
+    out, ckpt = str(tmp_path / "out"), str(tmp_path / "ckpt")
+
+    def files(name):
+        return ps.sinks.Files(os.path.join(out, name), name=name)
+
+    with pytest.raises(Exception, match="source went away"):  # a checkpoint each round; snapshots every 16 reads
+        two_sources_with_operators(files, Flaky, fail_after=13).run(
+            runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=2_000), checkpoints=ckpt,
+            guarantee="exactly_once", checkpoint_every="1ms")
+    _, payload = CheckpointStore(ckpt).latest()
+    a = next(n.id for n in two_sources_with_operators()._nodes if n.kind == "source")
+    assert set(payload["readers"]) <= {n.id for n in two_sources_with_operators()._nodes if n.kind == "source"}
+    assert not payload["readers"][a]["ops_done"] and payload["readers"][a]["skip"] > 5  # replays to the checkpoint
+    res = two_sources_with_operators(files).run(
+        runtime=ps.runtimes.Ray(parallelism=after, key_groups=16, round_rows=2_000), checkpoints=ckpt, resume=True,
+        guarantee="exactly_once", checkpoint_every=4)
+    assert res.resumed_from is not None
+    for name in OPS_OUTPUTS:
+        assert canon(ps.sinks.Files.read(os.path.join(out, name))) == canon(local[name]), name
+
+
+def _routed(parts):
+    """A read's parts as comparable rows: per actor, per step, each message's target and rows
+    (without the watermark floors, which the reader's carry decides, tested elsewhere)."""
+    floor = ps.runtimes.FLOOR
+    return [[[(target, canon(b.without_column(floor) if floor in b else b)) for target, b, _g in step]
+             for step in steps] for steps in parts]
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_a_reader_restored_from_its_operators_snapshot_replays_to_the_checkpoint_and_goes_on_alike(every):
+    # The reader is ahead of the rounds that take its reads; a checkpoint at read m holds the
+    # snapshot of its operators taken at or before m and how many batches lie in between. A
+    # reader restored from that sends, from read m + 1 on, what the first one sent: the same
+    # rows to the same windows and sinks (operators' state included, so dedupe's, timers' and
+    # register deltas' outputs are alike), then nothing more once its operators have finished.
+    flow = demo_flow()
+    sid = next(n.id for n in flow._nodes if n.kind == "source")
+
+    def reader(**kw):
+        return ps.runtimes.SourceWorker(flow, sid, 2, 16, round_rows=3_000, snapshot_every=every, keep_reads=6, **kw)
+
+    first, whole, positions = reader(), [], []
+    while True:
+        parts, (_label, position, done, _marks) = first.next()
+        if done:
+            break
+        whole.append(_routed(parts))
+        positions.append(position)
+    assert len(whole) > 10
+    for m in (0, 1, 4, 7, len(whole) - 1, len(whole)):  # the last read fires what the operators held
+        ahead = reader()
+        for _ in range(min(m + 5, len(whole))):  # up to 5 reads past the checkpoint's, as a reading thread is
+            ahead.next()
+        state = ahead.ops_state(sid, m)
+        assert state["ops_done"] == (m == len(whole))
+        if state["ops_done"]:  # at the source's end, past its operators' last output: nothing more
+            assert list(reads(reader(position=positions[m - 1], replay=state))) == []
+            continue
+        assert (state["skip"] > 0) == (m % every != 0)
+        again = reader(position=state["position"], replay=state)
+        assert [_routed(p) for p in reads(again)] == whole[m:], m
