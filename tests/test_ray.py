@@ -1532,3 +1532,18 @@ def test_a_reader_restored_from_its_operators_snapshot_replays_to_the_checkpoint
         assert (state["skip"] > 0) == (m % every != 0)
         again = reader(position=state["position"], replay=state)
         assert [_routed(p) for p in reads(again)] == whole[m:], m
+
+
+def test_the_demo_runs_on_ray_with_checkpoints_and_gives_the_local_results(tmp_path, capsys):
+    # `pystream demo --ray 2` (smaller reads): exactly-once part files, checkpoints every 4 rounds; every
+    # result equals a local run's (it checks itself that every reading is accounted for).
+    from pystream import demo
+
+    local = demo.run(20_000, 200, seed=4, out=str(tmp_path / "local"))
+    dist = demo.run(20_000, 200, seed=4, out=str(tmp_path / "ray"), ray=ps.runtimes.Ray(parallelism=2, round_rows=2_000))
+    assert "on the Ray runtime: 2 window actors" in capsys.readouterr().out
+    assert len(dist["result"].checkpoints) > 1
+    for name in demo.RESULTS:
+        assert canon(dist["outputs"][name]) == canon(local["outputs"][name]), name
+    with pytest.raises(SystemExit, match="--postgres runs locally"):
+        demo.run(1_000, 10, seed=4, out=str(tmp_path / "pg"), postgres="postgresql://unused", ray=2)
