@@ -624,7 +624,8 @@ class LocalRuntime:
             parts = []
             for n in sorted(found, key=lambda n: n.id):
                 if n.kind == "source":
-                    parts += [part_ids.setdefault((n.id, label), len(part_ids)) for label in n.params["source"].partitions()]
+                    parts += [part_ids.setdefault((n.id, label), len(part_ids))
+                              for label in n.params["source"].partitions()]
                 else:
                     parts.append(out_part(n))
             return parts

@@ -410,7 +410,8 @@ class SourceWorker:
                 self.skip = replay["skip"]
         self.snap_lock = threading.Lock()  # ops_state (the driver's call) beside next() (a reading thread)
         self.snaps: collections.deque = collections.deque(maxlen=keep_reads // max(1, snapshot_every or 1) + 3)
-        self.ended_at: collections.deque = collections.deque([(0, self.skip)], maxlen=keep_reads + 2 * (snapshot_every or 1))
+        self.ended_at: collections.deque = collections.deque([(0, self.skip)],
+                                                             maxlen=keep_reads + 2 * (snapshot_every or 1))
         if self.ops and snapshot_every and not self.ops_done:
             self._snapshot()
 

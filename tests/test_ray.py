@@ -1402,7 +1402,8 @@ def _alerts(batch, ctx):
 
 
 def _alerted(timers, ctx):
-    return {"meter_id": timers["meter_id"], "at": timers["timer"] // 1_000_000, "end": np.full(len(timers), ctx.end_of_input)}
+    return {"meter_id": timers["meter_id"], "at": timers["timer"] // 1_000_000,
+            "end": np.full(len(timers), ctx.end_of_input)}
 
 
 OPS_OUTPUTS = ("usage", "usage_late", "load", "duplicates", "dedupe_late", "raw_b", "gaps", "alerts", "sessions")
@@ -1540,7 +1541,8 @@ def test_the_demo_runs_on_ray_with_checkpoints_and_gives_the_local_results(tmp_p
     from pystream import demo
 
     local = demo.run(20_000, 200, seed=4, out=str(tmp_path / "local"))
-    dist = demo.run(20_000, 200, seed=4, out=str(tmp_path / "ray"), ray=ps.runtimes.Ray(parallelism=2, round_rows=2_000))
+    dist = demo.run(20_000, 200, seed=4, out=str(tmp_path / "ray"),
+                    ray=ps.runtimes.Ray(parallelism=2, round_rows=2_000))
     assert "on the Ray runtime: 2 window actors" in capsys.readouterr().out
     assert len(dist["result"].checkpoints) > 1
     for name in demo.RESULTS:
