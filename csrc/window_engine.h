@@ -521,8 +521,11 @@ class WindowEngine {
       return;
     }
     // Windows before the first one holding data are empty; windows after w are not due yet
-    // and may still receive events.
+    // and may still receive events. The first watermark passes no early instant: the next one
+    // is above it (without this, a partition holding the watermark back until data had come
+    // left early firings off for good).
     next_fire_ = std::min(floor_div(base_ - m_, r_) + 1, first_window_after(w));
+    next_early_ = next_early_after(w);
     step(w, out);
   }
 
