@@ -1152,6 +1152,16 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<int64_t, int64_t>(), py::arg("ooo"), py::arg("max_future"))
       .def("classify", &classify_events, py::arg("ts"), py::arg("unit_ns") = 1, py::arg("partition") = 0)
       .def("set_partition_idle", &EventClock::set_partition_idle, py::arg("partition"), py::arg("idle"))
+      .def(
+          "raise_partition",
+          [](EventClock& c, int64_t partition, int64_t t) {
+            if (t < -kMaxAbsTime || t > kMaxAbsTime) {
+              fail("partition " + std::to_string(partition) + " max " + std::to_string(t) +
+                   " ns is out of range (|t| <= 2^62 ns)");
+            }
+            c.raise_partition(partition, t);
+          },
+          py::arg("partition"), py::arg("t"))
       .def("advance", &EventClock::advance, py::arg("watermark"))
       .def_property_readonly("watermark",
                              [](const EventClock& c) -> std::optional<int64_t> {

@@ -61,6 +61,12 @@ class EventClock {
     int64_t w;
     if (parts_.active_min(wm_, w) && w > kNoWatermark) wm_.set(w);
   }
+  /// Events of `partition` up to time t (ns) have been seen elsewhere (an upstream operator's
+  /// watermark, passed on as a partition of its own): its max rises to t and it is active.
+  void raise_partition(int64_t partition, int64_t t) {
+    parts_.raise(partition, t);
+    set_partition_idle(partition, false);
+  }
   void advance(int64_t w) { wm_.set(w); }
   bool has_watermark() const { return wm_.has(); }
   int64_t watermark() const { return wm_.value(); }

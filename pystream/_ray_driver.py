@@ -22,7 +22,7 @@ from .operators import window_operator
 from .query import History, NotStarted
 from .runtimes import (
     CODE_PATHS,
-    OpOut,
+    OpWm,
     Plan,
     ShardedState,
     SourceWorker,
@@ -329,9 +329,9 @@ class Driver:
             for s in self.plan.sources:
                 for label in s.params["source"].partitions():
                     self.chan_ids.setdefault((s.id, label), len(self.chan_ids))
-                for op in self.plan.ops.get(s.id, []):  # operators' outputs (those windows take)
-                    if op.id in self.plan.feed.values():
-                        self.chan_ids.setdefault((s.id, OpOut(op.id)), len(self.chan_ids))
+                for op in self.plan.ops.get(s.id, []):  # operators' watermarks (those windows take)
+                    if any(self.plan.feed[w.id] == op.id for w in self.plan.windows):
+                        self.chan_ids.setdefault((s.id, OpWm(op.id)), len(self.chan_ids))
         self.known = {wid: list(self._channels()[wid]) for wid in self.got}
         for a in self._source_only_actors():
             ray.kill(a)
@@ -480,13 +480,13 @@ class Driver:
 
     def _channels(self, ended: set = frozenset()) -> dict:
         """By window, the channels it takes (of its sources not in `ended`): its sources'
-        partitions, or the one output of the operator it follows (OpOut)."""
+        partitions, or the watermark of the operator whose rows it takes (OpWm)."""
         out = {}
         for w in self.plan.windows:
             srcs = {s.id for s in self.plan.sources_of[w.id]} - ended
             feed = self.plan.feed[w.id]
             out[w.id] = [c for (sid, label), c in self.chan_ids.items() if sid in srcs
-                         and (label == OpOut(feed) if feed is not None else not isinstance(label, OpOut))]
+                         and (label == OpWm(feed) if feed is not None else not isinstance(label, OpWm))]
         return out
 
     def _read(self, sid: int):

@@ -69,7 +69,8 @@ class Shared:
         if not enc:
             return []
         bufs = [views.buffer(name) for name in self.names]
-        return [[(wid, Batch({c: _view(bufs, a) for c, a in cols}, ts=None if ts is None else _view(bufs, ts)),
+        return [[(wid, None, groups) if cols is None else  # a control message (SourceWorker._pass_watermark)
+                 (wid, Batch({c: _view(bufs, a) for c, a in cols}, ts=None if ts is None else _view(bufs, ts)),
                   None if groups is None else _view(bufs, groups)) for wid, cols, ts, groups in step] for step in enc]
 
 
@@ -103,7 +104,8 @@ def _layout(parts: list, skip: int, segs: list):
 
     try:
         enc = [None if j == skip else
-               [[(wid, [(c, place(rows[c])) for c in rows.columns], None if rows.ts is None else place(rows.ts),
+               [[(wid, None, None, groups) if rows is None else
+                 (wid, [(c, place(rows[c])) for c in rows.columns], None if rows.ts is None else place(rows.ts),
                   None if groups is None else place(groups)) for wid, rows, groups in step] for step in part]
                for j, part in enumerate(parts)]
     except _NotFlat:

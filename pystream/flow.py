@@ -166,6 +166,8 @@ class Flow:
 
 #: Node kinds that hold state and emit on their own watermark (an operator, in ops).
 OPERATOR_KINDS = ("window", "process", "op")
+#: The largest event time the native core takes (ns; 2^62 is in 2116).
+MAX_TIME_NS = 2**62
 
 
 def node_operator(node):
@@ -281,9 +283,9 @@ class KeyedStream(Stream):
         if self._time is None or not isinstance(self._time, EventTime):
             raise ValueError(f"{describe} needs event time: give the source one, e.g. "
                              f"flow.source(src, time=ps.EventTime('ts', unit='ms'))")
-        make()  # validates the arguments now, at build time
+        passes_rows = getattr(make(), "PASSES_ROWS", False)  # (validates the arguments now, at build time)
         node = self._flow._add("op", [(self._node, self._port)], make=make, describe=describe, keys=self._keys,
-                               time=self._time)
+                               time=self._time, passes_rows=passes_rows)
         return OperatorStream(self._flow, node, "out", self._time if time_out else None, self._keys)
 
     def dedupe(self, horizon="1h") -> "OperatorStream":
@@ -606,14 +608,30 @@ class LocalRuntime:
         idle: dict[int, set] = {nid: set() for nid in ops}
         last_data: dict[int, int] = {}
 
-        def out_part(node: _Node) -> int:
-            """The partition an operator's output (any port) is to its readers: one of its own,
-            since its watermark, not its inputs', is what its output has got to."""
-            return part_ids.setdefault(("out", node.id), len(part_ids))
+        def passes(node: _Node) -> bool:
+            """Whether the operator passes its input rows on as they come (dedupe), rather than
+            making rows of its own as its watermark moves (register_deltas, gaps, process())."""
+            return bool(node.params.get("passes_rows"))
+
+        def out_part(node: _Node, part: int | None = None) -> int:
+            """The partition an operator's output rows (any port) come on to the operators below
+            it. Rows passed on as they came: the partition they came on, as the operator's own
+            (so below it each input partition keeps its own watermark, as without the operator).
+            Rows it made: one partition of its own, idle between batches, so that their times
+            never move those operators' watermark past the operator's (`wm_part`)."""
+            return part_ids.setdefault(("out", node.id, part) if passes(node) else ("out", node.id), len(part_ids))
+
+        def wm_part(node: _Node) -> int:
+            """The partition that carries the watermark of an operator that makes rows of its
+            own to the operators below it, raised to it after each call (pass_watermark): what
+            its output has got to is its watermark, whatever the times of its rows (released
+            in time order as it passes them), as Flink passes watermarks on."""
+            return part_ids.setdefault(("wm", node.id), len(part_ids))
 
         def upstream_parts(node: _Node) -> list[int]:
-            """The partitions that reach `node`: the partitions of the sources and the outputs of
-            the operators above it, up through stateless steps."""
+            """The partitions that reach `node`: the partitions of the sources, and of the
+            operators above it (those of their inputs, or their watermark), up through stateless
+            steps."""
             seen, todo, found = set(), [node], []
             while todo:
                 n = todo.pop()
@@ -626,34 +644,69 @@ class LocalRuntime:
                 if n.kind == "source":
                     parts += [part_ids.setdefault((n.id, label), len(part_ids))
                               for label in n.params["source"].partitions()]
+                elif passes(n):
+                    parts += [out_part(n, p) for p in upstream_parts(n)]
                 else:
-                    parts.append(out_part(n))
+                    parts.append(wm_part(n))
             return parts
+
+        def operators_below(node: _Node) -> list[_Node]:
+            """The operators that take `node`'s output (any port), through stateless steps."""
+            seen, todo, found = set(), [node], []
+            while todo:
+                for child, _ in children[todo.pop().id]:
+                    if child.id not in seen:
+                        seen.add(child.id)
+                        (found if child.kind in OPERATOR_KINDS else todo).append(child)
+            return sorted(found, key=lambda n: n.id)
 
         if resumed_from is None:
             for nid, op in ops.items():
                 op.declare_partitions(upstream_parts(node_of[nid]))
-        own_part = {nid: out_part(node_of[nid]) for nid in ops}
+        # Operators that make rows of their own: their rows' partition, and who takes their watermark.
+        made = {nid: out_part(node_of[nid]) for nid in ops if node_of[nid].kind != "window" and not passes(node_of[nid])}
+        data_parts = set(made.values())
+        below = {nid: operators_below(node_of[nid]) for nid in made}
+        below = {nid: found for nid, found in below.items() if found}
 
         def push(node: _Node, port: str, batch: Batch, part: int = 0):
-            part = own_part.get(node.id, part)
             emitted[(node.id, port)] = True
             for child, p in children[node.id]:
                 if p == port:
                     deliver(child, batch, part)
 
-        def push_fired(node: _Node, res):
-            """An operator's output: one batch (port "out"), or a dict port -> batch."""
+        def push_fired(node: _Node, res, part: int | None = None):
+            """An operator's output (one batch, port "out", or a dict port -> batch) on the
+            partition its rows are below it (out_part: `part` is the one it took them on); then
+            its watermark to the operators below it."""
+            if node.kind == "window":
+                if res is not None and len(res):
+                    metrics[node.id]["rows_out"] += len(res)
+                    push(node, "out", res)
+                return
+            out = made.get(node.id)
+            if out is None and res:  # rows passed on as they came: on their own partition (not at a tick)
+                out = out_part(node, part)
             if isinstance(res, dict):
                 for port, b in res.items():
                     if port in ("late", "invalid"):
                         metrics[node.id][port] += len(b)
                     elif port == "out":
                         metrics[node.id]["rows_out"] += len(b)
-                    push(node, port, b)
+                    push(node, port, b, out)
             elif res is not None and len(res):
                 metrics[node.id]["rows_out"] += len(res)
-                push(node, "out", res)
+                push(node, "out", res, out)
+            if node.id in below:
+                pass_watermark(node)
+
+        def pass_watermark(node: _Node) -> None:
+            wm = ops[node.id].watermark
+            if wm is None:
+                return
+            for x in below[node.id]:
+                ooo = getattr(x.params["time"], "max_out_of_orderness", 0)
+                push_fired(x, ops[x.id].raise_partition(wm_part(node), min(wm + ooo + 1, MAX_TIME_NS)))
 
         def check_limits(node: _Node) -> None:
             stats = ops[node.id].stats()
@@ -694,7 +747,9 @@ class LocalRuntime:
                 push(node, "out", batch, part)
             elif kind in ("process", "op"):
                 note_input(node, batch, part)
-                push_fired(node, ops[node.id].process(batch, part))
+                push_fired(node, ops[node.id].process(batch, part), part)
+                if part in data_parts:  # rows of an operator above: its watermark decides (wm_part)
+                    push_fired(node, ops[node.id].set_partition_idle(part, True))
             elif kind == "window":
                 last_input[node.id] = batch
                 note_input(node, batch, part)
@@ -711,6 +766,8 @@ class LocalRuntime:
                 if invalid is not None:
                     m["invalid"] += len(invalid)
                     push(node, "invalid", invalid)
+                if part in data_parts:  # rows of an operator above: its watermark decides (wm_part)
+                    push_fired(node, ops[node.id].set_partition_idle(part, True))
             else:  # pragma: no cover - node kinds are fixed above
                 raise AssertionError(kind)
 
@@ -833,7 +890,8 @@ class LocalRuntime:
         # The nested functions above call each other through closure cells: a reference cycle
         # that would keep every operator's native state alive until the cyclic GC runs.
         push = deliver = push_fired = idle_checks = checkpoint = write_checkpoint = note_input = None  # noqa: F811, F841
-        check_limits = upstream_parts = out_part = None  # noqa: F811, F841
+        check_limits = upstream_parts = out_part = wm_part = passes = None  # noqa: F811, F841
+        operators_below = pass_watermark = None  # noqa: F811, F841
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()

@@ -119,9 +119,35 @@ class _MemberState(ShardedState):
 
 
 class _PartitionRouter(SourceWorker):
-    """Routes a partition's batch through the stateless steps; the key group is the partition."""
+    """Routes a partition's batch through the stateless steps and the operators before the
+    windows, which it keeps per partition (state moves with its partition, as the windows'
+    does); the key group is the partition."""
 
     partition = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.by_partition: dict[int, dict] = {}  # partition -> its operators (as SourceWorker.ops)
+
+    def use(self, p: int) -> None:
+        """Rows of partition p come next: its operators (new ones for a partition new here)."""
+        self.partition = p
+        if p not in self.by_partition:
+            self.by_partition[p] = self.new_ops([self.label])  # a partition's operators see its rows alone
+        self.ops = self.by_partition[p]
+
+    def snapshot_ops(self, p: int) -> dict:
+        return {nid: op.snapshot() for nid, op in self.by_partition.get(p, {}).items()}
+
+    def take_ops(self, p: int) -> dict:
+        snaps = self.snapshot_ops(p)
+        self.by_partition.pop(p, None)
+        return snaps
+
+    def put_ops(self, p: int, snaps: dict) -> None:
+        self.use(p)
+        for nid, state in snaps.items():
+            self.ops[nid].restore(state)
 
     def groups(self, window, batch):
         return np.full(len(batch), self.partition, dtype=np.int64)
@@ -289,7 +315,8 @@ class KafkaGroup:
             for tp in parts:
                 st = self._load(tp.partition)
                 if st is not None:
-                    worker.put_group(tp.partition, st["ops"])
+                    worker.put_group(tp.partition, {nid: x for nid, x in st["ops"].items() if nid not in router.ops})
+                    router.put_ops(tp.partition, {nid: x for nid, x in st["ops"].items() if nid in router.ops})
                     tp.offset = st["offset"]
                     offsets[tp.partition] = st["offset"]
                     self.log(f"load partition {tp.partition} offset {st['offset']} windows {len(st['ops'])}")
@@ -307,7 +334,7 @@ class KafkaGroup:
                 # A stopping member fired its windows (end of input): it hands over only the
                 # offset, not engines that accept no more events, and keeps them to answer
                 # queries after its run.
-                ops = {} if stopping[0] else worker.take_group(p)
+                ops = {} if stopping[0] else {**worker.take_group(p), **router.take_ops(p)}
                 if p in offsets:
                     self._save(p, offsets.pop(p), ops)
             self.log(f"revoke {sorted(tp.partition for tp in parts)}")
@@ -339,7 +366,7 @@ class KafkaGroup:
                     continue
                 last_msg[0] = time.monotonic()
                 for p, batch in src.batches_of(msgs):
-                    router.partition = p
+                    router.use(p)
                     with live.lock:  # queries see the state between batches
                         worker.round({}, [p], [[router.route(batch)[0]]])  # one read of one batch
                     offsets[p] = int(batch["kafka_offset"][-1]) + 1
@@ -348,11 +375,14 @@ class KafkaGroup:
                 if batches % self.checkpoint_every == 0:
                     publish()
                     for p in list(offsets):
-                        self._save(p, offsets[p], worker.group_snapshot(p))
+                        self._save(p, offsets[p], {**worker.group_snapshot(p), **router.snapshot_ops(p)})
                     # Advisory (tools show the group's lag); the state files are what members resume from.
                     c.commit(offsets=[TopicPartition(src.topic, p, o) for p, o in offsets.items()], asynchronous=True)
             stopping[0] = True
             with live.lock:
+                for p in list(router.by_partition):  # end of input: operators first, into the windows
+                    router.use(p)
+                    worker.round({}, [p], [[router.fire_ops()[0]]])
                 worker.finish()
                 publish()
         finally:

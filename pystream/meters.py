@@ -91,6 +91,12 @@ class KeyedOperator:
         self._clock.set_partition_idle(int(partition), bool(idle))
         return self._release()
 
+    def raise_partition(self, partition: int, max_ts: int) -> dict[str, Batch]:
+        """Events of `partition` up to `max_ts` (ns) were seen upstream (an operator above this
+        one passes its watermark on as a partition of its own): its max rises to that."""
+        self._clock.raise_partition(int(partition), int(max_ts))
+        return self._release()
+
     def advance_watermark(self, watermark_ns: int) -> dict[str, Batch]:
         self._clock.advance(int(watermark_ns))
         return self._release()
@@ -156,6 +162,8 @@ class Dedupe(KeyedOperator):
     to `late` (so the answer never depends on when pairs were forgotten, nor on batch size)."""
 
     ports = ("out", "duplicates", "late", "invalid")
+    #: Its output rows are its input rows as they came (the runtimes keep their partitions).
+    PASSES_ROWS = True
 
     def __init__(self, keys, time, horizon):
         super().__init__(keys, time)

@@ -124,6 +124,15 @@ class KeyedProcessOperator:
         self._recompute()
         return self._fire()
 
+    def raise_partition(self, partition: int, max_ts: int) -> Batch | None:
+        """Events of `partition` up to `max_ts` (ns) were seen upstream (an operator above this
+        one passes its watermark on as a partition of its own): its max rises to that."""
+        part = self._parts.setdefault(int(partition), [None, False])
+        part[0] = int(max_ts) if part[0] is None else max(part[0], int(max_ts))
+        part[1] = False
+        self._recompute()
+        return self._fire()
+
     def advance_watermark(self, watermark_ns: int) -> Batch | None:
         if self._wm is None or watermark_ns > self._wm:
             self._wm = int(watermark_ns)

@@ -63,9 +63,11 @@ every row is judged as by one engine.
 
 Operators before the windows (process(), dedupe, register_deltas, gaps) over one source's
 rows run in that source's reader (Plan.ops), on its own batches in order, as the local runtime
-runs them; their outputs are partitions of their own to the windows below (OpOut), and sinks
-no window feeds get their rows from the reader through a window actor's rounds
-(Plan.reader_sinks), so they commit with the epoch of the rows that made them.
+runs them. A dedupe's rows keep their partition (and floors); the rows other operators make go
+to the windows below on a channel of their own, followed by the operator's watermark as a
+message to every actor, which raises the channel that carries it (OpOut, OpWm: as flow.py's
+out_part and wm_part). Sinks no window feeds get their rows from the reader through a window
+actor's rounds (Plan.reader_sinks), so they commit with the epoch of the rows that made them.
 
 Checkpoints are taken at round boundaries: source positions, every operator's snapshot with
 its key-group range, each reader's operators (as of a snapshot at or before the checkpoint's
@@ -103,7 +105,7 @@ except ImportError:  # not on Windows: no fault counts there
 
 from . import _core, _shm
 from .batch import Batch
-from .flow import node_operator
+from .flow import MAX_TIME_NS, node_operator
 from .operators import window_operator
 from .query import History, NotStarted, QueryableState, answer
 from .sinks import Collect, Files
@@ -208,9 +210,19 @@ def key_owner(key, keys, parallelism: int, n_groups: int) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class OpOut:
-    """The partition label of an operator's output (any port): to the windows and operators
-    below it, a partition of its own, whose progress is that operator's (as in the local
-    runtime). Labels of its source's channels beside the source's own partitions."""
+    """The partition label of the rows an operator makes (register_deltas, gaps, process()):
+    to the windows and operators below it, a partition of its own, idle between batches, so
+    their times never move those operators' watermark past the operator's (as in the local
+    runtime: flow.py's out_part). A dedupe's rows keep their input's label instead."""
+
+    op: int
+
+
+@dataclasses.dataclass(frozen=True)
+class OpWm:
+    """The partition label that carries such an operator's watermark to the windows and
+    operators below it: raised to it after each of its calls (SourceWorker._pass_watermark;
+    flow.py's wm_part). A label of its source's channels beside the source's own partitions."""
 
     op: int
 
@@ -234,9 +246,10 @@ class Plan:
         # source's reader, in the order the local runtime runs them (SourceWorker._push).
         sources_above: dict[int, set] = {}
         op_above: dict[int, set] = {}
-        #: By window and operator: the operator whose output it takes (None: a source's rows,
-        #: through stateless steps only). That output is a partition of its own to it (OpOut),
-        #: as in the local runtime.
+        wm_above: dict[int, set] = {}
+        #: By window and operator: the nearest operator above it that makes rows of its own
+        #: (None: none; a dedupe passes its input's rows, partitions and all). Such an
+        #: operator's watermark is a partition of its own to it (OpWm), as in the local runtime.
         self.feed: dict[int, int | None] = {}
         #: The operators, in graph order (parents first), by the source whose reader runs them.
         self.ops: dict[int, list] = {}
@@ -244,6 +257,7 @@ class Plan:
             above = set().union(*(window_of[p.id] for p, _ in n.inputs)) if n.inputs else set()
             srcs = {n.id} if n.kind == "source" else set().union(*(sources_above[p.id] for p, _ in n.inputs))
             ops_ = set().union(*(op_above[p.id] for p, _ in n.inputs)) if n.inputs else {None}
+            wms = set().union(*(wm_above[p.id] for p, _ in n.inputs)) if n.inputs else {None}
             if n.kind in ("process", "op"):
                 if len(srcs) != 1:  # (never after a window: window results have no event time)
                     raise ValueError(f"{n.kind}() node {n.id} takes the rows of several sources: the Ray runtime runs "
@@ -256,8 +270,9 @@ class Plan:
                     raise ValueError(f"{n.kind}() node {n.id} takes the outputs of several operators, or an operator's "
                                      f"output and rows that bypass it; on Ray, run this flow locally")
                 self.ops.setdefault(next(iter(srcs)), []).append(n)
-                self.feed[n.id] = next(iter(ops_))
+                self.feed[n.id] = next(iter(wms))
                 ops_ = {n.id}
+                wms = wms if n.params.get("passes_rows") else {n.id}
             if n.kind == "window":
                 if above:
                     raise ValueError(f"window node {n.id} reads the output of another window: that needs a second "
@@ -266,12 +281,12 @@ class Plan:
                     raise ValueError(f"window node {n.id} takes the outputs of several operators, or an operator's "
                                      f"output and rows that bypass it: on Ray a window takes one operator's output or "
                                      f"its sources' rows alone; run this flow locally")
-                self.feed[n.id] = next(iter(ops_))
+                self.feed[n.id] = next(iter(wms))
                 above = {n.id}
             if len(above) > 1:
                 raise ValueError(f"node {n.id} joins the outputs of several windows; the Ray runtime keeps each "
                                  f"window's results on its own actors; run this flow locally")
-            window_of[n.id], sources_above[n.id], op_above[n.id] = above, srcs, ops_
+            window_of[n.id], sources_above[n.id], op_above[n.id], wm_above[n.id] = above, srcs, ops_, wms
         #: Sinks no window feeds (a source's rows, an operator's outputs): written by the
         #: window actor that its source's reader sends their rows to (SourceWorker.sink_actor).
         self.reader_sinks = {n.id for n in self.sinks if not window_of[n.id]}
@@ -384,12 +399,10 @@ class SourceWorker:
         # here as the local runtime runs them: every row of the source, in order. Their side
         # outputs' sinks are written by window actor `sink_actor` (in its rounds, so they
         # commit with the epoch of the rows that made them).
-        self.ops = {n.id: node_operator(n) for n in self.plan.ops.get(source_id, [])}
         self.part_no: dict = {}  # partition label -> the int the operators know it by
-        for n in self.plan.ops.get(source_id, []):
-            feed = self.plan.feed[n.id]
-            labels = self.node.params["source"].partitions() if feed is None else [OpOut(feed)]
-            self.ops[n.id].declare_partitions([self._part(x) for x in labels])
+        # By operator: the windows and operators that take its output, through stateless steps.
+        self.below = {n.id: self._operators_below(n) for n in self.plan.ops.get(source_id, [])}
+        self.ops = self.new_ops(self.node.params["source"].partitions()) if self.plan.ops.get(source_id) else {}
         self.sink_actor = [s.id for s in self.plan.sources].index(source_id) % parallelism
         self.ops_done = not self.ops  # the operators have fired what they held at the source's end
         self.position = position
@@ -615,8 +628,7 @@ class SourceWorker:
         or lets it go, as there; a read holds one partition's rows, so these do not change
         during it); "first", by window this source alone feeds, where its watermark began
         (first_watermark: where a global window's event-time trigger starts)."""
-        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label and not isinstance(k[1], OpOut)},
-                "first": dict(self.first)}
+        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label}, "first": dict(self.first)}
 
     def _push(self, node, batch, out, port: str = "out") -> None:
         for child, p in self.plan.children[node.id]:
@@ -630,7 +642,10 @@ class SourceWorker:
                 else:
                     out[self.sink_actor].append((child.id, batch, None))
             elif child.id in self.ops:
-                self._fired(child, self.ops[child.id].process(batch, self._part(self.label)), out)
+                op, part = self.ops[child.id], self._part(self.label)
+                self._fired(child, op.process(batch, part), out)
+                if isinstance(self.label, OpOut):  # rows an operator above made: its watermark decides (OpWm)
+                    self._fired(child, op.set_partition_idle(part, True), out)
             else:
                 for b in _stateless(child, batch):
                     self._push(child, b, out)
@@ -638,27 +653,71 @@ class SourceWorker:
     def _part(self, label) -> int:
         return self.part_no.setdefault(label, len(self.part_no))
 
+    def _operators_below(self, node) -> list:
+        seen, todo, found = set(), [node], []
+        while todo:
+            for child, _ in self.plan.children[todo.pop().id]:
+                if child.id not in seen:
+                    seen.add(child.id)
+                    (found if child.kind in ("window", "process", "op") else todo).append(child)
+        return sorted(found, key=lambda n: n.id)
+
     def _fired(self, node, res, out) -> None:
-        """An operator's output (a batch, port "out", or a dict port -> batch) on its way down,
-        as rows of its own partition (OpOut)."""
-        if res is None:
+        """An operator's output (a batch, port "out", or a dict port -> batch) on its way down:
+        a dedupe's as its input's rows (same label), other operators' as rows of their own
+        (OpOut), followed by their watermark (_pass_watermark)."""
+        made = not node.params.get("passes_rows")
+        if res is not None:
+            was = self.label
+            if made:
+                self.label = OpOut(node.id)
+            try:
+                for port, b in (res.items() if isinstance(res, dict) else [("out", res)]):
+                    if b is not None and len(b):
+                        self._push(node, b, out, port)
+            finally:
+                self.label = was
+        if made and node.id in self.below:
+            self._pass_watermark(node, out)
+
+    def _pass_watermark(self, node, out) -> None:
+        """The operator's watermark to the windows and operators below it, as the max of their
+        partition OpWm: each then has it as its own watermark, less nothing (its max less its
+        own disorder bound). To a window, as a message to every actor after the rows: (window
+        id, None, that max)."""
+        wm = self.ops[node.id].watermark
+        if wm is None:
             return
-        was, self.label = self.label, OpOut(node.id)
-        try:
-            for port, b in (res.items() if isinstance(res, dict) else [("out", res)]):
-                if b is not None and len(b):
-                    self._push(node, b, out, port)
-        finally:
-            self.label = was
+        for x in self.below[node.id]:
+            t = min(wm + getattr(x.params["time"], "max_out_of_orderness", 0) + 1, MAX_TIME_NS)
+            if x.kind == "window":
+                if out is not None:
+                    for msgs in out:
+                        msgs.append((x.id, None, t))
+            else:
+                self._fired(x, self.ops[x.id].raise_partition(self._part(OpWm(node.id)), t), out)
 
     def _finish_ops(self):
         """`next()` at the source's end, once: what its operators held, fired as the local
         runtime fires it at the end of input (in graph order, each into those below it)."""
         self.ops_done = True
+        return [[m] for m in self.fire_ops()], (self.label, self.position, False, self.marks())
+
+    def fire_ops(self) -> list:
+        """End of input for the operators: what they held, by actor (one message list each)."""
         msgs = [[] for _ in range(self.parallelism)]
         for nid, op in self.ops.items():
             self._fired(self.plan.nodes[nid], op.finish(), msgs)
-        return [[m] for m in msgs], (self.label, self.position, False, self.marks())
+        return msgs
+
+    def new_ops(self, partitions: list) -> dict:
+        """The source's operators (Plan.ops), new, those it feeds waiting for `partitions`
+        (labels), those fed by another operator for that one's output."""
+        ops = {n.id: node_operator(n) for n in self.plan.ops.get(self.node.id, [])}
+        for nid, op in ops.items():
+            feed = self.plan.feed[nid]
+            op.declare_partitions([self._part(x) for x in (partitions if feed is None else [OpWm(feed)])])
+        return ops
 
     def _route(self, window, batches: list, out, chunked: bool = False) -> None:
         """Rows on their way into `window` (one batch, or several that `_chunkable` passed,
@@ -721,18 +780,16 @@ class SourceWorker:
         where a batch's time column is bad: the window's operator then names what is wrong."""
         time_ = window.params["time"]
         if (not isinstance(time_, EventTime) or isinstance(time_, IngestionTime)
-                or isinstance(window.params["window"], CountWindow)):
-            return None
+                or isinstance(window.params["window"], CountWindow) or isinstance(self.label, OpOut)):
+            return None  # (an operator's own rows: its watermark, passed on after them, decides)
         key, ooo = (window.id, self.label), time_.max_out_of_orderness
         carry, wm, floors = self.carry.get(key), self.wm.get(window.id), []
         if self.labels is None:
             self.labels = list(dict.fromkeys(self.node.params["source"].partitions()))
-        if self.label not in self.labels and not isinstance(self.label, OpOut):
+        if self.label not in self.labels:
             self.labels.append(self.label)
-        # The watermark this source's other partitions allow (None: there are none; an
-        # operator's output is the one partition of the windows below it).
-        others = [] if isinstance(self.label, OpOut) else [
-            self.carry.get((window.id, m)) for m in self.labels if m != self.label]
+        # The watermark this source's other partitions allow (None: there are none).
+        others = [self.carry.get((window.id, m)) for m in self.labels if m != self.label]
         cap = None
         if others:
             cap = _core.NO_WATERMARK if None in others else min(others) - ooo - 1
@@ -1073,8 +1130,9 @@ class WindowWorker:
         scratch), keeping of each the part of [lo, hi) this worker owns; `channels` maps each
         window to the channel ids it has declared."""
         self.channels = {int(k): list(v) for k, v in channels.items()}
-        # By window that takes an operator's output: that output's channel, which its rows
-        # come on whatever partition of the source the read held (SourceWorker._fired).
+        # By window that takes the rows an operator makes: the channel of that operator's
+        # watermark (OpWm), whose rows come on a channel of their own, -1 - that one (OpOut:
+        # not declared, idle between batches), whatever partition of the source the read held.
         self.op_chan = {wid: chans[0] for wid, chans in self.channels.items()
                         if self.plan.feed.get(wid) is not None and chans}
         self.views.close()  # maps of an earlier start's segments (removed since): rounds of it have ended
@@ -1309,8 +1367,16 @@ class WindowWorker:
         if wid in self.plan.reader_sinks:
             self._write(wid, batch)
             return
-        chan = self.op_chan.get(wid, chan)
-        self._channel(wid, chan)
+        if wid in self.op_chan:
+            wm_chan = self.op_chan[wid]
+            if batch is None:  # the operator's watermark, after its rows (SourceWorker._pass_watermark)
+                for slot in self.slots[wid]:
+                    self._emit(wid, slot.op.set_partition_idle(-1 - wm_chan, True), None, None)
+                    self._emit(wid, slot.op.raise_partition(wm_chan, groups), None, None)
+                return
+            chan = -1 - wm_chan
+        else:
+            self._channel(wid, chan)
         for slot, sub in self._split(wid, batch, groups):
             floor = None
             if FLOOR in sub:

@@ -28,18 +28,35 @@ def rows(batch):
     return sorted(zip(*(np.round(batch[c], 9).tolist() if c == "kwh" else batch[c].tolist() for c in cols)))
 
 
-def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path):
+def with_resends(data, share=0.03, after=100, seed=1):
+    """`data` with a share of its readings sent again `after` readings later (same key, same
+    time): the copy often lands in another batch, and after a rebalance with another member."""
+    rng = np.random.default_rng(seed)
+    again = np.flatnonzero(rng.random(len(data["ts"])) < share)
+    at = np.concatenate([np.arange(len(data["ts"])), again + after + 0.5])
+    order = np.argsort(at, kind="stable")
+    return {k: np.concatenate([v, v[again]])[order] for k, v in data.items()}
+
+
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path, dedupe):
+    # dedupe: an operator before the windows keeps its state per partition too (the pairs it
+    # has seen), and hands it over with the windows: a re-send whose first copy the other
+    # member took is still dropped, and counted once in the windows.
     cluster = MockCluster()
     data = meter_readings(12_000, 80, seed=6, max_delay_ms=30_000)
+    if dedupe:
+        data = with_resends(data)
     topic = f"g{uuid.uuid4().hex[:8]}"
     cluster.produce_json(topic, data, key="meter_id")
-    want = rows(_local(cluster, topic))
+    local = _local(cluster, topic, dedupe)
+    want = rows(local["out"])
     group, state = f"grp-{uuid.uuid4().hex[:6]}", str(tmp_path / "state")
 
     def member(name, sleep):
         return subprocess.Popen([sys.executable, WORKER, cluster.bootstrap, topic, group, state,
-                                 str(tmp_path / name), str(sleep)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                 str(tmp_path / name), str(sleep)] + (["dedupe"] if dedupe else []),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     a = member("a", 0.3)  # ~12 s of work, so a is still there when b joins
     # b joins once a has state for every partition (its periodic state files; a reads the
@@ -59,15 +76,26 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path)
     got = ps.Batch.concat([ps.sinks.Files.read(str(tmp_path / m)) for m in ("a", "b")
                            if os.path.isdir(tmp_path / m) and ps.sinks.Files.parts(str(tmp_path / m))])
     assert rows(got) == want  # every window exactly once, across the two members
+    if dedupe:
+        dups = [ps.sinks.Files.read(str(tmp_path / f"{m}-duplicates")) for m in ("a", "b")
+                if os.path.isdir(tmp_path / f"{m}-duplicates") and ps.sinks.Files.parts(str(tmp_path / f"{m}-duplicates"))]
+        key = ["meter_id", "ts"]
+        got_dups = sorted(zip(*(ps.Batch.concat(dups)[c].tolist() for c in key)))
+        assert got_dups == sorted(zip(*(local["duplicates"][c].tolist() for c in key)))
+        assert len(got_dups) > 200
 
 
-def _local(cluster, topic):
+def _local(cluster, topic, dedupe=False):
     flow = ps.Flow("kafka-group-local")
     src = flow.source(ps.sources.Kafka(topic, cluster.bootstrap, batch_size=300, stop_at_end=True),
                       time=ps.EventTime("ts", unit="ms", max_out_of_orderness="2m"))
-    src.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()) \
+    keyed = src.key_by("meter_id")
+    if dedupe:
+        keyed = keyed.dedupe("1h")
+        keyed.side("duplicates").sink(ps.sinks.Collect("duplicates"))
+    keyed.window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()) \
         .sink(ps.sinks.Collect("out"))
-    return flow.run()["out"]
+    return flow.run()
 
 
 def test_idle_clock_starts_at_the_first_assignment(tmp_path):
@@ -82,7 +110,7 @@ def test_idle_clock_starts_at_the_first_assignment(tmp_path):
         f"grp-{uuid.uuid4().hex[:6]}", str(tmp_path / "state"), idle_stop=2.0, log=lines.append))
     assert lines[0] == "assign [0, 1, 2, 3]", lines
     assert res.metrics["kafka_group"]["batches"] > 0
-    assert rows(res["out"]) == rows(_local(cluster, topic))
+    assert rows(res["out"]) == rows(_local(cluster, topic)["out"])
 
 
 def test_a_member_answers_queries_for_the_partitions_it_owns(tmp_path):

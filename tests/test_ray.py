@@ -1494,10 +1494,11 @@ def test_operators_before_windows_resume_from_a_checkpoint_at_any_parallelism(tm
 
 def _routed(parts):
     """A read's parts as comparable rows: per actor, per step, each message's target and rows
-    (without the watermark floors, which the reader's carry decides, tested elsewhere)."""
+    (without the watermark floors, which the reader's carry decides, tested elsewhere), or
+    an operator's watermark passed on."""
     floor = ps.runtimes.FLOOR
-    return [[[(target, canon(b.without_column(floor) if floor in b else b)) for target, b, _g in step]
-             for step in steps] for steps in parts]
+    return [[[(target, g) if b is None else (target, canon(b.without_column(floor) if floor in b else b))
+              for target, b, g in step] for step in steps] for steps in parts]
 
 
 @pytest.mark.parametrize("every", [1, 3])
@@ -1549,3 +1550,46 @@ def test_the_demo_runs_on_ray_with_checkpoints_and_gives_the_local_results(tmp_p
         assert canon(dist["outputs"][name]) == canon(local["outputs"][name]), name
     with pytest.raises(SystemExit, match="--postgres runs locally"):
         demo.run(1_000, 10, seed=4, out=str(tmp_path / "pg"), postgres="postgresql://unused", ray=2)
+
+
+def lagging_flow_with_operators(batch_size=500):
+    """Three partitions, one 40 minutes behind (test_flow.Lagging): a window below a dedupe
+    (its rows keep their partitions), one below register_deltas (which passes its watermark on),
+    late rows of both."""
+    from test_flow import Lagging, _register_readings
+
+    flow = ps.Flow("lagging-ops")
+    s = flow.source(Lagging(_register_readings(), batch_size),
+                    time=ps.EventTime("ts", unit="ms", max_out_of_orderness="1m"))
+    clean = s.key_by("meter_id").dedupe("2h")
+    usage = clean.key_by("meter_id").window(ps.windows.Tumbling("15m")).aggregate(kwh=ps.agg.sum("kwh"),
+                                                                                   n=ps.agg.count())
+    usage.sink(ps.sinks.Collect("usage"))
+    usage.late().sink(ps.sinks.Collect("late"))
+    deltas = clean.register_deltas("register", out="used")
+    deltas.late().sink(ps.sinks.Collect("unordered"))
+    hourly = deltas.window(ps.windows.Tumbling("1h")).aggregate(used=ps.agg.sum("used"), n=ps.agg.count())
+    hourly.sink(ps.sinks.Collect("hourly"))
+    hourly.late().sink(ps.sinks.Collect("hourly_late"))
+    # process() passes its rows on as rows of its own: below it they are judged against its
+    # watermark as it was before their batch (late rows only where that reached the actors).
+    passed = s.key_by("meter_id").process(_as_they_come).key_by("meter_id")
+    again = passed.window(ps.windows.Tumbling("1m")).aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count())
+    again.sink(ps.sinks.Collect("again"))
+    again.late().sink(ps.sinks.Collect("again_late"))
+    return flow
+
+
+def _as_they_come(batch, ctx):
+    return batch
+
+
+def test_operators_over_a_partitioned_source_on_ray_are_the_local_runtimes():
+    # On Ray as locally: the dedupe's rows keep their partitions (floors per partition), the
+    # register deltas reach the actors as rows of their own followed by the operator's watermark.
+    local = lagging_flow_with_operators(200).run()
+    dist = lagging_flow_with_operators(200).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=1_000))
+    assert len(local["late"]) > 0 and len(local["hourly"]) > 0 and len(local["hourly_late"]) == 0
+    assert len(local["again_late"]) > 0  # the process's watermark reached the window as it went
+    for name in ("usage", "late", "unordered", "hourly", "hourly_late", "again", "again_late"):
+        assert canon(dist[name]) == canon(local[name]), name
