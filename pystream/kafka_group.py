@@ -160,6 +160,15 @@ class _PartitionWorker(WindowWorker):
     def declared(self, wid, g):
         return [g]  # a partition's operators wait for that partition only
 
+    def _take(self, wid, chan, batch, groups):
+        if batch is None:
+            # The watermark of an operator over partition `chan` alone (SourceWorker.
+            # _pass_watermark): its rows came on that partition too, and none of them is past
+            # it by more than the partition's own rows are, so it is that partition's max.
+            self._emit(wid, self._slot(wid, chan).op.raise_partition(chan, groups), None, None)
+            return
+        super()._take(wid, chan, batch, groups)
+
 
 class KafkaGroup:
     """Runs a flow as one member of a Kafka consumer group (see the module docstring).

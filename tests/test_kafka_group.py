@@ -322,3 +322,36 @@ def test_group_mode_refuses_what_it_cannot_do(tmp_path):
         ps.runtimes.KafkaGroup("g", str(tmp_path), join_timeout=0)
     with pytest.raises(ValueError, match="idle_stop must be a positive number of seconds or None, got '5'"):
         ps.runtimes.KafkaGroup("g", str(tmp_path), idle_stop="5")
+
+
+def test_operators_that_make_rows_run_per_partition_in_a_member(tmp_path):
+    # register_deltas per Kafka partition (its meters' readings, in time order), then hourly
+    # windows that follow its watermark: the member's results are a local run's.
+    cluster = MockCluster()
+    data = meter_readings(3_000, 30, seed=5, max_delay_ms=30_000)
+    order = np.lexsort((data["ts"], data["meter_id"]))
+    run_ = np.cumsum(data["kwh"][order])
+    first = np.r_[True, data["meter_id"][order][1:] != data["meter_id"][order][:-1]]
+    data["register"] = np.empty(len(order))
+    data["register"][order] = run_ - np.maximum.accumulate(np.where(first, run_ - data["kwh"][order], 0.0))
+    topic = f"r{uuid.uuid4().hex[:8]}"
+    cluster.produce_json(topic, data, key="meter_id")
+
+    def flow(stop_at_end):
+        f = ps.Flow("group-registers")
+        src = f.source(ps.sources.Kafka(topic, cluster.bootstrap, batch_size=200, stop_at_end=stop_at_end),
+                       time=ps.EventTime("ts", unit="ms", max_out_of_orderness="2m"))
+        deltas = src.key_by("meter_id").register_deltas("register", out="used")
+        deltas.late().sink(ps.sinks.Collect("unordered"))
+        w = deltas.window(ps.windows.Tumbling("1h")).aggregate(used=ps.agg.sum("used"), n=ps.agg.count())
+        w.sink(ps.sinks.Collect("out"))
+        w.late().sink(ps.sinks.Collect("late"))
+        return f
+
+    local = flow(True).run()
+    res = flow(False).run(runtime=ps.runtimes.KafkaGroup(f"grp-{uuid.uuid4().hex[:6]}", str(tmp_path / "state"),
+                                                         idle_stop=2.0))
+    cols = ["meter_id", "window_start", "n"]
+    assert sorted(zip(*(res["out"][c].tolist() for c in cols))) == sorted(zip(*(local["out"][c].tolist() for c in cols)))
+    np.testing.assert_allclose(np.sort(res["out"]["used"]), np.sort(local["out"]["used"]), rtol=1e-9)
+    assert len(res["late"]) == len(local["late"]) == 0 and len(local["out"]) > 50
