@@ -170,6 +170,18 @@ OPERATOR_KINDS = ("window", "process", "op")
 MAX_TIME_NS = 2**62
 
 
+def operators_below(node, children: dict) -> list:
+    """The operators (windows, process(), meter operators) that take `node`'s output, any
+    port, through stateless steps; `children`: node id -> [(child, port)]."""
+    seen, todo, found = set(), [node], []
+    while todo:
+        for child, _ in children[todo.pop().id]:
+            if child.id not in seen:
+                seen.add(child.id)
+                (found if child.kind in OPERATOR_KINDS else todo).append(child)
+    return sorted(found, key=lambda n: n.id)
+
+
 def node_operator(node):
     """A new operator for a process() or smart-meter (dedupe, register_deltas, gaps) node."""
     if node.kind == "process":
@@ -650,23 +662,14 @@ class LocalRuntime:
                     parts.append(wm_part(n))
             return parts
 
-        def operators_below(node: _Node) -> list[_Node]:
-            """The operators that take `node`'s output (any port), through stateless steps."""
-            seen, todo, found = set(), [node], []
-            while todo:
-                for child, _ in children[todo.pop().id]:
-                    if child.id not in seen:
-                        seen.add(child.id)
-                        (found if child.kind in OPERATOR_KINDS else todo).append(child)
-            return sorted(found, key=lambda n: n.id)
-
         if resumed_from is None:
             for nid, op in ops.items():
                 op.declare_partitions(upstream_parts(node_of[nid]))
         # Operators that make rows of their own: their rows' partition, and who takes their watermark.
-        made = {nid: out_part(node_of[nid]) for nid in ops if node_of[nid].kind != "window" and not passes(node_of[nid])}
+        made = {nid: out_part(node_of[nid]) for nid in ops
+                if node_of[nid].kind != "window" and not passes(node_of[nid])}
         data_parts = set(made.values())
-        below = {nid: operators_below(node_of[nid]) for nid in made}
+        below = {nid: operators_below(node_of[nid], children) for nid in made}
         below = {nid: found for nid, found in below.items() if found}
 
         def push(node: _Node, port: str, batch: Batch, part: int = 0):
@@ -890,8 +893,7 @@ class LocalRuntime:
         # The nested functions above call each other through closure cells: a reference cycle
         # that would keep every operator's native state alive until the cyclic GC runs.
         push = deliver = push_fired = idle_checks = checkpoint = write_checkpoint = note_input = None  # noqa: F811, F841
-        check_limits = upstream_parts = out_part = wm_part = passes = None  # noqa: F811, F841
-        operators_below = pass_watermark = None  # noqa: F811, F841
+        check_limits = upstream_parts = out_part = wm_part = passes = pass_watermark = None  # noqa: F811, F841
         result = RunResult()
         for s in sinks:
             result[s.params["sink"].name] = s.params["sink"].close()

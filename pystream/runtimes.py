@@ -105,7 +105,7 @@ except ImportError:  # not on Windows: no fault counts there
 
 from . import _core, _shm
 from .batch import Batch
-from .flow import MAX_TIME_NS, node_operator
+from .flow import MAX_TIME_NS, node_operator, operators_below
 from .operators import window_operator
 from .query import History, NotStarted, QueryableState, answer
 from .sinks import Collect, Files
@@ -401,7 +401,7 @@ class SourceWorker:
         # commit with the epoch of the rows that made them).
         self.part_no: dict = {}  # partition label -> the int the operators know it by
         # By operator: the windows and operators that take its output, through stateless steps.
-        self.below = {n.id: self._operators_below(n) for n in self.plan.ops.get(source_id, [])}
+        self.below = {n.id: operators_below(n, self.plan.children) for n in self.plan.ops.get(source_id, [])}
         self.ops = self.new_ops(self.node.params["source"].partitions()) if self.plan.ops.get(source_id) else {}
         self.sink_actor = [s.id for s in self.plan.sources].index(source_id) % parallelism
         self.ops_done = not self.ops  # the operators have fired what they held at the source's end
@@ -653,14 +653,6 @@ class SourceWorker:
     def _part(self, label) -> int:
         return self.part_no.setdefault(label, len(self.part_no))
 
-    def _operators_below(self, node) -> list:
-        seen, todo, found = set(), [node], []
-        while todo:
-            for child, _ in self.plan.children[todo.pop().id]:
-                if child.id not in seen:
-                    seen.add(child.id)
-                    (found if child.kind in ("window", "process", "op") else todo).append(child)
-        return sorted(found, key=lambda n: n.id)
 
     def _fired(self, node, res, out) -> None:
         """An operator's output (a batch, port "out", or a dict port -> batch) on its way down:

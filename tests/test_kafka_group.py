@@ -77,8 +77,8 @@ def test_two_members_share_partitions_and_hand_state_over_on_rebalance(tmp_path,
                            if os.path.isdir(tmp_path / m) and ps.sinks.Files.parts(str(tmp_path / m))])
     assert rows(got) == want  # every window exactly once, across the two members
     if dedupe:
-        dups = [ps.sinks.Files.read(str(tmp_path / f"{m}-duplicates")) for m in ("a", "b")
-                if os.path.isdir(tmp_path / f"{m}-duplicates") and ps.sinks.Files.parts(str(tmp_path / f"{m}-duplicates"))]
+        dirs = [str(tmp_path / f"{m}-duplicates") for m in ("a", "b")]
+        dups = [ps.sinks.Files.read(d) for d in dirs if os.path.isdir(d) and ps.sinks.Files.parts(d)]
         key = ["meter_id", "ts"]
         got_dups = sorted(zip(*(ps.Batch.concat(dups)[c].tolist() for c in key)))
         assert got_dups == sorted(zip(*(local["duplicates"][c].tolist() for c in key)))
@@ -352,6 +352,7 @@ def test_operators_that_make_rows_run_per_partition_in_a_member(tmp_path):
     res = flow(False).run(runtime=ps.runtimes.KafkaGroup(f"grp-{uuid.uuid4().hex[:6]}", str(tmp_path / "state"),
                                                          idle_stop=2.0))
     cols = ["meter_id", "window_start", "n"]
-    assert sorted(zip(*(res["out"][c].tolist() for c in cols))) == sorted(zip(*(local["out"][c].tolist() for c in cols)))
+    got, want = (sorted(zip(*(r["out"][c].tolist() for c in cols))) for r in (res, local))
+    assert got == want
     np.testing.assert_allclose(np.sort(res["out"]["used"]), np.sort(local["out"]["used"]), rtol=1e-9)
     assert len(res["late"]) == len(local["late"]) == 0 and len(local["out"]) > 50
