@@ -289,6 +289,7 @@ class KafkaGroup:
         os.makedirs(self.state, exist_ok=True)
         self._fingerprint = flow.fingerprint()
         router = _PartitionRouter(flow, node.id, 1, 1 << 16, read=False)
+        op_ids = {n.id for n in plan.ops.get(node.id, [])}  # the router's operators (state files hold theirs too)
         worker = _PartitionWorker(flow, 0, 1, 1 << 16)
         worker.start({}, None)
         # Queryable state: this member answers for the partitions it owns (each one's operators;
@@ -324,8 +325,8 @@ class KafkaGroup:
             for tp in parts:
                 st = self._load(tp.partition)
                 if st is not None:
-                    worker.put_group(tp.partition, {nid: x for nid, x in st["ops"].items() if nid not in router.ops})
-                    router.put_ops(tp.partition, {nid: x for nid, x in st["ops"].items() if nid in router.ops})
+                    worker.put_group(tp.partition, {nid: x for nid, x in st["ops"].items() if nid not in op_ids})
+                    router.put_ops(tp.partition, {nid: x for nid, x in st["ops"].items() if nid in op_ids})
                     tp.offset = st["offset"]
                     offsets[tp.partition] = st["offset"]
                     self.log(f"load partition {tp.partition} offset {st['offset']} windows {len(st['ops'])}")
