@@ -27,8 +27,11 @@ out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
 { nproc; lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|L2|L3)" || true; } | tee "$out/scaling.txt"
-# whether CPUs the VM calls separate cores share one (hyper-threads): ~15-30 s on 16
-"$py" "$repo/benchmarks/device/smt_probe.py" 2>&1 | tee -a "$out/scaling.txt" || true
+# whether CPUs the VM calls separate cores share one (hyper-threads): ~15-30 s on 16 (PROBE=0
+# skips it, for a short follow-up run on a machine already probed)
+if [ "${PROBE:-1}" != 0 ]; then
+  "$py" "$repo/benchmarks/device/smt_probe.py" 2>&1 | tee -a "$out/scaling.txt" || true
+fi
 if [ ${#args[@]} -eq 0 ]; then
   args=(--rows 160000000 --parallelism 1 2 4 8 16 --ahead 2 --independent --transport shared_memory object_store)
   # Where CPU 0 has a sibling, each placement runs unpinned and with one actor per core (pinned
