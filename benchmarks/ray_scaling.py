@@ -133,7 +133,9 @@ def main():
     ap.add_argument("--round-rows", type=int, nargs="+", default=[262_144],
                     help="rows each source reads per round (each parallelism runs with each value)")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--separate-sources", action="store_true", help="one actor per source (colocate=False)")
+    ap.add_argument("--sources", nargs="+", default=["window"], choices=["window", "own"],
+                    help="where sources are read, each run with each: in the window actors (colocate=True); "
+                         "in actors of their own (colocate=False), so routing runs outside the window actors")
     ap.add_argument("--independent", action="store_true",
                     help="first measure p local runtimes side by side on the parts (no exchange): the machine's ceiling")
     ap.add_argument("--ahead", type=int, nargs="+", default=[2],
@@ -150,7 +152,7 @@ def main():
     want = flow([data]).run()["rows"]
     local = a.rows / (time.perf_counter() - t)
     print(f"machine: {machine()}; {a.rows:,} readings, {a.meters:,} meters; local runtime "
-          f"{local / 1e6:.1f} M events/s ({want:,} rows); sources {'in their own actors' if a.separate_sources else 'in the window actors'}, "
+          f"{local / 1e6:.1f} M events/s ({want:,} rows); sources read in {' / '.join(a.sources)} actors, "
           f"{' / '.join(f'{r:,}' for r in a.round_rows)} rows per source per round", flush=True)
     short = [p for p in a.parallelism if a.rows / p / max(a.round_rows) < MIN_ROUNDS]
     if short:
@@ -182,25 +184,25 @@ def main():
     # (well above the mean: one actor is slow every round, not stragglers by chance); driver:
     # the driver thread's CPU over the rounds' time (near 100%: the rounds wait for it); pin:
     # the window actors' CPU sets (--pin).
-    print(f"{'pin':>6} {'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
+    print(f"{'src':>6} {'pin':>6} {'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
           f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8} {'on-cpu':>6} {'preempt':>7} "
           f"{'block':>6} {'routing ms':>10} {'on-cpu':>6} {'slowest':>7} {'driver':>6}")
-    # by (transport, ahead, round rows): the first parallelism's rate with the first --pin mode
+    # by (sources, transport, ahead, round rows): the first parallelism's rate with the first --pin mode
     # (none, where given first): a pinned run is judged against one unpinned actor, whose
     # reading thread may have a core of its own, not against one pinned to a core
     base: dict = {}
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count()))
     for p in a.parallelism:
         parts = split(data, p)
-        for pin, transport, ahead, round_rows in [(pn, t, h, r) for r in a.round_rows for h in a.ahead
-                                                  for t in a.transport for pn in a.pin]:
+        for where, pin, transport, ahead, round_rows in [(w, pn, t, h, r) for r in a.round_rows for h in a.ahead
+                                                         for t in a.transport for pn in a.pin for w in a.sources]:
             best_total, best, best_run = 0.0, None, 0.0
             for _ in range(a.repeat):
                 t = time.perf_counter()
                 res = flow(parts).run(runtime=ps.runtimes.Ray(parallelism=p, key_groups=a.key_groups,
                                                                  round_rows=round_rows, ahead=ahead,
-                                                                 colocate=not a.separate_sources,
+                                                                 colocate=where == "window",
                                                                  shared_memory=transport == "shared_memory",
                                                                  cpus=PINS[pin](cpus)))
                 total = a.rows / (time.perf_counter() - t)
@@ -209,8 +211,8 @@ def main():
                 if a.rows / m["run_s"] > best_run:
                     best_run, best = a.rows / m["run_s"], m
                 best_total = max(best_total, total)
-            speed = best_run / base.setdefault((transport, ahead, round_rows), best_run)
-            print(f"{pin:>6} {transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
+            speed = best_run / base.setdefault((where, transport, ahead, round_rows), best_run)
+            print(f"{where:>6} {pin:>6} {transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
                   f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "

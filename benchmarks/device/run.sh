@@ -2,12 +2,14 @@
 # On a lent device machine (see bundle.sh): unpacks .dev/ into a site directory and runs the
 # scaling benchmark; its output goes to $OUT/scaling.txt. Arguments replace the default run
 # (160M readings, parallelism 1 2 4 8 16, 512k rows per source per round, every source reading
-# at least 16 rounds at 16, and 1M rows, half the rounds and so half the driver's calls; 2 rounds
-# ahead, reads through shared-memory segments, the default, and through Ray's object store, the
-# earlier way, side by side; first the same parallelism as independent local runtimes, the
-# machine's ceiling), after a probe of which CPUs share a core (smt_probe.py); where they do,
-# unpinned and one actor per core (--pin) in place of the 1M-row rounds. About 7 minutes on 16
-# cores; parallelism 8 comes before 16.
+# at least 16 rounds at 16; 2 and 4 rounds ahead, reads through shared-memory segments; first
+# the same parallelism as independent local runtimes, the machine's ceiling), after a probe of
+# which CPUs share a core (smt_probe.py; where they do, unpinned and one actor per core, --pin,
+# each) and one window actor's cost per row at parallelism 8 alone, side by side, and beside
+# routing (actor_windowing.py --side-by-side, ~1 minute; SIDE=0 skips it). Left out: Ray's
+# object store as the transport (run 4: 35% at 8 against 57% through segments), 1M-row rounds
+# (51%), and sources in actors of their own (`--sources own`: those go through the object
+# store). About 7-8 minutes on 16 vCPUs; parallelism 8 comes before 16.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -33,17 +35,20 @@ if [ "${PROBE:-1}" != 0 ]; then
   "$py" "$repo/benchmarks/device/smt_probe.py" 2>&1 | tee -a "$out/scaling.txt" || true
 fi
 if [ ${#args[@]} -eq 0 ]; then
-  args=(--rows 160000000 --parallelism 1 2 4 8 16 --ahead 2 --independent --transport shared_memory object_store)
-  # Where CPU 0 has a sibling, each placement runs unpinned and with one actor per core (pinned
-  # as the siblings are numbered) in place of the 1M-row rounds, so the run takes as long.
+  args=(--rows 160000000 --parallelism 1 2 4 8 16 --ahead 2 4 --independent --transport shared_memory
+        --round-rows 524288)
+  # Where CPU 0 has a sibling numbered as one of the --pin modes expects, each placement runs
+  # unpinned and with one actor per core (pinned as the siblings are numbered).
   sibling=$(sed -n "s/^smt probe: CPUs that share CPU 0's core: \[\([0-9]*\).*/\1/p" "$out/scaling.txt" | head -1)
   n=$(nproc)
   if [ "$sibling" = 1 ]; then
-    args+=(--round-rows 524288 --pin none pairs)
+    args+=(--pin none pairs)
   elif [ -n "$sibling" ] && [ "$sibling" = $((n / 2)) ]; then
-    args+=(--round-rows 524288 --pin none halves)
-  else
-    args+=(--round-rows 524288 1048576)
+    args+=(--pin none halves)
+  fi
+  if [ "${SIDE:-1}" != 0 ]; then
+    "$py" "$repo/benchmarks/actor_windowing.py" --rows 64000000 --parallelism 8 --repeat 2 --side-by-side 2>&1 \
+      | tee -a "$out/scaling.txt" || true
   fi
 fi
 "$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee -a "$out/scaling.txt"
