@@ -605,6 +605,38 @@ def test_sources_in_their_own_actors_give_the_same_results():
     assert canon(dist["out"]) == canon(local["out"])
 
 
+class SlowOpen(ps.sources.Arrays):
+    """An Arrays source whose reading starts `delay` seconds late (a connection being made)."""
+
+    def __init__(self, data, delay=0.0, **kw):
+        super().__init__(data, **kw)
+        self.delay = delay
+
+    def read(self, position=None):
+        time.sleep(self.delay)
+        yield from super().read(position)
+
+
+@pytest.mark.parametrize("colocate", [True, False])
+def test_a_sources_opening_counts_in_the_start_not_in_the_rounds(colocate):
+    # metrics["ray"]: start_s is the actors' start, each source's opening and first read
+    # included; run_s the rounds. Sources in actors of their own used to open in the first
+    # round (the scaling benchmark saw 3.3 M events/s "in the rounds" against 23.4 colocated).
+    delay = 2.0
+
+    def flow(make, **kw):
+        f = ps.Flow("ray-slow-open")
+        sources(f, make=make, **kw).key_by("meter_id").window(ps.windows.Tumbling("15m"), allowed_lateness="5m") \
+            .aggregate(kwh=ps.agg.sum("kwh"), n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+        return f
+
+    local = flow(ps.sources.Arrays).run()
+    res = flow(SlowOpen, delay=delay).run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=ROUND,
+                                                                 colocate=colocate))
+    assert res.metrics["ray"]["start_s"] >= delay
+    assert canon(res["out"]) == canon(local["out"])
+
+
 def test_more_sources_than_actors_straight_into_the_window():
     # Three sources unioned straight into the window (a read's batches routed as chunks, not
     # joined) at parallelism 2: actor 0 reads two of them, and its rounds hand back both
