@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from . import _shm
+from . import clock as _clock
 from .batch import Batch
 from .flow import LiveState, RunResult, _Node, _parse_every
 from .operators import window_operator
@@ -290,11 +291,16 @@ class Driver:
     def __init__(self, runtime, flow, ray):
         self.rt, self.flow, self.ray = runtime, flow, ray
         self.plan = Plan(flow)
+        # Windows whose watermark follows the wall clock too: by window, (idleness, close_idle_after,
+        # max_out_of_orderness) in ns (None: not set); the driver decides both (_wall_clock).
+        self.wall: dict = {}
         for w in self.plan.windows:
-            if getattr(w.params["time"], "follows_clock", False) or w.params["time"].idleness \
-                    or w.params["time"].close_idle_after:
-                raise ValueError(f"window node {w.id}: processing time, idleness and close_idle_after follow the wall "
-                                 f"clock of one process; the Ray runtime runs event time only")
+            spec = w.params["time"]
+            if getattr(spec, "follows_clock", False):
+                raise ValueError(f"window node {w.id}: processing time follows the wall clock of one process; the "
+                                 f"Ray runtime runs event time (with idleness and close_idle_after)")
+            if spec.idleness or spec.close_idle_after:  # (never below an operator: Plan refuses those)
+                self.wall[w.id] = (spec.idleness, spec.close_idle_after, spec.max_out_of_orderness)
         self.n, self.groups = runtime.parallelism, runtime.key_groups
         self.sink_nodes = {n.id: n for n in self.plan.sinks}
         self.segments = f"pystream-{uuid.uuid4().hex[:12]}-"  # name prefix of this run's shared-memory segments
@@ -344,6 +350,13 @@ class Driver:
         self.got = {w.id: {c: t for (wid, c), t in self.top.items() if wid == w.id}
                     for w in self.plan.windows if len(self.plan.sources_of[w.id]) > 1}
         self.ended = set(st.get("ended", ()))
+        # Wall-clock bookkeeping (_wall_clock), afresh at every start as in a new local process:
+        # by channel, when it last sent a batch; by window, its idle channels, when any channel
+        # last sent, and the channels told active since this start.
+        self.last_seen: dict = {}
+        self.idle = {wid: set() for wid in self.wall}
+        self.last_data: dict = {}
+        self.active: dict = {wid: set() for wid in self.wall}
         if not self.chan_ids:
             for s in self.plan.sources:
                 for label in s.params["source"].partitions():
@@ -510,6 +523,45 @@ class Driver:
             out[w.id] = [c for (sid, label), c in self.chan_ids.items() if sid in srcs
                          and (label == OpWm(feed) if feed is not None else not isinstance(label, OpWm))]
         return out
+
+    def _wall_clock(self, fed: list, wms: dict, marks: dict) -> None:
+        """A round's wall-clock progress for windows with idleness or close_idle_after, as the
+        local runtime's idle checks decide it for its one operator (flow.py: idle_checks), here
+        for every actor at once, so each actor's operators see the same partitions idle: a
+        partition that sent no batch for `idleness` is idle (marks["idle"][(window, channel)]
+        = True: it no longer holds the watermark back) until it sends again (False, also the
+        first time a channel sends after a start, since a restored operator may hold it idle);
+        a window none of whose partitions sent for `close_idle_after` has its watermark moved
+        with the wall clock, from its largest event time (into `wms`)."""
+        now = _clock.current().now_ns()
+        idle_marks: dict = {}
+        sources_of = {wid: {s.id for s in self.plan.sources_of[wid]} for wid in self.wall}
+        for sid, chan in fed:
+            self.last_seen[chan] = now
+            for wid in self.wall:
+                if sid not in sources_of[wid]:
+                    continue
+                self.last_data[wid] = now
+                if chan in self.idle[wid] or chan not in self.active[wid]:
+                    idle_marks[(wid, chan)] = False
+                    self.idle[wid].discard(chan)
+                    self.active[wid].add(chan)
+        live = self._channels(self.ended)
+        for wid, (idleness, close_after, ooo) in self.wall.items():
+            if idleness:
+                for chan in live[wid]:
+                    seen = self.last_seen.get(chan)
+                    if seen is not None and chan not in self.idle[wid] and now - seen > idleness:
+                        idle_marks[(wid, chan)] = True
+                        self.idle[wid].add(chan)
+            quiet = now - self.last_data[wid] if wid in self.last_data else None
+            if close_after and quiet is not None and quiet > close_after:
+                tops = [t for (w, _c), t in self.top.items() if w == wid]
+                if tops:
+                    w = max(tops) + quiet - ooo - 1
+                    wms[wid] = max(wms.get(wid, w), w)
+        if idle_marks:
+            marks["idle"] = idle_marks
 
     def _read(self, sid: int):
         """One read: (a ref to the object holding the window actors' parts, which each maps
@@ -684,6 +736,7 @@ class Driver:
         ray = self.ray
         got = ray.get([q[0][0] for q in self.pending.values()])
         chans, parts, marks, ends, borns, raws = [], [], {"max": {}, "first": self.first}, [], [], []
+        fed = []  # (source, channel) of each partition that sent a batch in these reads
         reads_in = {j: [] for j in range(self.n)}  # by window actor: the sources whose next read its round takes
         for (sid, q), value in zip(list(self.pending.items()), got):
             _, in_round = q.popleft()
@@ -702,8 +755,11 @@ class Driver:
                 ends.append(told["ends"])
                 borns.append(told["born"])
                 raws.append(told["raw"])
+                fed += [(sid, c) for c, f in zip(chans[-1], told.get("fed", ())) if f]
             else:
                 chans.append(self.chan_ids.setdefault((sid, label), len(self.chan_ids)))
+                if told.get("fed"):
+                    fed.append((sid, chans[-1]))
             for (wid, other), t in told["max"].items():  # SourceWorker.marks, by channel
                 marks["max"][(wid, self.chan_ids.setdefault((sid, other), len(self.chan_ids)))] = t
             self.first.update(told["first"])  # where watermarks began: sent with every round
@@ -716,6 +772,8 @@ class Driver:
             marks["ends"] = ends
             self._unions(chans, ends, borns, raws)
         wms = self.watermarks()
+        if self.wall:
+            self._wall_clock(fed, wms, marks)
         with self.query_lock:  # the queries asked since the last round see the actors before this one
             stamp, hold = self.round_no, self.asked
             self.round_no, self.asked = stamp + 1, 0

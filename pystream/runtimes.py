@@ -265,7 +265,8 @@ class Plan:
                 spec = n.params["time"]
                 if getattr(spec, "follows_clock", False) or spec.idleness or spec.close_idle_after:
                     raise ValueError(f"{n.kind}() node {n.id}: processing time, idleness and close_idle_after follow "
-                                     f"the wall clock of one process; the Ray runtime runs event time only")
+                                     f"the wall clock of one process; on Ray, idleness and close_idle_after apply to "
+                                     f"windows that take a source's rows, not to operators; run this flow locally")
                 if len(ops_) > 1:
                     raise ValueError(f"{n.kind}() node {n.id} takes the outputs of several operators, or an operator's "
                                      f"output and rows that bypass it; on Ray, run this flow locally")
@@ -557,12 +558,12 @@ class SourceWorker:
                     self._route(window, batches, step)
                 for j, msgs in enumerate(step):
                     out[j].append(msgs)
-                return out, (label, position, False, self.marks())
+                return out, (label, position, False, self.marks(fed=True))
             batches = [Batch.concat(batches)]
         for batch in batches:
             for j, msgs in enumerate(self.route(batch)):
                 out[j].append(msgs)
-        return out, (label, position, False, self.marks())
+        return out, (label, position, False, self.marks(fed=bool(batches)))
 
     def _next_aligned(self):
         """`next()` where reads are aligned (Plan.aligned): exactly `items` items of the source
@@ -616,10 +617,11 @@ class SourceWorker:
                     self._push(self.node, batch, steps[c])
                 note(c)
         start["ends"], start["born"], start["raw"] = ends, borns, raws
+        start["fed"] = [b is not None for b in batches]  # per step: whether its partition sent a batch
         return ([[step[j] for step in steps] for j in range(self.parallelism)],
                 (tuple(labels), items[-1][1], False, start))
 
-    def marks(self) -> dict:
+    def marks(self, fed: bool = False) -> dict:
         """What every actor tells its operators before a read's rows, so that each judges them
         as the local runtime's one operator does: "max", by (window, partition label), the
         largest event time the window's operators accept of this source's partitions other
@@ -627,8 +629,10 @@ class SourceWorker:
         raise_partition: a partition whose rows went to other actors holds the watermark back,
         or lets it go, as there; a read holds one partition's rows, so these do not change
         during it); "first", by window this source alone feeds, where its watermark began
-        (first_watermark: where a global window's event-time trigger starts)."""
-        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label}, "first": dict(self.first)}
+        (first_watermark: where a global window's event-time trigger starts); "fed": whether the
+        read's partition sent a batch (the driver's wall-clock idleness, Driver._wall_clock)."""
+        return {"max": {k: t for k, t in self.carry.items() if k[1] != self.label}, "first": dict(self.first),
+                "fed": fed}
 
     def _push(self, node, batch, out, port: str = "out") -> None:
         for child, p in self.plan.children[node.id]:
@@ -1318,6 +1322,10 @@ class WindowWorker:
                     self._emit(wid, op.advance_watermark(w), None, None)
         for (wid, chan), t in marks.get("max", {}).items():
             self._raise(wid, chan, t)
+        for (wid, chan), idle in marks.get("idle", {}).items():  # the driver's wall clock: Driver._wall_clock
+            self._channel(wid, chan)
+            for slot in self.slots[wid]:
+                self._emit(wid, slot.op.set_partition_idle(chan, idle), None, None)
         messages = [self._part(m) for m in messages]
         if "ends" in marks:
             # Reads aligned (Plan.aligned): the sources' batches in turns, one of each, as the local

@@ -1625,3 +1625,159 @@ def test_operators_over_a_partitioned_source_on_ray_are_the_local_runtimes():
     assert len(local["again_late"]) > 0  # the process's watermark reached the window as it went
     for name in ("usage", "late", "unordered", "hourly", "hourly_late", "again", "again_late"):
         assert canon(dist[name]) == canon(local[name]), name
+
+
+T0 = 1_767_225_600_000  # 2026-01-01, ms
+
+
+class Stalling(ps.sources.Source):
+    """Two partitions: "a" sends a batch every `pause` wall-clock seconds, its times 10 minutes
+    on each time; "b" sends one batch first, then nothing until a last one after all of a's,
+    with the times of its first. With idleness shorter than a's run, b is idle while a runs, so
+    a alone moves the watermark and b's last batch comes late; without, b holds it back."""
+
+    replayable = True
+    name = "stalling"
+
+    def __init__(self, pause, batches=16):
+        self.pause, self.batches = pause, batches
+
+    def partitions(self):
+        return ["a", "b"]
+
+    def read(self, position=None):
+        steps = [("b", 0)] + [("a", i) for i in range(self.batches)] + [("b", 0)]
+        for k in range(0 if position is None else int(position), len(steps)):
+            part, i = steps[k]
+            if part == "a":
+                time.sleep(self.pause)
+            meters = np.arange(20) + (0 if part == "a" else 100)
+            yield ps.Batch({"meter_id": meters, "ts": T0 + i * 600_000 + meters * 1000,
+                            "kwh": np.ones(20)}), k + 1, part
+
+    def fingerprint(self):
+        return f"stalling:{self.batches}"
+
+
+class Quiet(ps.sources.Source):
+    """Readings over the first 0.8 s of event time, then `quiet` wall-clock seconds with no data
+    (the source says so: (None, position)), then readings at 0.5 s: late once the quiet has
+    closed the 1-second window they fall in, on time otherwise."""
+
+    replayable = True
+    name = "quiet"
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+
+    def read(self, position=None):
+        meters = np.arange(10)
+        yield ps.Batch({"meter_id": meters, "ts": T0 + meters * 80, "kwh": np.ones(10)}), 1
+        for k in range(10):
+            time.sleep(self.quiet / 10)
+            yield None, 1
+        yield ps.Batch({"meter_id": meters, "ts": np.full(10, T0 + 500), "kwh": np.ones(10)}), 2
+
+    def fingerprint(self):
+        return "quiet"
+
+
+def _wall_flow(source, window, **time_kw):
+    f = ps.Flow("ray-wall-clock")
+    w = f.source(source, time=ps.EventTime("ts", unit="ms", **time_kw)).key_by("meter_id").window(window)
+    res = w.aggregate(n=ps.agg.count(), kwh=ps.agg.sum("kwh"))
+    res.sink(ps.sinks.Collect("out"))
+    res.late().sink(ps.sinks.Collect("late"))
+    return f
+
+
+@pytest.mark.parametrize("idleness", [None, "500ms"])
+def test_an_idle_partition_stops_holding_the_watermark_back_on_ray(idleness):
+    # The driver marks a partition that sent nothing for `idleness` (wall clock) idle in every
+    # actor at once, as the local runtime's one operator marks it: b's last batch is late on
+    # both, the same rows; without idleness it is on time on both.
+    def run(runtime=None):
+        return _wall_flow(Stalling(0.1), ps.windows.Tumbling("15m"), max_out_of_orderness="1m",
+                          idleness=idleness).run(runtime=runtime)
+
+    local = run()
+    dist = run(ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=20))
+    assert canon(dist["late"]) == canon(local["late"])
+    assert canon(dist["out"]) == canon(local["out"])
+    assert len(local["late"]) == (20 if idleness else 0)
+
+
+@pytest.mark.parametrize("close_idle_after", [None, "300ms"])
+def test_a_quiet_stream_closes_its_windows_by_the_wall_clock_on_ray(close_idle_after):
+    # After `close_idle_after` without data the watermark moves with the wall clock from the
+    # largest event time, on Ray as locally: the window [0, 1s) closes in the quiet, and the
+    # readings at 0.5 s that come after it are late (without close_idle_after, on time).
+    def run(runtime=None):
+        return _wall_flow(Quiet(1.5), ps.windows.Tumbling("1s"), close_idle_after=close_idle_after).run(
+            runtime=runtime)
+
+    local = run()
+    dist = run(ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=20))
+    assert canon(dist["late"]) == canon(local["late"])
+    assert canon(dist["out"]) == canon(local["out"])
+    assert len(local["late"]) == (10 if close_idle_after else 0)
+
+
+def test_processing_time_and_windows_after_operators_keep_their_wall_clock_local():
+    # Refused before anything starts, each with its reason.
+    f = ps.Flow("ray-proc")
+    f.source(ps.sources.Arrays(DATA), time=ps.ProcessingTime()).window(ps.windows.Tumbling("1m")).aggregate(
+        n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+    with pytest.raises(ValueError, match="processing time"):
+        f.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16))
+    f = ps.Flow("ray-op-idle")
+    f.source(ps.sources.Arrays(DATA), time=ps.EventTime("ts", unit="ms", idleness="1m")).key_by("meter_id") \
+        .dedupe("1h").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("out"))
+    with pytest.raises(ValueError, match="on Ray, idleness and close_idle_after apply to windows"):
+        f.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16))
+
+
+class Returning(ps.sources.Source):
+    """Partition b sends once, goes idle while a runs (the watermark moves to 69 minutes with
+    a), then sends again, the same times (late now, and no news of how far b has got), its
+    rows all for window actor 1 (parallelism 2, 16 key groups); then a sends readings at 300
+    minutes and at 100 minutes, for actor 0. Once b is back it holds the watermark again, at
+    69 minutes, in every actor, so the readings at 100 minutes are on time; an actor that
+    still held b idle would have its watermark at 299 minutes and find them late."""
+
+    replayable = True
+    name = "returning"
+
+    def read(self, position=None):
+        owner = {m: ps.runtimes.key_owner(m, ("meter_id",), 2, 16) for m in range(200)}
+        ones, zeros = [m for m in owner if owner[m] == 1][:5], [m for m in owner if owner[m] == 0][:5]
+
+        def rows(meters, minute):
+            return {"meter_id": np.array(meters), "ts": np.full(len(meters), T0 + minute * 60_000),
+                    "kwh": np.ones(len(meters))}
+
+        steps = ([("b", rows(ones, 0))] + [("a", rows(zeros, 10 * i)) for i in range(8)]
+                 + [("b", rows(ones, 0)), ("a", rows(zeros, 300)), ("a", rows(zeros, 100))])
+        for k in range(0 if position is None else int(position), len(steps)):
+            part, batch = steps[k]
+            if 1 <= k <= 8:
+                time.sleep(0.1)
+            yield ps.Batch(batch), k + 1, part
+
+    def partitions(self):
+        return ["a", "b"]
+
+    def fingerprint(self):
+        return "returning"
+
+
+def test_a_partition_that_sends_again_holds_every_actors_watermark_again():
+    def run(runtime=None):
+        return _wall_flow(Returning(), ps.windows.Tumbling("15m"), max_out_of_orderness="1m",
+                          idleness="300ms").run(runtime=runtime)
+
+    local = run()
+    dist = run(ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=5))
+    assert len(local["late"]) == 5 and set(local["late"]["ts"].tolist()) == {T0}  # b's return alone
+    assert canon(dist["late"]) == canon(local["late"])
+    assert canon(dist["out"]) == canon(local["out"])
