@@ -291,15 +291,15 @@ class Driver:
     def __init__(self, runtime, flow, ray):
         self.rt, self.flow, self.ray = runtime, flow, ray
         self.plan = Plan(flow)
-        # Windows whose watermark follows the wall clock too: by window, (idleness, close_idle_after,
-        # max_out_of_orderness) in ns (None: not set); the driver decides both (_wall_clock).
+        # Windows whose watermark follows the wall clock: by window, (idleness, close_idle_after,
+        # max_out_of_orderness) in ns (None: not set), or None for processing time; the driver
+        # decides these for every actor (_wall_clock). (Never below an operator: Plan refuses those.)
         self.wall: dict = {}
         for w in self.plan.windows:
             spec = w.params["time"]
             if getattr(spec, "follows_clock", False):
-                raise ValueError(f"window node {w.id}: processing time follows the wall clock of one process; the "
-                                 f"Ray runtime runs event time (with idleness and close_idle_after)")
-            if spec.idleness or spec.close_idle_after:  # (never below an operator: Plan refuses those)
+                self.wall[w.id] = None
+            elif spec.idleness or spec.close_idle_after:
                 self.wall[w.id] = (spec.idleness, spec.close_idle_after, spec.max_out_of_orderness)
         self.n, self.groups = runtime.parallelism, runtime.key_groups
         self.sink_nodes = {n.id: n for n in self.plan.sinks}
@@ -532,14 +532,17 @@ class Driver:
         = True: it no longer holds the watermark back) until it sends again (False, also the
         first time a channel sends after a start, since a restored operator may hold it idle);
         a window none of whose partitions sent for `close_idle_after` has its watermark moved
-        with the wall clock, from its largest event time (into `wms`)."""
+        with the wall clock, from its largest event time (into `wms`). A processing-time
+        window's watermark is the wall clock (less 1 ns), as at each of the local runtime's
+        checks; its rows are stamped in the actors, on the clock of their machine, after they
+        take the round's watermark, so none is late on one machine."""
         now = _clock.current().now_ns()
         idle_marks: dict = {}
         sources_of = {wid: {s.id for s in self.plan.sources_of[wid]} for wid in self.wall}
         for sid, chan in fed:
             self.last_seen[chan] = now
-            for wid in self.wall:
-                if sid not in sources_of[wid]:
+            for wid, spec in self.wall.items():
+                if spec is None or sid not in sources_of[wid]:  # (processing time: no partitions' clocks)
                     continue
                 self.last_data[wid] = now
                 if chan in self.idle[wid] or chan not in self.active[wid]:
@@ -547,7 +550,11 @@ class Driver:
                     self.idle[wid].discard(chan)
                     self.active[wid].add(chan)
         live = self._channels(self.ended)
-        for wid, (idleness, close_after, ooo) in self.wall.items():
+        for wid, spec in self.wall.items():
+            if spec is None:  # processing time
+                wms[wid] = max(wms.get(wid, now - 1), now - 1)
+                continue
+            idleness, close_after, ooo = spec
             if idleness:
                 for chan in live[wid]:
                     seen = self.last_seen.get(chan)

@@ -1723,13 +1723,66 @@ def test_a_quiet_stream_closes_its_windows_by_the_wall_clock_on_ray(close_idle_a
     assert len(local["late"]) == (10 if close_idle_after else 0)
 
 
-def test_processing_time_and_windows_after_operators_keep_their_wall_clock_local():
-    # Refused before anything starts, each with its reason.
+class Stamped(ps.sinks.Sink):
+    """Appends the wall-clock time (ns) at which each batch was written, and its rows, to a
+    file, wherever it runs (a window actor too)."""
+
+    name = "stamped"
+
+    def __init__(self, path):
+        self.path = path
+
+    def write(self, batch):
+        with open(self.path, "a") as f:
+            f.write(f"{time.time_ns()} {len(batch)}\n")
+
+    def fingerprint(self):
+        return f"stamped:{self.path}"
+
+
+class ThenQuiet(ps.testing.Paced):
+    """Paced, then `quiet` seconds of no data (the source says so) before its end."""
+
+    def __init__(self, data, quiet: float, **kw):
+        super().__init__(data, **kw)
+        self.quiet = quiet
+
+    def read(self, position=None):
+        for item in super().read(position):
+            yield item
+            position = item[1]
+        for _ in range(10):
+            time.sleep(self.quiet / 10)
+            yield None, position
+
+
+def test_processing_time_windows_fire_by_the_wall_clock_on_ray(tmp_path):
+    # Rows are stamped in the actors as they reach the window; the driver moves every actor's
+    # watermark to its clock each round, so windows fire as the wall clock passes their end,
+    # data or not: the last window fires in the quiet after the data, not at the end of
+    # input; every row counted once, none late.
+    data = meter_readings(2_000, 50, seed=3)
+    path = str(tmp_path / "written")
     f = ps.Flow("ray-proc")
-    f.source(ps.sources.Arrays(DATA), time=ps.ProcessingTime()).window(ps.windows.Tumbling("1m")).aggregate(
-        n=ps.agg.count()).sink(ps.sinks.Collect("out"))
-    with pytest.raises(ValueError, match="processing time"):
-        f.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16))
+    res = f.source(ThenQuiet(data, 1.0, pause=0.05, batch_size=100), time=ps.ProcessingTime()) \
+        .key_by("meter_id").window(ps.windows.Tumbling("200ms")).aggregate(n=ps.agg.count())
+    res.sink(Stamped(path))
+    res.sink(ps.sinks.Collect("out"))
+    res.late().sink(ps.sinks.Collect("late"))
+    t0 = time.time_ns()
+    out = f.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16, round_rows=100))
+    ended = time.time_ns()
+    assert int(out["out"]["n"].sum()) == 2_000 and len(out["late"]) == 0
+    starts = out["out"]["window_start"].astype(np.int64)
+    assert len(set(starts.tolist())) >= 3 and (starts % 200_000_000 == 0).all()
+    assert ((starts >= t0 - 200_000_000) & (starts <= ended)).all()  # the actors' clocks, as the driver's
+    with open(path) as fh:
+        written = [int(line.split()[0]) for line in fh]
+    assert max(written) < ended - 500_000_000  # every window fired in the 1 s quiet, before the end
+
+
+def test_windows_after_operators_keep_their_wall_clock_local():
+    # Refused before anything starts, with its reason.
     f = ps.Flow("ray-op-idle")
     f.source(ps.sources.Arrays(DATA), time=ps.EventTime("ts", unit="ms", idleness="1m")).key_by("meter_id") \
         .dedupe("1h").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("out"))
