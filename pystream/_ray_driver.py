@@ -525,14 +525,15 @@ class Driver:
         return out
 
     def _wall_clock(self, fed: list, wms: dict, marks: dict) -> None:
-        """A round's wall-clock progress for windows with idleness or close_idle_after, as the
-        local runtime's idle checks decide it for its one operator (flow.py: idle_checks), here
-        for every actor at once, so each actor's operators see the same partitions idle: a
-        partition that sent no batch for `idleness` is idle (marks["idle"][(window, channel)]
-        = True: it no longer holds the watermark back) until it sends again (False, also the
-        first time a channel sends after a start, since a restored operator may hold it idle);
-        a window none of whose partitions sent for `close_idle_after` has its watermark moved
-        with the wall clock, from its largest event time (into `wms`). A processing-time
+        """A round's wall-clock progress for windows with idleness, close_idle_after or
+        processing time, as the local runtime's idle checks decide it for its one operator
+        (flow.py: idle_checks), here for every actor at once, so each actor's operators see
+        the same partitions idle: a partition that sent no batch for `idleness` is idle
+        (marks["idle"][(window, channel)] = True: it no longer holds the watermark back) until
+        it sends again (False, also the first time a channel sends after a start, since a
+        restored operator may hold it idle); a window none of whose partitions sent for
+        `close_idle_after` has its watermark moved with the wall clock, from its largest event
+        time (into `wms`). A processing-time
         window's watermark is the wall clock (less 1 ns), as at each of the local runtime's
         checks; its rows are stamped in the actors, on the clock of their machine, after they
         take the round's watermark, so none is late on one machine."""

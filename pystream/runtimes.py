@@ -265,8 +265,8 @@ class Plan:
                 spec = n.params["time"]
                 if getattr(spec, "follows_clock", False) or spec.idleness or spec.close_idle_after:
                     raise ValueError(f"{n.kind}() node {n.id}: processing time, idleness and close_idle_after follow "
-                                     f"the wall clock of one process; on Ray, idleness and close_idle_after apply to "
-                                     f"windows that take a source's rows, not to operators; run this flow locally")
+                                     f"the wall clock of one process; on Ray they apply to windows that take a "
+                                     f"source's rows, not to operators; run this flow locally")
                 if len(ops_) > 1:
                     raise ValueError(f"{n.kind}() node {n.id} takes the outputs of several operators, or an operator's "
                                      f"output and rows that bypass it; on Ray, run this flow locally")

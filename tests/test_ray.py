@@ -1786,7 +1786,7 @@ def test_windows_after_operators_keep_their_wall_clock_local():
     f = ps.Flow("ray-op-idle")
     f.source(ps.sources.Arrays(DATA), time=ps.EventTime("ts", unit="ms", idleness="1m")).key_by("meter_id") \
         .dedupe("1h").window(ps.windows.Tumbling("15m")).aggregate(n=ps.agg.count()).sink(ps.sinks.Collect("out"))
-    with pytest.raises(ValueError, match="on Ray, idleness and close_idle_after apply to windows"):
+    with pytest.raises(ValueError, match="on Ray they apply to windows that take a source's rows"):
         f.run(runtime=ps.runtimes.Ray(parallelism=2, key_groups=16))
 
 
