@@ -104,6 +104,7 @@ class ActorSourceWorker(SourceWorker):
     def __init__(self, graph, *args, cwd: str | None = None, code_paths: tuple = (), **kwargs):
         in_actor(cwd, code_paths)
         super().__init__(_unpacked(graph), *args, **kwargs)
+        self._first = None  # the first read, taken by `ready`
 
     def ready(self, sid: int) -> None:
         """Takes the source's first read while the actors start (as a window actor that reads
@@ -113,7 +114,7 @@ class ActorSourceWorker(SourceWorker):
         self._first = super().read_source(sid)
 
     def read_source(self, sid: int):
-        first, self._first = getattr(self, "_first", None), None
+        first, self._first = self._first, None
         return first if first is not None else super().read_source(sid)
 
 
@@ -295,12 +296,14 @@ class Driver:
         # max_out_of_orderness) in ns (None: not set), or None for processing time; the driver
         # decides these for every actor (_wall_clock). (Never below an operator: Plan refuses those.)
         self.wall: dict = {}
+        self.wall_sources: dict = {}  # by such window: the ids of its sources
         for w in self.plan.windows:
             spec = w.params["time"]
             if getattr(spec, "follows_clock", False):
                 self.wall[w.id] = None
             elif spec.idleness or spec.close_idle_after:
                 self.wall[w.id] = (spec.idleness, spec.close_idle_after, spec.max_out_of_orderness)
+                self.wall_sources[w.id] = {s.id for s in self.plan.sources_of[w.id]}
         self.n, self.groups = runtime.parallelism, runtime.key_groups
         self.sink_nodes = {n.id: n for n in self.plan.sinks}
         self.segments = f"pystream-{uuid.uuid4().hex[:12]}-"  # name prefix of this run's shared-memory segments
@@ -533,17 +536,16 @@ class Driver:
         it sends again (False, also the first time a channel sends after a start, since a
         restored operator may hold it idle); a window none of whose partitions sent for
         `close_idle_after` has its watermark moved with the wall clock, from its largest event
-        time (into `wms`). A processing-time
-        window's watermark is the wall clock (less 1 ns), as at each of the local runtime's
-        checks; its rows are stamped in the actors, on the clock of their machine, after they
-        take the round's watermark, so none is late on one machine."""
+        time (into `wms`). A processing-time window's watermark is the wall clock (less 1 ns),
+        as at each of the local runtime's checks; its rows are stamped in the actors, on the
+        clock of their machine, after they take the round's watermark, so none is late on one
+        machine."""
         now = _clock.current().now_ns()
         idle_marks: dict = {}
-        sources_of = {wid: {s.id for s in self.plan.sources_of[wid]} for wid in self.wall}
         for sid, chan in fed:
             self.last_seen[chan] = now
-            for wid, spec in self.wall.items():
-                if spec is None or sid not in sources_of[wid]:  # (processing time: no partitions' clocks)
+            for wid, srcs in self.wall_sources.items():  # (processing time: no partitions' clocks)
+                if sid not in srcs:
                     continue
                 self.last_data[wid] = now
                 if chan in self.idle[wid] or chan not in self.active[wid]:

@@ -182,6 +182,13 @@ def operators_below(node, children: dict) -> list:
     return sorted(found, key=lambda n: n.id)
 
 
+def passed_watermark(wm: int, below) -> int:
+    """What an operator's watermark `wm` raises its watermark partition to at the operator
+    `below` it: that operator's max less its own disorder bound is then `wm` (capped at the
+    largest time the core takes)."""
+    return min(wm + getattr(below.params["time"], "max_out_of_orderness", 0) + 1, MAX_TIME_NS)
+
+
 def node_operator(node):
     """A new operator for a process() or smart-meter (dedupe, register_deltas, gaps) node."""
     if node.kind == "process":
@@ -708,8 +715,7 @@ class LocalRuntime:
             if wm is None:
                 return
             for x in below[node.id]:
-                ooo = getattr(x.params["time"], "max_out_of_orderness", 0)
-                push_fired(x, ops[x.id].raise_partition(wm_part(node), min(wm + ooo + 1, MAX_TIME_NS)))
+                push_fired(x, ops[x.id].raise_partition(wm_part(node), passed_watermark(wm, x)))
 
         def check_limits(node: _Node) -> None:
             stats = ops[node.id].stats()

@@ -105,7 +105,7 @@ except ImportError:  # not on Windows: no fault counts there
 
 from . import _core, _shm
 from .batch import Batch
-from .flow import MAX_TIME_NS, node_operator, operators_below
+from .flow import node_operator, operators_below, passed_watermark
 from .operators import window_operator
 from .query import History, NotStarted, QueryableState, answer
 from .sinks import Collect, Files
@@ -657,7 +657,6 @@ class SourceWorker:
     def _part(self, label) -> int:
         return self.part_no.setdefault(label, len(self.part_no))
 
-
     def _fired(self, node, res, out) -> None:
         """An operator's output (a batch, port "out", or a dict port -> batch) on its way down:
         a dedupe's as its input's rows (same label), other operators' as rows of their own
@@ -685,7 +684,7 @@ class SourceWorker:
         if wm is None:
             return
         for x in self.below[node.id]:
-            t = min(wm + getattr(x.params["time"], "max_out_of_orderness", 0) + 1, MAX_TIME_NS)
+            t = passed_watermark(wm, x)
             if x.kind == "window":
                 if out is not None:
                     for msgs in out:
