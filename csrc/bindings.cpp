@@ -887,19 +887,26 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
     if (chunk_bounds)
       for (size_t c = 0; c <= n_chunks; ++c)
         for (int64_t j = 0; j < parallelism; ++j) cb[c * parallelism + j] += b[j];
-    auto place = [&](auto* dest) {  // 32-bit places while they fit: half the scratch traffic
-      router.place_rows(group.get(), b, n, dest, with_order ? order.mutable_data() : nullptr, groups.mutable_data());
+    std::vector<int64_t> next(b, b + parallelism);  // each owner's next place
+    auto place = [&](auto* dest) {  // a block's places (Router::kPlaceBlock), 32-bit while they fit
       for (size_t c = 0; c < n_chunks; ++c)
-        for (size_t k = 0; k < ins[c].size(); ++k)
-          Router::place_column(dest + start[c], start[c + 1] - start[c], static_cast<const uint8_t*>(ins[c][k].data()),
-                               static_cast<uint8_t*>(outs[k].mutable_data()), static_cast<size_t>(ins[c][k].itemsize()));
+        for (int64_t lo = start[c]; lo < start[c + 1]; lo += Router::kPlaceBlock) {
+          const int64_t len = std::min(Router::kPlaceBlock, start[c + 1] - lo);
+          router.place_rows(group.get() + lo, lo, len, next.data(), dest, with_order ? order.mutable_data() : nullptr,
+                            groups.mutable_data());
+          for (size_t k = 0; k < ins[c].size(); ++k) {
+            const auto size = static_cast<size_t>(ins[c][k].itemsize());
+            Router::place_column(dest, len, static_cast<const uint8_t*>(ins[c][k].data()) + (lo - start[c]) * size,
+                                 static_cast<uint8_t*>(outs[k].mutable_data()), size);
+          }
+        }
     };
     if (n <= static_cast<int64_t>(UINT32_MAX)) {
-      std::unique_ptr<uint32_t[]> dest(new uint32_t[scratch]);
-      place(dest.get());
+      uint32_t dest[Router::kPlaceBlock];
+      place(dest);
     } else {
-      std::unique_ptr<int64_t[]> dest(new int64_t[scratch]);
-      place(dest.get());
+      int64_t dest[Router::kPlaceBlock];
+      place(dest);
     }
   }
   py::list routed;

@@ -20,11 +20,14 @@ namespace pystream {
 ///
 /// The rows may come as several chunks (a source's batches, routed as one without joining
 /// them first): row numbers, groups and places run on across chunks as if they were one.
-/// `group_rows` takes one pass over the keys; `place_rows` one more that gives every row its
-/// place in the routed order (the owners' running counters are a dependency chain through
-/// memory, so it runs once) and writes the order and the groups there; each column is then one
-/// independent pass, out[dest[i]] = in[i]. Scratch and outputs are not zeroed first. Callers
-/// check lengths and ranges and give outputs of n items.
+/// `group_rows` takes one pass over the keys; then, a block of rows at a time, `place_rows`
+/// gives every row of the block its place in the routed order (the owners' running counters
+/// are a dependency chain through memory, so it runs once per row) and writes the order and
+/// the groups there, and each column is one independent pass over the block, out[dest[i]] =
+/// in[i]. Blocks of kPlaceBlock rows keep the places in L1 for the column passes: a whole
+/// read's places (2 MiB for 512k rows) were written once and read back once per column from
+/// L2. Scratch and outputs are not zeroed first. Callers check lengths and ranges and give
+/// outputs of n items.
 class Router {
  public:
   Router(int64_t n_groups, int64_t parallelism) : n_groups_(n_groups), parallelism_(parallelism) {
@@ -50,16 +53,20 @@ class Router {
     for (int64_t j = 0; j < parallelism_; ++j) counts[j + 1] += counts[j];
   }
 
-  /// dest[i]: row i's place in the routed order; groups[place] = group[i], and order[place] = i
-  /// unless order is null.
+  /// Rows placed per block: their places (4 or 8 bytes each) stay in L1 for the column passes.
+  static constexpr int64_t kPlaceBlock = 2048;
+
+  /// For rows first..first + n - 1 of the routed rows (group[i]: row first + i's group):
+  /// dest[i], the row's place in the routed order; groups[place] = its group, and order[place]
+  /// = first + i unless order is null. `next` holds each owner's next free place (start it at
+  /// the bounds; it runs on from block to block).
   template <typename Index>
-  void place_rows(const uint16_t* group, const int64_t* bounds, int64_t n, Index* dest, int64_t* order,
-                  uint16_t* groups) {
-    std::vector<int64_t> next(bounds, bounds + parallelism_);
+  void place_rows(const uint16_t* group, int64_t first, int64_t n, int64_t* next, Index* dest, int64_t* order,
+                  uint16_t* groups) const {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t at = next[owner_of_[group[i]]]++;
       dest[i] = static_cast<Index>(at);
-      if (order) order[at] = i;
+      if (order) order[at] = first + i;
       groups[at] = group[i];
     }
   }

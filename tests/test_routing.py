@@ -131,6 +131,29 @@ def test_routing_chunks_equals_routing_the_joined_batch(n, cuts, parallelism, se
             assert len(mine) == int(np.count_nonzero((chunk_of == c)[want[0][want[2][j]:want[2][j + 1]]]))
 
 
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2_000, 12_000), cuts=st.lists(st.integers(0, 12_000), max_size=4), parallelism=st.integers(2, 9),
+       seed=st.integers(0, 2**32 - 1))
+def test_routing_places_rows_block_by_block_as_the_reference_orders_them(n, cuts, parallelism, seed):
+    # Rows are placed a block at a time (csrc/route.h: kPlaceBlock, 2,048): reads of several
+    # blocks, in chunks whose edges fall inside blocks, come out in the reference's order.
+    from pystream import _core
+    from pystream.runtimes import _key_words
+
+    rng = np.random.default_rng(seed)
+    batch = ps.Batch({"meter_id": rng.integers(0, 5_000, n), "kwh": rng.random(n),
+                      "flag": rng.integers(0, 2, n).astype(np.uint8)})
+    want = ps.runtimes.key_groups(batch, ("meter_id",), 128)
+    order = np.argsort(want * parallelism // 128, kind="stable")
+    edges = [0] + sorted(min(c, n) for c in cuts) + [n]
+    chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:])]
+    got_order, groups, _bounds, routed = _core.route_chunks(
+        [_key_words(batch.slice(a, b), ("meter_id",)) for a, b in chunks], 128, parallelism,
+        [[batch[c][a:b] for c in ("kwh", "flag")] for a, b in chunks])
+    assert got_order.tolist() == order.tolist() and groups.tolist() == want[order].tolist()
+    assert routed[0].tolist() == batch["kwh"][order].tolist() and routed[1].tolist() == batch["flag"][order].tolist()
+
+
 def test_routing_chunks_refuses_chunks_that_do_not_match():
     from pystream import _core
 
