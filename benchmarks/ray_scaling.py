@@ -182,12 +182,15 @@ def main():
     # was preempted (threads outnumber cores) and blocked (GIL, locks); routing ms / on-cpu: the
     # reading thread's reads (routing) per read; slowest: the slowest actor's ms per round
     # (well above the mean: one actor is slow every round, not stragglers by chance); driver:
-    # the driver thread's CPU over the rounds' time (near 100%: the rounds wait for it); pin:
+    # the driver thread's CPU over the rounds' time (near 100%: the rounds wait for it); call ms:
+    # a window actor's round task whole (unpickling its message, the round, handing back reads:
+    # against read + round ms, the task's own overhead); in task: its share of the run in round
+    # tasks (the rest it had none: it waited for the driver, or for Ray between tasks); pin:
     # the window actors' CPU sets (--pin).
     print(f"{'src':>6} {'pin':>6} {'transport':>13} {'ahead':>5} {'round rows':>10} {'parallelism':>11} {'end-to-end M/s':>15} {'rounds M/s':>11} {'speed-up':>9} "
           f"{'efficiency':>10} {'start s':>8} {'busy':>5} {'read ms':>8} {'round ms':>9} {'spread ms':>10} {'wait':>5} "
           f"{'faults/round':>12} {'faults/read':>11} {'segments':>8} {'last':>8} {'on-cpu':>6} {'preempt':>7} "
-          f"{'block':>6} {'routing ms':>10} {'on-cpu':>6} {'slowest':>7} {'driver':>6}")
+          f"{'block':>6} {'routing ms':>10} {'on-cpu':>6} {'slowest':>7} {'driver':>6} {'call ms':>7} {'in task':>7}")
     # by (sources, transport, ahead, round rows): the first parallelism's rate with the first --pin mode
     # (none, where given first): a pinned run is judged against one unpinned actor, whose
     # reading thread may have a core of its own, not against one pinned to a core
@@ -220,7 +223,8 @@ def main():
                   f"{_mean(best['round_on_cpu']):>6.0%} {_mean(best['round_preempted']):>7.1f} "
                   f"{_mean(best['round_blocked']):>6.1f} {_mean(best['reading_ms']):>10.1f} "
                   f"{_mean(best['reading_on_cpu']):>6.0%} {max(best['round_ms']):>7.1f} "
-                  f"{best['driver_cpu_s'] / best['run_s']:>6.0%}", flush=True)
+                  f"{best['driver_cpu_s'] / best['run_s']:>6.0%} {_mean(best['call_ms']):>7.1f} "
+                  f"{_mean(best['call_s']) / best['run_s']:>7.0%}", flush=True)
         del parts
 
 

@@ -690,7 +690,10 @@ class Driver:
                 result[sink.name] = sum(values) if ints else values[0]
         # seconds: starting the actors (sources receive their data) and running the rounds
         # (to the last commit), which is what throughput vs parallelism measures; per window
-        # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call, page
+        # actor: busy_s (its own work: reads and rounds), read_ms and round_ms per call; call_s
+        # and call_ms, its round tasks whole (packed rounds: the message unpickled, the round,
+        # the next reads handed back; 0 where rounds came unpacked), the rest of run_s it had no
+        # task (it waited for the driver, or Ray between tasks); page
         # faults per round and per read (the reading thread's); round_on_cpu: the rounds' CPU
         # seconds over their wall seconds, with how often per round the thread was preempted
         # and blocked (a share below 1 is time off the core, not slow work on it); reading_ms,
@@ -721,6 +724,7 @@ class Driver:
             "busy_s": [t["read_s"] + t["round_s"] for t in timings],
             "read_ms": per("read_s", "reads", 1e3),
             "round_ms": per("round_s", "rounds", 1e3),
+            "call_s": [t["call_s"] for t in timings], "call_ms": per("call_s", "calls", 1e3),
             "round_faults": per("round_faults", "rounds"),
             "read_faults": per("read_faults", "readings"),
             "round_on_cpu": on_cpu("round_cpu_s", "round_s"),

@@ -951,7 +951,9 @@ class WindowWorker:
         # reading thread's reads, with the thread's use while in them (_usage: page faults, CPU
         # seconds, preempted, blocked; not for requests), and when its latest rounds ended
         # (wall clock, comparable across actors on a machine): see timings().
-        self.spent = {kind: [0, 0.0, 0, 0.0, 0, 0] for kind in ("read", "round", "reading")}
+        # "call": each round task as a whole (round_packed: the message unpickled, the round,
+        # the reads handed back), against which the rounds' own seconds show the task's overhead.
+        self.spent = {kind: [0, 0.0, 0, 0.0, 0, 0] for kind in ("read", "round", "reading", "call")}
         self.depth = 1  # reads the reading thread keeps done ahead of the driver's requests
         self.round_ends: collections.deque = collections.deque(maxlen=4096)
         # The operators' state: the driver's calls (one at a time, in order) change it under
@@ -1082,11 +1084,14 @@ class WindowWorker:
         and the reading thread's reads: seconds, CPU seconds, times preempted and blocked.
         Against the run's seconds, reads + rounds say how much of the time the actor itself
         was the work; round ends across actors show how far the slowest trails (stragglers);
-        faults show memory that each call maps afresh (a new page costs a kernel trip); CPU
+        faults show memory that each call maps afresh (a new page costs a kernel trip); calls
+        (round tasks through round_packed, whole) against reads + rounds show the task's own
+        overhead, and against the run's seconds how long the actor had no task; CPU
         against wall seconds shows a thread off its core (preempted where threads outnumber
         cores, blocked on the GIL or a lock) rather than slow on it."""
-        read, rnd, reading = self.spent["read"], self.spent["round"], self.spent["reading"]
+        read, rnd, reading, call = self.spent["read"], self.spent["round"], self.spent["reading"], self.spent["call"]
         return {"reads": read[0], "read_s": read[1], "rounds": rnd[0], "round_s": rnd[1], "round_faults": rnd[2],
+                "calls": call[0], "call_s": call[1],
                 "round_cpu_s": rnd[3], "round_preempted": rnd[4], "round_blocked": rnd[5],
                 "readings": reading[0], "reading_s": reading[1], "read_faults": reading[2], "reading_cpu_s": reading[3],
                 "reading_preempted": reading[4], "reading_blocked": reading[5], "round_ends": list(self.round_ends),
@@ -1306,9 +1311,13 @@ class WindowWorker:
         argument in one, pickled by the driver with the C pickler, so Ray serializes one bytes
         object (its serializer's cost grows with the objects it visits, in Python: at 16
         sources, 20 arguments cost more than the call itself; see _shm.Shared)."""
-        watermarks, chans, messages, reads, released, stamp, hold, marks = pickle.loads(packed)
-        return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp, hold=hold,
-                          marks=marks)
+        t = time.perf_counter()
+        try:
+            watermarks, chans, messages, reads, released, stamp, hold, marks = pickle.loads(packed)
+            return self.round(watermarks, chans, *messages, reads=reads, released=released, stamp=stamp, hold=hold,
+                              marks=marks)
+        finally:
+            self._spent("call", t)
 
     def _round(self, watermarks: dict, chans: list, messages, marks: dict) -> dict:
         for wid, w in marks.get("first", {}).items():

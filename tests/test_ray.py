@@ -121,6 +121,9 @@ def test_ray_results_equal_the_local_runtime_row_for_row(kind):
     # Timings: each actor's reads and rounds; together no more than the run (one task thread).
     assert len(m["busy_s"]) == len(m["read_ms"]) == len(m["round_ms"]) == 2
     assert all(0 < b <= m["run_s"] for b in m["busy_s"]) and all(r > 0 for r in m["round_ms"])
+    # Round tasks whole (packed through segments): each holds its round, its reads and the rest.
+    assert all(0 < c <= m["run_s"] for c in m["call_s"])
+    assert all(c >= r for c, r in zip(m["call_ms"], m["round_ms"]))
     assert 0 <= m["driver_wait_s"] <= m["run_s"] and m["spread_ms"] >= 0
     assert 0 < m["driver_cpu_s"] <= m["run_s"] * 1.001  # the driver thread worked, and no longer than the run
     assert len(m["round_faults"]) == len(m["read_faults"]) == 2

@@ -6,7 +6,8 @@
 # the same parallelism as independent local runtimes, the machine's ceiling), after a probe of
 # which CPUs share a core (smt_probe.py; where they do, unpinned and one actor per core, --pin,
 # each) and one window actor's cost per row at parallelism 8 alone, side by side, and beside
-# routing (actor_windowing.py --side-by-side, ~1 minute; SIDE=0 skips it). Left out: Ray's
+# routing (actor_windowing.py --side-by-side, ~1 minute; SIDE=0 skips it, SIDE=1 runs it before
+# a run given its own arguments too). Left out: Ray's
 # object store as the transport (run 4: 35% at 8 against 57% through segments), 1M-row rounds
 # (51%), and sources in actors of their own (`--sources own`: those go through the object
 # store). About 7-8 minutes on 16 vCPUs; parallelism 8 comes before 16.
@@ -25,6 +26,7 @@ trap 'rm -rf "$site"' EXIT
 "$py" -m zipfile -e .dev/pystream-*.whl "$site"
 export PYTHONPATH=$site
 args=("$@")
+side=${SIDE:-$([ $# -eq 0 ] && echo 1 || echo 0)}  # by default only before the default run
 out=${OUT:-$repo/.dev/out}
 mkdir -p "$out"
 cd "$site"  # import the unpacked pystream, not the source tree
@@ -46,9 +48,9 @@ if [ ${#args[@]} -eq 0 ]; then
   elif [ -n "$sibling" ] && [ "$sibling" = $((n / 2)) ]; then
     args+=(--pin none halves)
   fi
-  if [ "${SIDE:-1}" != 0 ]; then
-    "$py" "$repo/benchmarks/actor_windowing.py" --rows 64000000 --parallelism 8 --repeat 2 --side-by-side 2>&1 \
-      | tee -a "$out/scaling.txt" || true
-  fi
+fi
+if [ "$side" = 1 ]; then
+  "$py" "$repo/benchmarks/actor_windowing.py" --rows 64000000 --parallelism 8 --repeat 2 --side-by-side 2>&1 \
+    | tee -a "$out/scaling.txt" || true
 fi
 "$py" "$repo/benchmarks/ray_scaling.py" "${args[@]}" 2>&1 | grep -v "Token authentication" | tee -a "$out/scaling.txt"
