@@ -215,7 +215,7 @@ class KafkaGroup:
 
     def _count_partitions(self, consumer, topic: str) -> None:
         """The topic's partition count, for owner(); left as it was where the broker does not
-        say (owner() then refuses rather than guess)."""
+        say (owner() then refuses rather than guess). Not from a rebalance callback (see run)."""
         try:
             meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         except Exception:  # noqa: BLE001 - metadata is for queries only; the run goes on
@@ -306,6 +306,7 @@ class KafkaGroup:
         # last had messages or an assignment: the idle clock runs only while it holds one.
         asked, last_msg = [time.monotonic()], [time.monotonic()]
         collected = {sid: [] for sid in worker.pending}
+        recount = [False]  # an assignment came: the topic's partitions to count (owner()), then announce
 
         def publish():
             handles = worker.pre_commit(epoch[0], "at_least_once")  # sinks publish what they hold
@@ -313,6 +314,12 @@ class KafkaGroup:
                 collected[sid] += handles[sid]
             epoch[0] += 1
 
+        # The rebalance callbacks make no blocking consumer call (list_topics, committed, ...):
+        # confluent-kafka runs them inside consume(), whose call state a nested blocking call
+        # clears on its way out, so the next callback of the same consume() found none and the
+        # process aborted ("CallState_get: Assertion `cs != NULL' failed": a member that
+        # counted partitions in on_assign, one two-member run in a few). They (un)assign and
+        # set flags; the loop does the rest once consume() has returned.
         def on_assign(consumer, parts):
             with live.lock:
                 assign(consumer, parts)
@@ -334,8 +341,7 @@ class KafkaGroup:
             asked[0], last_msg[0] = None, time.monotonic()
             consumer.assign(parts)
             self.owned |= {tp.partition for tp in parts}
-            self._count_partitions(consumer, src.topic)
-            self._announce(self.owned)
+            recount[0] = True  # counted, then announced, once consume() has returned
 
         def revoke(consumer, parts):
             publish()
@@ -363,6 +369,10 @@ class KafkaGroup:
         try:
             while True:
                 msgs = c.consume(src.batch_size, src.poll_timeout)
+                if recount[0]:
+                    recount[0] = False
+                    self._count_partitions(c, src.topic)
+                    self._announce(self.owned)
                 if not msgs:
                     now = time.monotonic()
                     if asked[0] is not None:

@@ -173,12 +173,50 @@ def test_key_partition_is_where_librdkafka_puts_a_key(partitioner):
     assert {k: key_partition(k, 4, partitioner) for k in keys} == landed
 
 
-def test_members_announce_their_partitions_and_answer_where_a_key_lives(tmp_path):
+class _StrictConsumer:
+    """A confluent_kafka.Consumer (made by `make`) whose rebalance callbacks fail on a blocking
+    consumer call: inside consume(), such a call clears confluent-kafka's call state, and the
+    next callback of that consume() aborts the process (a member that counted partitions in
+    on_assign died so, one two-member run in a few)."""
+
+    @staticmethod
+    def make(base):
+        class Strict(base):
+            inside = False
+
+            def subscribe(self, topics, on_assign=None, on_revoke=None, **kw):
+                def guard(f):
+                    def call(consumer, parts):
+                        Strict.inside = True
+                        try:
+                            return f(consumer, parts)
+                        finally:
+                            Strict.inside = False
+                    return call
+                return super().subscribe(topics, on_assign=guard(on_assign), on_revoke=guard(on_revoke), **kw)
+
+            def list_topics(self, *args, **kwargs):
+                assert not Strict.inside, "list_topics in a rebalance callback"
+                return super().list_topics(*args, **kwargs)
+
+            def committed(self, *args, **kwargs):
+                assert not Strict.inside, "committed in a rebalance callback"
+                return super().committed(*args, **kwargs)
+
+        return Strict
+
+
+def test_members_announce_their_partitions_and_answer_where_a_key_lives(tmp_path, monkeypatch):
     import json
     import urllib.error
     import urllib.request
 
+    import confluent_kafka
+
     from pystream.kafka_group import key_partition
+
+    # No blocking consumer call in a rebalance callback (the member counts partitions after).
+    monkeypatch.setattr(confluent_kafka, "Consumer", _StrictConsumer.make(confluent_kafka.Consumer))
 
     cluster = MockCluster()
     data = meter_readings(2_000, 20, seed=9, max_delay_ms=30_000)
