@@ -872,11 +872,24 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
   py::array_t<int64_t> starts({cb_rows, static_cast<py::ssize_t>(parallelism)});
   const size_t scratch = static_cast<size_t>(std::max<int64_t>(n, 1));
   std::unique_ptr<uint16_t[]> group(new uint16_t[scratch]);  // row order
+  // Every pointer and item size the loops need, taken while the GIL is held: py::array's
+  // itemsize() makes a dtype object (a reference count moved), which without the GIL races
+  // with other threads' Python; asked once per block, it crashed Ray actors whose window
+  // thread ran Python beside a reading thread's routing.
+  std::vector<size_t> item_size;
+  for (const py::array& col : first) item_size.push_back(static_cast<size_t>(col.itemsize()));
+  std::vector<std::vector<const uint8_t*>> in_data(n_chunks);
+  for (size_t c = 0; c < n_chunks; ++c)
+    for (const py::array& col : ins[c]) in_data[c].push_back(static_cast<const uint8_t*>(col.data()));
+  std::vector<uint8_t*> out_data;
+  for (py::array& o : outs) out_data.push_back(static_cast<uint8_t*>(o.mutable_data()));
+  int64_t* order_data = with_order ? order.mutable_data() : nullptr;
+  uint16_t* groups_data = groups.mutable_data();
+  int64_t* b = bounds.mutable_data();
+  int64_t* cb = starts.mutable_data();
   {
     py::gil_scoped_release release;
     Router router(n_groups, parallelism);
-    int64_t* b = bounds.mutable_data();
-    int64_t* cb = starts.mutable_data();
     std::fill(b, b + parallelism + 1, 0);
     for (size_t c = 0; c < n_chunks; ++c) {
       if (chunk_bounds) std::copy(b + 1, b + parallelism + 1, cb + c * parallelism);  // rows per actor before c
@@ -892,12 +905,10 @@ py::tuple route_chunk_list(const std::vector<std::vector<WordArray>>& words, int
       for (size_t c = 0; c < n_chunks; ++c)
         for (int64_t lo = start[c]; lo < start[c + 1]; lo += Router::kPlaceBlock) {
           const int64_t len = std::min(Router::kPlaceBlock, start[c + 1] - lo);
-          router.place_rows(group.get() + lo, lo, len, next.data(), dest, with_order ? order.mutable_data() : nullptr,
-                            groups.mutable_data());
-          for (size_t k = 0; k < ins[c].size(); ++k) {
-            const auto size = static_cast<size_t>(ins[c][k].itemsize());
-            Router::place_column(dest, len, static_cast<const uint8_t*>(ins[c][k].data()) + (lo - start[c]) * size,
-                                 static_cast<uint8_t*>(outs[k].mutable_data()), size);
+          router.place_rows(group.get() + lo, lo, len, next.data(), dest, order_data, groups_data);
+          for (size_t k = 0; k < in_data[c].size(); ++k) {
+            const size_t size = item_size[k];
+            Router::place_column(dest, len, in_data[c][k] + static_cast<size_t>(lo - start[c]) * size, out_data[k], size);
           }
         }
     };

@@ -154,6 +154,43 @@ def test_routing_places_rows_block_by_block_as_the_reference_orders_them(n, cuts
     assert routed[0].tolist() == batch["kwh"][order].tolist() and routed[1].tolist() == batch["flag"][order].tolist()
 
 
+def test_routing_moves_no_reference_count_without_the_gil():
+    # The kernel runs without the GIL beside other threads' Python (a Ray window actor's
+    # reading thread routes while its window thread runs): it must not touch a Python object
+    # there. Asking the columns for their item size in the GIL-free loop (a dtype object made
+    # and dropped each time) lost updates to the dtypes' reference counts: hundreds per 300
+    # reads here, and NumPy saw a dtype freed; Ray actors died of it. The sanitizer build also
+    # aborts on any such change (PYSTREAM_CHECK_GIL).
+    import sys
+    import threading
+
+    from pystream import _core
+
+    n = 262_144
+    words = [np.arange(n, dtype=np.uint64)]
+    cols = [np.random.default_rng(1).random(n), np.arange(n, dtype=np.int64), np.ones(n, dtype=np.float32)]
+    dtypes = [np.dtype(np.float64), np.dtype(np.int64), np.dtype(np.float32)]
+    before = [sys.getrefcount(d) for d in dtypes]
+    failed = []
+
+    def route():
+        try:
+            for _ in range(150):
+                _core.route_chunks([words], 128, 8, [cols], with_order=False)
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread below
+            failed.append(e)
+
+    t = threading.Thread(target=route)
+    t.start()
+    while t.is_alive():  # Python that moves the same dtypes' counts meanwhile
+        for _ in range(500):
+            a, b, c = np.empty(1, np.float64), np.empty(1, np.int64), np.empty(1, np.float32)
+            del a, b, c
+    t.join()
+    assert not failed, failed
+    assert [sys.getrefcount(d) for d in dtypes] == before
+
+
 def test_routing_chunks_refuses_chunks_that_do_not_match():
     from pystream import _core
 
