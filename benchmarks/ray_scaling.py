@@ -200,6 +200,7 @@ def main():
         parts = split(data, p)
         for where, pin, transport, ahead, round_rows in [(w, pn, t, h, r) for r in a.round_rows for h in a.ahead
                                                          for t in a.transport for pn in a.pin for w in a.sources]:
+            config = f"{where:>6} {pin:>6} {transport:>13} {ahead:>5} {round_rows:>10,} {p:>11}"
             best_total, best, best_run = 0.0, None, 0.0
             for _ in range(a.repeat):
                 t = time.perf_counter()
@@ -210,8 +211,7 @@ def main():
                                                                      shared_memory=transport == "shared_memory",
                                                                      cpus=PINS[pin](cpus)))
                 except RuntimeError as e:  # an actor died (no checkpoints): said, and the sweep goes on
-                    print(f"{where:>6} {pin:>6} {transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} failed: "
-                          f"{str(e)[:200]}", flush=True)
+                    print(f"{config} failed: {str(e)[:200]}", flush=True)
                     continue
                 total = a.rows / (time.perf_counter() - t)
                 assert res["rows"] == want, (res["rows"], want)
@@ -222,7 +222,7 @@ def main():
             if best is None:  # every repeat failed
                 continue
             speed = best_run / base.setdefault((where, transport, ahead, round_rows), best_run)
-            print(f"{where:>6} {pin:>6} {transport:>13} {ahead:>5} {round_rows:>10,} {p:>11} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
+            print(f"{config} {best_total / 1e6:>15.1f} {best_run / 1e6:>11.1f} {speed:>8.2f}x "
                   f"{speed / p:>9.0%} {best['start_s']:>8.2f} {_mean(best['busy_s']) / best['run_s']:>5.0%} "
                   f"{_mean(best['read_ms']):>8.1f} {_mean(best['round_ms']):>9.1f} {best['spread_ms']:>10.1f} "
                   f"{best['driver_wait_s'] / best['run_s']:>5.0%} {_mean(best['round_faults']):>12.0f} "
